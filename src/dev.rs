@@ -1,0 +1,104 @@
+//! `natster-global dev`: the whole local stack in one command.
+//!
+//! Bootstraps the directory when it holds no world, starts nats-server in operator mode as a
+//! child process (in its own process group, so Ctrl-C reaches only us), runs the service
+//! in-process as the NATSTER account, prints commands to try for each caller account, and on
+//! Ctrl-C or SIGTERM stops the service (drained), then the server, and returns.
+
+use crate::bootstrap::{self, Role, World};
+use crate::cli::DevArgs;
+use crate::config::{NatsAuth, NatsConfig};
+use crate::natsd::{NatsServer, ServerSpec};
+use anyhow::{Context, Result};
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+/// Runs the stack until `shutdown` completes.
+pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let dir = absolute(&args.dir)?;
+    if !World::exists(&dir) {
+        World::generate(&dir, &args.users)?
+            .with_port(args.port)
+            .write(false)?;
+        eprintln!("bootstrapped a new world in {}", dir.display());
+    }
+    let world = World::load(&dir).context("reading the world")?;
+    let mut server = NatsServer::start(ServerSpec {
+        config: Some(world.server_config_path()),
+        port: Some(world.port),
+        echo_log: args.server_log,
+        own_process_group: true,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("starting nats-server on port {}", world.port))?;
+    let nats = NatsConfig {
+        url: server.url(),
+        auth: NatsAuth::CredsFile(world.creds_path(bootstrap::NATSTER)),
+        name: "natster-global-dev".into(),
+        allow_insecure_files: false,
+    };
+    let client = nats.connect_once().await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(crate::service::run(
+        client,
+        args.service.service_config(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    print_instructions(&world, &server.url());
+    tokio::select! {
+        _ = shutdown => {}
+        result = wait_for_exit(&mut server) => {
+            result?;
+        }
+    }
+    eprintln!("stopping the service, then nats-server");
+    let _ = stop_tx.send(());
+    service.await.context("service task")??;
+    server.stop(Duration::from_secs(10)).await;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Completes with an error if the server child exits on its own.
+async fn wait_for_exit(server: &mut NatsServer) -> Result<()> {
+    while !server.has_exited() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("nats-server exited unexpectedly:\n{}", server.log_text())
+}
+
+fn print_instructions(world: &World, url: &str) {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "natster-global".into());
+    println!("natster-global dev: nats-server at {url}, service running as NATSTER.");
+    println!("Try, as each caller account:");
+    for account in world.accounts.values() {
+        if !matches!(account.role, Role::User | Role::Web | Role::Hub) {
+            continue;
+        }
+        let creds = world.creds_path(&account.name);
+        println!("  # {} ({})", account.name, account.public_key());
+        println!(
+            "  {exe} call whoami --nats-url {url} --creds {}",
+            creds.display()
+        );
+        println!(
+            "  nats --server {url} --creds {} request natster.global.whoami ''",
+            creds.display()
+        );
+    }
+    println!("Press Ctrl-C to stop.");
+}
+
+fn absolute(path: &Path) -> Result<std::path::PathBuf> {
+    Ok(if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    })
+}

@@ -1,0 +1,20 @@
+#![forbid(unsafe_code)]
+//! natster-global: the global service of Natster, event-sourced on NATS JetStream.
+//!
+//! Identity comes from NATS decentralized auth: each request's first subject token is the
+//! caller's account key, put there by the server through a secure account import. See
+//! `README.md` for running it and the design document for the architecture.
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod call;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod model;
+pub mod natsd;
+pub mod roundtrip;
+pub mod service;
+pub mod store;
+pub mod testkit;

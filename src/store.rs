@@ -1,0 +1,148 @@
+//! JetStream resources of the service and their idempotent, never-destructive creation.
+//!
+//! `ensure` creates what is missing and adopts what exists: an existing stream or bucket is
+//! used as it is (its data and configuration are never altered or deleted), so a restart, a
+//! second instance, or an upgrade over an existing event log is always safe.
+
+use async_nats::jetstream::{self, kv, stream};
+use std::time::Duration;
+
+/// The event log.
+pub const EVENTS_STREAM: &str = "NATSTER_EVENTS";
+/// Subjects of the event log: `natster.events.<origin>.<target>.<catalog>.<event_type>`.
+pub const EVENTS_SUBJECTS: &str = "natster.events.>";
+/// Account projection bucket (key = account public key).
+pub const PROJ_ACCOUNT_BUCKET: &str = "PROJ_ACCOUNT";
+/// Where `PROJ_ACCOUNT` republishes each update (`.<account key>` appended).
+pub const PROJ_ACCOUNT_UPDATES_PREFIX: &str = "natster.projections.account";
+
+/// How resources are created when missing.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Replicas of streams and buckets (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
+    /// Window in which a repeated `Nats-Msg-Id` is appended only once.
+    pub duplicate_window: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A resource could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+#[error("JetStream resource {resource}: {message}")]
+pub struct StoreError {
+    pub resource: &'static str,
+    pub message: String,
+}
+
+impl StoreError {
+    fn new(resource: &'static str, error: impl std::fmt::Display) -> Self {
+        StoreError {
+            resource,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Handles on the service's JetStream resources.
+#[derive(Clone)]
+pub struct Store {
+    pub js: jetstream::Context,
+    pub events: stream::Stream,
+    pub accounts: kv::Store,
+}
+
+impl Store {
+    /// Creates missing resources and opens all of them. Safe to call concurrently from
+    /// several instances: a lost creation race falls back to opening the winner's resource.
+    pub async fn ensure(js: jetstream::Context, config: &StoreConfig) -> Result<Store, StoreError> {
+        let events = ensure_stream(&js, events_stream_config(config)).await?;
+        let accounts = ensure_bucket(
+            &js,
+            kv::Config {
+                bucket: PROJ_ACCOUNT_BUCKET.into(),
+                description: "natster account projection: one record per account key".into(),
+                history: 1,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                republish: Some(stream::Republish {
+                    source: format!("$KV.{PROJ_ACCOUNT_BUCKET}.>"),
+                    destination: format!("{PROJ_ACCOUNT_UPDATES_PREFIX}.>"),
+                    headers_only: false,
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(Store {
+            js,
+            events,
+            accounts,
+        })
+    }
+}
+
+/// The configuration `ensure` gives a new event stream: file storage, nothing can delete or
+/// purge it, a full stream refuses new events rather than dropping old ones.
+pub fn events_stream_config(config: &StoreConfig) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.into(),
+        description: Some("natster event log (append-only)".into()),
+        subjects: vec![EVENTS_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        deny_delete: true,
+        deny_purge: true,
+        duplicate_window: config.duplicate_window,
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, StoreError> {
+    if let Ok(existing) = js.get_stream(&config.name).await {
+        tracing::info!(stream = %config.name, "adopting existing stream as it is");
+        return Ok(existing);
+    }
+    match js.create_stream(config.clone()).await {
+        Ok(created) => {
+            tracing::info!(stream = %config.name, "created stream");
+            Ok(created)
+        }
+        Err(create_error) => js
+            .get_stream(&config.name)
+            .await
+            .map_err(|_| StoreError::new(EVENTS_STREAM, create_error)),
+    }
+}
+
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, StoreError> {
+    if let Ok(existing) = js.get_key_value(&config.bucket).await {
+        return Ok(existing);
+    }
+    let bucket = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(created) => {
+            tracing::info!(%bucket, "created bucket");
+            Ok(created)
+        }
+        Err(create_error) => js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|_| StoreError::new(PROJ_ACCOUNT_BUCKET, create_error)),
+    }
+}
