@@ -60,7 +60,7 @@ impl TestWorld {
     }
 }
 
-/// Connects to `url` with a creds file.
+/// Connects to `url` (one URL, or several comma-separated) with a creds file.
 pub async fn connect_creds(
     url: &str,
     creds: &std::path::Path,
@@ -70,7 +70,7 @@ pub async fn connect_creds(
         .await
         .with_context(|| format!("reading {}", creds.display()))?
         .name(name)
-        .connect(url)
+        .connect(url.split(',').map(str::trim).collect::<Vec<_>>().as_slice())
         .await
         .with_context(|| format!("connecting as {name} to {url}"))
 }

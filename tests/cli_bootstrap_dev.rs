@@ -1,0 +1,129 @@
+//! The `bootstrap` and `dev` subcommands as a newcomer runs them.
+
+use anyhow::{Context, Result};
+use natster_global::bootstrap::{read_index, NATSTER};
+use natster_global::natsd::{free_port, NatsServer, ServerSpec};
+use natster_global::testkit::connect_creds;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn natster_global() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_natster-global"));
+    command
+        .env_remove("NATS_URL")
+        .env_remove("NATS_CREDS")
+        .env_remove("USER_JWT")
+        .env_remove("USER_SEED");
+    command
+}
+
+#[tokio::test]
+async fn bootstrap_writes_a_world_that_a_real_server_accepts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("world");
+    let status = natster_global()
+        .args(["bootstrap", "--users", "carol,dave", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()?;
+    assert!(status.success());
+    let index = read_index(&out)?;
+    let names: Vec<&str> = index.accounts.keys().map(String::as_str).collect();
+    assert_eq!(names, ["HUB", "NATSTER", "SYS", "WEB", "carol", "dave"]);
+    assert_eq!(index.service_account, index.accounts[NATSTER].public_key);
+    assert!(index.xkey_seed_file.exists());
+    let xkey = std::fs::read_to_string(&index.xkey_seed_file)?;
+    assert!(nkeys::XKey::from_seed(xkey.trim()).is_ok());
+
+    // Refuses to overwrite without --force, and says how.
+    let again = natster_global()
+        .args(["bootstrap", "--out"])
+        .arg(&out)
+        .output()?;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
+    assert_eq!(read_index(&out)?, index, "the world is unchanged");
+
+    // The written config runs a real server in operator mode; every account's creds connect
+    // and the service account has JetStream.
+    let server = NatsServer::start(ServerSpec {
+        config: Some(index.server_config.clone()),
+        ..Default::default()
+    })
+    .await?;
+    for (name, entry) in &index.accounts {
+        let client = connect_creds(&server.url(), &entry.creds, name).await?;
+        client.flush().await?;
+    }
+    let service = connect_creds(&server.url(), &index.accounts[NATSTER].creds, "svc").await?;
+    async_nats::jetstream::new(service).query_account().await?;
+    let carol = connect_creds(&server.url(), &index.accounts["carol"].creds, "carol").await?;
+    assert!(
+        async_nats::jetstream::new(carol).query_account().await.is_err(),
+        "user accounts have no JetStream of their own"
+    );
+    assert!(out.join("jetstream").exists(), "the store lives inside the world directory");
+
+    let forced = natster_global()
+        .args(["bootstrap", "--force", "--users", "erin", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()?;
+    assert!(forced.success());
+    assert!(read_index(&out)?.accounts.contains_key("erin"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn dev_runs_the_stack_prints_working_commands_and_stops_cleanly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let mut dev = natster_global()
+        .args(["dev", "--port", &port.to_string(), "--dir"])
+        .arg(dir.path().join("stack"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = dev.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .context("dev did not print its instructions")?;
+        let done = line.contains("Press Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let call_line = printed
+        .iter()
+        .find(|l| l.contains(" call whoami ") && l.contains("alice.creds"))
+        .context("a call command for alice")?;
+    let words: Vec<&str> = call_line.split_whitespace().collect();
+    let output = Command::new(words[0]).args(&words[1..]).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "a 404 reply from the service: {stderr}");
+    assert!(stderr.contains("404") && stderr.contains("not initialised"), "{stderr}");
+
+    let status = Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || dev.wait()).await??;
+    assert!(exit.success(), "dev exits 0 on Ctrl-C: {exit}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the nats-server child is stopped"
+    );
+    Ok(())
+}

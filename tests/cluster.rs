@@ -1,0 +1,49 @@
+//! Smoke test of the 3-node cluster helper that fault tests build on: an operator-mode
+//! cluster from a world, the service with R3 resources, and a caller reaching it through
+//! another node.
+
+use anyhow::Result;
+use async_nats::jetstream;
+use natster_global::api::Envelope;
+use natster_global::bootstrap::{World, NATSTER};
+use natster_global::config::ServiceConfig;
+use natster_global::service::GlobalService;
+use natster_global::store::{StoreConfig, EVENTS_STREAM};
+use natster_global::testkit::{connect_creds, Cluster};
+
+#[tokio::test]
+async fn three_node_cluster_serves_the_world_with_replicated_resources() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let world = World::generate(dir.path(), &["alice".to_string()])?;
+    world.write(false)?;
+    let cluster = Cluster::start(Some(&world)).await?;
+    let urls = cluster.urls().join(",");
+
+    let service_client = connect_creds(&urls, &world.creds_path(NATSTER), "svc").await?;
+    let config = ServiceConfig {
+        store: StoreConfig {
+            replicas: 3,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let service = GlobalService::start(service_client.clone(), config).await?;
+
+    let info = jetstream::new(service_client)
+        .get_stream(EVENTS_STREAM)
+        .await?
+        .info()
+        .await?
+        .clone();
+    assert_eq!(info.config.num_replicas, 3);
+    let cluster_info = info.cluster.expect("cluster info");
+    assert_eq!(cluster_info.replicas.len(), 2, "a leader and two replicas");
+
+    // alice talks to the last node; the service may be connected anywhere.
+    let alice = connect_creds(&cluster.nodes[2].url(), &world.creds_path("alice"), "alice").await?;
+    let reply = alice.request("natster.global.whoami", "".into()).await?;
+    let envelope: Envelope = serde_json::from_slice(&reply.payload)?;
+    assert_eq!(envelope.code, 404);
+    service.stop().await?;
+    Ok(())
+}
