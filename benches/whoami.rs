@@ -41,7 +41,10 @@ async fn measure(client: &async_nats::Client, subject: &str, requests: usize) ->
             for _ in 0..per_worker {
                 let t = Instant::now();
                 let reply = client.request(subject.clone(), "".into()).await?;
-                ensure!(reply.payload.starts_with(b"{\"code\":404"), "unexpected reply");
+                ensure!(
+                    reply.payload.starts_with(b"{\"code\":404"),
+                    "unexpected reply"
+                );
                 latencies.push(t.elapsed());
             }
             Ok::<_, anyhow::Error>(latencies)
@@ -63,7 +66,8 @@ async fn main() -> Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
     let requests = if full { 64_000 } else { 640 };
     let tw = TestWorld::start().await?;
-    let service = GlobalService::start(tw.connect(NATSTER).await?, ServiceConfig::default()).await?;
+    let service =
+        GlobalService::start(tw.connect(NATSTER).await?, ServiceConfig::default()).await?;
 
     // Baseline: a raw responder in the service account behind the same export and import,
     // answering a fixed 404 envelope without touching JetStream.
@@ -89,7 +93,10 @@ async fn main() -> Result<()> {
     let ratio = ours.per_second() / baseline.per_second();
     println!("| path | requests/s | p50 | p99 |");
     println!("|---|---|---|---|");
-    for (name, run) in [("raw request/reply (baseline)", &mut baseline), ("whoami (KV read)", &mut ours)] {
+    for (name, run) in [
+        ("raw request/reply (baseline)", &mut baseline),
+        ("whoami (KV read)", &mut ours),
+    ] {
         println!(
             "| {name} | {:.0} | {:?} | {:?} |",
             run.per_second(),

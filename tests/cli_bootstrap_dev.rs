@@ -60,10 +60,16 @@ async fn bootstrap_writes_a_world_that_a_real_server_accepts() -> Result<()> {
     async_nats::jetstream::new(service).query_account().await?;
     let carol = connect_creds(&server.url(), &index.accounts["carol"].creds, "carol").await?;
     assert!(
-        async_nats::jetstream::new(carol).query_account().await.is_err(),
+        async_nats::jetstream::new(carol)
+            .query_account()
+            .await
+            .is_err(),
         "user accounts have no JetStream of their own"
     );
-    assert!(out.join("jetstream").exists(), "the store lives inside the world directory");
+    assert!(
+        out.join("jetstream").exists(),
+        "the store lives inside the world directory"
+    );
 
     let forced = natster_global()
         .args(["bootstrap", "--force", "--users", "erin", "--out"])
@@ -112,8 +118,15 @@ async fn dev_runs_the_stack_prints_working_commands_and_stops_cleanly() -> Resul
     let words: Vec<&str> = call_line.split_whitespace().collect();
     let output = Command::new(words[0]).args(&words[1..]).output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(3), "a 404 reply from the service: {stderr}");
-    assert!(stderr.contains("404") && stderr.contains("not initialised"), "{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "a 404 reply from the service: {stderr}"
+    );
+    assert!(
+        stderr.contains("404") && stderr.contains("not initialised"),
+        "{stderr}"
+    );
 
     let status = Command::new("kill")
         .args(["-INT", &dev.id().to_string()])

@@ -19,7 +19,11 @@ async fn start_service(tw: &TestWorld) -> Result<GlobalService> {
     Ok(GlobalService::start(tw.connect(NATSTER).await?, ServiceConfig::default()).await?)
 }
 
-async fn call(client: &async_nats::Client, op: &str, payload: &str) -> Result<(Envelope, async_nats::Message)> {
+async fn call(
+    client: &async_nats::Client,
+    op: &str,
+    payload: &str,
+) -> Result<(Envelope, async_nats::Message)> {
     let reply = client
         .request(format!("natster.global.{op}"), payload.to_string().into())
         .await?;
@@ -35,12 +39,23 @@ async fn whoami_is_404_until_initialised_then_names_the_caller() -> Result<()> {
 
     let (envelope, reply) = call(&alice, "whoami", "").await?;
     assert_eq!(envelope.code, 404);
-    assert!(envelope.error.as_deref().unwrap_or_default().contains("not initialised"));
+    assert!(envelope
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("not initialised"));
     assert_eq!(envelope.data, serde_json::Value::Null);
     let raw: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-    assert_eq!(raw.as_object().map(|o| o.len()), Some(3), "code, error, data: {raw}");
+    assert_eq!(
+        raw.as_object().map(|o| o.len()),
+        Some(3),
+        "code, error, data: {raw}"
+    );
     let headers = reply.headers.context("error headers")?;
-    assert_eq!(headers.get("Nats-Service-Error-Code").map(|v| v.as_str()), Some("404"));
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("404")
+    );
     assert!(headers.get("Nats-Service-Error").is_some());
 
     // The account projection says alice initialised (the projector comes with the event core).
@@ -60,13 +75,18 @@ async fn whoami_is_404_until_initialised_then_names_the_caller() -> Result<()> {
 
     let (envelope, reply) = call(&alice, "whoami", "").await?;
     assert_eq!(envelope.code, 200);
-    assert!(reply.headers.is_none_or(|h| h.get("Nats-Service-Error").is_none()));
+    assert!(reply
+        .headers
+        .is_none_or(|h| h.get("Nats-Service-Error").is_none()));
     assert_eq!(
         envelope.data,
         serde_json::json!({"account_key": tw.key("alice"), "oauth_id": "github|42", "initialized": 1_700_000_000})
     );
     let raw: serde_json::Value = serde_json::from_slice(&reply.payload)?;
-    assert!(raw.get("error").is_none(), "success has no error key: {raw}");
+    assert!(
+        raw.get("error").is_none(),
+        "success has no error key: {raw}"
+    );
     // Bob's identity is his own, whatever alice did.
     assert_eq!(call(&bob, "whoami", "").await?.0.code, 404);
 
@@ -117,16 +137,22 @@ async fn resources_are_created_once_and_an_existing_log_is_adopted_untouched() -
         ..Default::default()
     })
     .await?;
-    js.publish("natster.events.A.none.none.natster_initialized", "{}".into())
-        .await?
-        .await?;
+    js.publish(
+        "natster.events.A.none.none.natster_initialized",
+        "{}".into(),
+    )
+    .await?
+    .await?;
 
     // Two instances start at once; both come up.
     let (first, second) = tokio::join!(start_service(&tw), start_service(&tw));
     let (first, second) = (first?, second?);
     let mut stream = js.get_stream(EVENTS_STREAM).await?;
     let info = stream.info().await?;
-    assert_eq!(info.config.max_messages, 1000, "existing config is not altered");
+    assert_eq!(
+        info.config.max_messages, 1000,
+        "existing config is not altered"
+    );
     assert_eq!(info.state.messages, 1, "existing data is kept");
     assert!(js.get_key_value(PROJ_ACCOUNT_BUCKET).await.is_ok());
     first.stop().await?;
@@ -145,9 +171,12 @@ async fn a_new_event_log_is_append_only() -> Result<()> {
     assert_eq!(config.discard, jetstream::stream::DiscardPolicy::New);
     assert_eq!(config.storage, jetstream::stream::StorageType::File);
     assert!(config.duplicate_window >= Duration::from_secs(60));
-    js.publish("natster.events.A.none.none.natster_initialized", "{}".into())
-        .await?
-        .await?;
+    js.publish(
+        "natster.events.A.none.none.natster_initialized",
+        "{}".into(),
+    )
+    .await?
+    .await?;
     assert!(stream.purge().await.is_err(), "purge is denied");
     assert!(stream.delete_message(1).await.is_err(), "delete is denied");
     service.stop().await?;
@@ -156,7 +185,10 @@ async fn a_new_event_log_is_append_only() -> Result<()> {
 
 /// Starts the binary with `serve`, waits for its "serving" log line, and returns it with the
 /// rest of its stderr being collected.
-fn spawn_serve(tw: &TestWorld, configure: impl FnOnce(&mut Command)) -> Result<std::process::Child> {
+fn spawn_serve(
+    tw: &TestWorld,
+    configure: impl FnOnce(&mut Command),
+) -> Result<std::process::Child> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_natster-global"));
     command
         .args(["serve", "--nats-url", &tw.server.url()])
@@ -230,7 +262,8 @@ async fn serve_with_a_creds_file_answers_and_exits_0_on_sigterm() -> Result<()> 
 }
 
 #[tokio::test]
-async fn serve_accepts_user_jwt_and_seed_from_the_environment_and_exits_0_on_sigint() -> Result<()> {
+async fn serve_accepts_user_jwt_and_seed_from_the_environment_and_exits_0_on_sigint() -> Result<()>
+{
     let tw = TestWorld::start().await?;
     let account = tw.world.account(NATSTER)?;
     let (jwt, seed) = (account.user_jwt.clone(), account.user.seed()?);
