@@ -255,6 +255,6 @@ async fn connect_carries_the_jwt_and_a_nonce_signature_but_no_seed() -> Result<(
         "the seed never crosses the wire"
     );
     assert!(!client_bytes.contains(&creds.seed[..12]));
-    assert!(connect.get("pass").map_or(true, |p| p.is_null()));
+    assert!(connect.get("pass").is_none_or(|p| p.is_null()));
     Ok(())
 }
