@@ -180,13 +180,18 @@ pub async fn wait_for_jetstream(client: &async_nats::Client, within: Duration) -
     let js = async_nats::jetstream::new(client.clone());
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        match js.query_account().await {
-            Ok(_) => return Ok(()),
-            Err(error) if tokio::time::Instant::now() >= deadline => {
-                bail!("JetStream not ready within {within:?}: {error}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        // A server without a meta leader may drop the API request instead of answering, so
+        // each probe gets a short deadline of its own.
+        let error = match tokio::time::timeout(Duration::from_millis(500), js.query_account()).await
+        {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "no answer to the account info request".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("JetStream not ready within {within:?}: {error}");
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
