@@ -36,6 +36,34 @@ pub enum Command {
     Dev(DevArgs),
     /// Call one op of the service as an importing account and print the reply.
     Call(CallArgs),
+    /// Inspect or rebuild the read models (connects as the service account).
+    Projections(ProjectionsArgs),
+}
+
+/// `projections` flags.
+#[derive(Debug, Clone, Args)]
+pub struct ProjectionsArgs {
+    #[command(subcommand)]
+    pub action: ProjectionsAction,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// `projections` actions.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ProjectionsAction {
+    /// Per projection: applied sequence, stream last sequence, lag, applying instance.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay the log into a projection (all when none is named), with a progress bar.
+    Rebuild {
+        /// accounts, catalogs or oauth.
+        #[arg(long)]
+        projection: Option<String>,
+    },
 }
 
 /// Connection flags shared by `serve` and `call`.
@@ -97,20 +125,87 @@ pub struct ServiceArgs {
     /// Bound on finishing in-flight requests after SIGTERM (e.g. 10s).
     #[arg(long, env = "NATSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Account key of the website, allowed to claim codes and read contexts (repeatable).
+    #[arg(
+        long = "web-account",
+        env = "NATSTER_WEB_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    pub web_accounts: Vec<String>,
+    /// Hub account whose catalog is shared automatically with every new account.
+    #[arg(long, env = "NATSTER_HUB_ACCOUNT", requires = "hub_catalog")]
+    pub hub_account: Option<String>,
+    /// The hub's catalog name for auto-shares.
+    #[arg(long, env = "NATSTER_HUB_CATALOG", requires = "hub_account")]
+    pub hub_catalog: Option<String>,
+    /// File with the service's xkey seed (SX…), used to seal access tokens.
+    #[arg(long, env = "NATSTER_XKEY_SEED_FILE")]
+    pub xkey_seed_file: Option<PathBuf>,
+    /// Prefix of the claim URL in otc.generate replies.
+    #[arg(
+        long,
+        env = "NATSTER_CLAIM_URL_BASE",
+        default_value = "https://natster.io/login/"
+    )]
+    pub claim_url_base: String,
+    /// How long a one-time code stays valid (applies when the codes bucket is created).
+    #[arg(long, env = "NATSTER_CODE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub code_ttl: Duration,
+    /// Write requests per second allowed per account.
+    #[arg(long, env = "NATSTER_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Burst of write requests allowed per account above the rate.
+    #[arg(long, env = "NATSTER_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
 }
 
 impl ServiceArgs {
-    /// The service settings.
-    pub fn service_config(&self) -> ServiceConfig {
-        ServiceConfig {
+    /// The service settings; fails with one line naming the bad setting.
+    pub fn service_config(&self, allow_insecure_files: bool) -> Result<ServiceConfig, String> {
+        for key in self.web_accounts.iter().chain(&self.hub_account) {
+            if !crate::auth::is_account_public_key(key) {
+                return Err(format!(
+                    "--web-account/--hub-account: {key:?} is not an account public key"
+                ));
+            }
+        }
+        if let Some(name) = &self.hub_catalog {
+            if let Some(problem) = crate::model::validate::catalog_name_problem(name) {
+                return Err(format!("--hub-catalog: {problem}"));
+            }
+        }
+        let sealer = match &self.xkey_seed_file {
+            Some(path) => {
+                if !allow_insecure_files {
+                    crate::config::check_private_file(path)
+                        .map_err(|e| format!("--xkey-seed-file: {e}"))?;
+                }
+                Some(std::sync::Arc::new(crate::seal::Sealer::from_file(path)?))
+            }
+            None => None,
+        };
+        Ok(ServiceConfig {
             store: StoreConfig {
                 replicas: self.replicas as usize,
+                code_ttl: self.code_ttl,
                 ..StoreConfig::default()
             },
             max_request_bytes: self.max_request_bytes,
             shutdown_timeout: self.shutdown_timeout,
+            web_accounts: self.web_accounts.clone(),
+            hub: match (&self.hub_account, &self.hub_catalog) {
+                (Some(account), Some(catalog)) => Some(crate::config::HubShare {
+                    account: account.clone(),
+                    catalog: catalog.clone(),
+                }),
+                _ => None,
+            },
+            claim_url_base: self.claim_url_base.clone(),
+            rate_per_second: self.rate_limit,
+            rate_burst: self.rate_burst,
+            sealer,
             ..ServiceConfig::default()
-        }
+        })
     }
 }
 

@@ -140,6 +140,26 @@ pub struct ServiceConfig {
     pub queue_group: String,
     /// Bound on finishing in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// Accounts allowed to claim codes and read contexts (the website).
+    pub web_accounts: Vec<String>,
+    /// Auto-share: each new account gets this hub's catalog shared with it.
+    pub hub: Option<HubShare>,
+    /// Prefix of `claim_url` in `otc.generate` replies (the code is appended).
+    pub claim_url_base: String,
+    /// Write requests per second and account, and the burst allowed above it.
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    /// Tuning of the projection runners.
+    pub runner: crate::projections::runner::RunnerConfig,
+    /// Seals access tokens; without it, context ops answer 503.
+    pub sealer: Option<std::sync::Arc<crate::seal::Sealer>>,
+}
+
+/// The hub catalog shared automatically with every account that initialises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubShare {
+    pub account: String,
+    pub catalog: String,
 }
 
 impl Default for ServiceConfig {
@@ -149,6 +169,13 @@ impl Default for ServiceConfig {
             max_request_bytes: 64 * 1024,
             queue_group: "natster-global".into(),
             shutdown_timeout: Duration::from_secs(10),
+            web_accounts: vec![],
+            hub: None,
+            claim_url_base: "https://natster.io/login/".into(),
+            rate_per_second: 100,
+            rate_burst: 200,
+            runner: Default::default(),
+            sealer: None,
         }
     }
 }

@@ -40,14 +40,26 @@ pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<(
         allow_insecure_files: false,
     };
     let client = nats.connect_once().await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(crate::service::run(
-        client,
-        args.service.service_config(),
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let mut config = args
+        .service
+        .service_config(false)
+        .map_err(|problem| anyhow::anyhow!(problem))?;
+    // The local world's own website and hub accounts, and its xkey, unless flags say otherwise.
+    if config.web_accounts.is_empty() {
+        config.web_accounts.push(world.key(bootstrap::WEB)?);
+    }
+    if config.hub.is_none() {
+        config.hub = Some(crate::config::HubShare {
+            account: world.key(bootstrap::HUB)?,
+            catalog: "hub".into(),
+        });
+    }
+    if config.sealer.is_none() {
+        config.sealer = Some(std::sync::Arc::new(
+            crate::seal::Sealer::from_file(&world.xkey_path()).map_err(|e| anyhow::anyhow!(e))?,
+        ));
+    }
+    let service = crate::service::GlobalService::start(client, config).await?;
     print_instructions(&world, &server.url());
     tokio::select! {
         _ = shutdown => {}
@@ -56,8 +68,7 @@ pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     eprintln!("stopping the service, then nats-server");
-    let _ = stop_tx.send(());
-    service.await.context("service task")??;
+    service.stop().await?;
     server.stop(Duration::from_secs(10)).await;
     eprintln!("stopped");
     Ok(())

@@ -18,9 +18,18 @@ async fn main() -> Result<()> {
     init_logging(cli.log_format, default_level);
     match cli.command {
         Command::Serve(args) => {
+            let config = match args
+                .service
+                .service_config(args.connect.allow_insecure_files)
+            {
+                Ok(config) => config,
+                Err(problem) => {
+                    eprintln!("error: {problem}");
+                    std::process::exit(2);
+                }
+            };
             let client = args.connect.nats_config("natster-global").connect().await?;
-            natster_global::service::run(client, args.service.service_config(), shutdown_signal())
-                .await?;
+            natster_global::service::run(client, config, shutdown_signal()).await?;
         }
         Command::Bootstrap(args) => {
             let index = World::generate(&args.out, &args.users)?
@@ -34,6 +43,7 @@ async fn main() -> Result<()> {
             );
         }
         Command::Dev(args) => natster_global::dev::run(&args, shutdown_signal()).await?,
+        Command::Projections(args) => natster_global::projections_cmd::run(&args).await?,
         Command::Call(args) => {
             let code = natster_global::call::run(&args).await;
             std::process::exit(code);

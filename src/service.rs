@@ -6,10 +6,18 @@
 
 use crate::api::{self, envelope, ApiContext, ApiError, ApiRequest, Caller, Envelope, Op};
 use crate::config::ServiceConfig;
+use crate::credentials::{CredentialsProvider, NoCredentials};
+use crate::decider::Decider;
+use crate::projections::{
+    accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, runner, view::StatsView, Projection,
+};
 use crate::store::{Store, StoreError};
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Name under which the service registers for `$SRV` discovery.
@@ -24,6 +32,8 @@ pub enum ServeError {
     Service(String),
     #[error("draining the NATS connection failed: {0}")]
     Drain(String),
+    #[error("starting: {0}")]
+    Start(String),
 }
 
 /// Runs the service on `client` until `shutdown` completes, then stops it gracefully
@@ -41,10 +51,14 @@ pub async fn run(
 /// A started service instance.
 pub struct GlobalService {
     client: async_nats::Client,
-    config: ServiceConfig,
+    config: Arc<ServiceConfig>,
     micro: async_nats::service::Service,
     endpoint_loops: Vec<tokio::task::JoinHandle<()>>,
     tracker: TaskTracker,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    stop_background: CancellationToken,
+    context: ApiContext,
+    progress: Vec<(&'static str, watch::Receiver<u64>)>,
 }
 
 impl GlobalService {
@@ -55,9 +69,76 @@ impl GlobalService {
         client: async_nats::Client,
         config: ServiceConfig,
     ) -> Result<GlobalService, ServeError> {
+        Self::start_with(client, config, Arc::new(NoCredentials)).await
+    }
+
+    /// [`GlobalService::start`] with a credentials provider for `context.get`.
+    pub async fn start_with(
+        client: async_nats::Client,
+        config: ServiceConfig,
+        credentials: Arc<dyn CredentialsProvider>,
+    ) -> Result<GlobalService, ServeError> {
         let js = async_nats::jetstream::new(client.clone());
-        let store = Store::ensure(js, &config.store).await?;
-        let context = ApiContext { store };
+        let store = Store::ensure(js.clone(), &config.store).await?;
+        let stop_background = CancellationToken::new();
+        let decider = Decider::start(js.clone(), &store.events, stop_background.clone())
+            .await
+            .map_err(|e| ServeError::Start(e.to_string()))?;
+        let view = StatsView::start(store.stats.clone(), stop_background.clone())
+            .await
+            .map_err(ServeError::Start)?;
+        let mut background = Vec::new();
+        let progress = vec![
+            spawn_runner::<Accounts>(
+                &store,
+                store.accounts.clone(),
+                &config,
+                &stop_background,
+                &mut background,
+            ),
+            spawn_runner::<Catalogs>(
+                &store,
+                store.catalogs.clone(),
+                &config,
+                &stop_background,
+                &mut background,
+            ),
+            spawn_runner::<OAuthIndex>(
+                &store,
+                store.oauth.clone(),
+                &config,
+                &stop_background,
+                &mut background,
+            ),
+        ];
+        if let Some(hub) = config.hub.clone() {
+            let events = store.events.clone();
+            let decider = decider.clone();
+            let stop = stop_background.clone();
+            let takeover = config.runner.takeover_after;
+            background.push(tokio::spawn(async move {
+                if let Err(error) = crate::reactor::run(&events, decider, hub, takeover, stop).await
+                {
+                    tracing::error!(%error, "auto-share reactor stopped");
+                }
+            }));
+        }
+        let rate_limiter = Arc::new(governor::RateLimiter::keyed(
+            governor::Quota::per_second(
+                std::num::NonZeroU32::new(config.rate_per_second.max(1)).expect("non-zero"),
+            )
+            .allow_burst(std::num::NonZeroU32::new(config.rate_burst.max(1)).expect("non-zero")),
+        ));
+        let config = Arc::new(config);
+        let context = ApiContext {
+            store,
+            decider,
+            view,
+            sealer: config.sealer.clone(),
+            config: config.clone(),
+            credentials,
+            rate_limiter,
+        };
         let micro = client
             .service_builder()
             .description("Natster global service")
@@ -92,6 +173,10 @@ impl GlobalService {
             micro,
             endpoint_loops,
             tracker,
+            background,
+            stop_background,
+            context,
+            progress,
         })
     }
 
@@ -107,12 +192,21 @@ impl GlobalService {
         for handle in self.endpoint_loops {
             let _ = handle.await;
         }
+        // The endpoints' unsubscribes went out on this connection; a round trip proves the
+        // server has them, so no new request is routed to this instance from here on.
+        if let Err(error) = crate::roundtrip::sync(&self.client).await {
+            tracing::warn!(%error, "could not confirm the endpoints were unsubscribed");
+        }
         self.tracker.close();
         if tokio::time::timeout(self.config.shutdown_timeout, self.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(timeout = ?self.config.shutdown_timeout, "in-flight requests did not finish in time");
+        }
+        self.stop_background.cancel();
+        for task in self.background {
+            let _ = task.await;
         }
         self.client
             .drain()
@@ -121,6 +215,44 @@ impl GlobalService {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+impl GlobalService {
+    /// The handlers' shared context (store, decider, view).
+    pub fn context(&self) -> &ApiContext {
+        &self.context
+    }
+
+    /// Waits until every projection run by this instance has applied `seq`.
+    pub async fn wait_projected(&self, seq: u64, within: std::time::Duration) -> bool {
+        let names: Vec<&'static str> = self.progress.iter().map(|(n, _)| *n).collect();
+        self.context
+            .view
+            .wait_applied(&names, seq, within)
+            .await
+            .is_ok()
+    }
+}
+
+fn spawn_runner<P: Projection>(
+    store: &Store,
+    records: async_nats::jetstream::kv::Store,
+    config: &ServiceConfig,
+    stop: &CancellationToken,
+    background: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> (&'static str, watch::Receiver<u64>) {
+    let (tx, rx) = watch::channel(0);
+    let events = store.events.clone();
+    let stats = store.stats.clone();
+    let runner_config = config.runner.clone();
+    let stop = stop.clone();
+    background.push(tokio::spawn(async move {
+        if let Err(error) = runner::run::<P>(&events, records, stats, runner_config, tx, stop).await
+        {
+            tracing::error!(%error, "projection runner stopped");
+        }
+    }));
+    (P::NAME, rx)
 }
 
 /// Takes requests of one op until the endpoint is stopped; each is handled in its own task.
@@ -177,6 +309,7 @@ async fn handle(
             caller,
             payload: &message.payload,
             headers: message.headers.as_ref(),
+            wants_reply: message.reply.is_some(),
         },
     )
     .await

@@ -16,6 +16,12 @@ pub const PROJ_ACCOUNT_BUCKET: &str = "PROJ_ACCOUNT";
 /// Where `PROJ_ACCOUNT` republishes each update (`.<account key>` appended).
 pub const PROJ_ACCOUNT_UPDATES_PREFIX: &str = "natster.projections.account";
 
+/// Counters and checkpoints of the projections (`counters.<projection>`,
+/// `checkpoint.<projection>`).
+pub const PROJ_STATS_BUCKET: &str = "PROJ_STATS";
+/// One-time codes, each expiring after the code TTL.
+pub const CODES_BUCKET: &str = "NATSTER_CODES";
+
 /// How resources are created when missing.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -23,6 +29,8 @@ pub struct StoreConfig {
     pub replicas: usize,
     /// Window in which a repeated `Nats-Msg-Id` is appended only once.
     pub duplicate_window: Duration,
+    /// How long a one-time code stays claimable.
+    pub code_ttl: Duration,
 }
 
 impl Default for StoreConfig {
@@ -30,6 +38,7 @@ impl Default for StoreConfig {
         StoreConfig {
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
+            code_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -57,6 +66,10 @@ pub struct Store {
     pub js: jetstream::Context,
     pub events: stream::Stream,
     pub accounts: kv::Store,
+    pub catalogs: kv::Store,
+    pub oauth: kv::Store,
+    pub stats: kv::Store,
+    pub codes: kv::Store,
 }
 
 impl Store {
@@ -81,10 +94,54 @@ impl Store {
             },
         )
         .await?;
+        let plain = |bucket: &str, description: &str| kv::Config {
+            bucket: bucket.into(),
+            description: description.into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        let catalogs = ensure_bucket(
+            &js,
+            plain(
+                crate::projections::catalogs::PROJ_CATALOG_BUCKET,
+                "natster catalog projection: owner and active shares per catalog name",
+            ),
+        )
+        .await?;
+        let oauth = ensure_bucket(
+            &js,
+            plain(
+                crate::projections::oauth::PROJ_OAUTH_BUCKET,
+                "natster OAuth index: OAuth id to bound account and sealed context",
+            ),
+        )
+        .await?;
+        let stats = ensure_bucket(
+            &js,
+            plain(
+                PROJ_STATS_BUCKET,
+                "natster projection counters and checkpoints",
+            ),
+        )
+        .await?;
+        let codes = ensure_bucket(
+            &js,
+            kv::Config {
+                max_age: config.code_ttl,
+                ..plain(CODES_BUCKET, "natster one-time codes (expiring)")
+            },
+        )
+        .await?;
         Ok(Store {
             js,
             events,
             accounts,
+            catalogs,
+            oauth,
+            stats,
+            codes,
         })
     }
 }
@@ -140,9 +197,9 @@ async fn ensure_bucket(
             tracing::info!(%bucket, "created bucket");
             Ok(created)
         }
-        Err(create_error) => js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|_| StoreError::new(PROJ_ACCOUNT_BUCKET, create_error)),
+        Err(create_error) => js.get_key_value(&bucket).await.map_err(|_| StoreError {
+            resource: "bucket",
+            message: format!("{bucket}: {create_error}"),
+        }),
     }
 }

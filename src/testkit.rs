@@ -201,3 +201,139 @@ pub use crate::roundtrip::sync;
 pub fn port() -> Result<u16> {
     Ok(free_port()?)
 }
+
+/// A test world with the service running in-process: `WEB` is the web account, the world's
+/// xkey seals tokens, and projections hand over quickly between instances.
+pub struct Harness {
+    pub tw: TestWorld,
+    pub services: Vec<crate::service::GlobalService>,
+}
+
+impl Harness {
+    /// A world with `users` and one service instance.
+    pub async fn start(users: &[&str]) -> Result<Harness> {
+        let tw = TestWorld::start_with(users, |_| Ok(())).await?;
+        let mut harness = Harness {
+            tw,
+            services: vec![],
+        };
+        harness.add_instance(|_| {}).await?;
+        Ok(harness)
+    }
+
+    /// The service configuration tests use, adjusted by `adjust`.
+    pub fn config(
+        &self,
+        adjust: impl FnOnce(&mut crate::config::ServiceConfig),
+    ) -> Result<crate::config::ServiceConfig> {
+        let mut config = crate::config::ServiceConfig {
+            web_accounts: vec![self.tw.key(bootstrap::WEB)],
+            sealer: Some(std::sync::Arc::new(
+                crate::seal::Sealer::from_file(&self.tw.world.xkey_path())
+                    .map_err(anyhow::Error::msg)?,
+            )),
+            runner: crate::projections::runner::RunnerConfig {
+                takeover_after: Duration::from_secs(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        adjust(&mut config);
+        Ok(config)
+    }
+
+    /// Starts one more service instance.
+    pub async fn add_instance(
+        &mut self,
+        adjust: impl FnOnce(&mut crate::config::ServiceConfig),
+    ) -> Result<()> {
+        let config = self.config(adjust)?;
+        let client = self.tw.connect(bootstrap::NATSTER).await?;
+        self.services
+            .push(crate::service::GlobalService::start(client, config).await?);
+        Ok(())
+    }
+
+    /// Connects as account `name`.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client> {
+        self.tw.connect(name).await
+    }
+
+    /// The key of account `name`.
+    pub fn key(&self, name: &str) -> String {
+        self.tw.key(name)
+    }
+
+    /// A JetStream context in the service account.
+    pub async fn service_js(&self) -> Result<async_nats::jetstream::Context> {
+        Ok(async_nats::jetstream::new(
+            self.tw.connect(bootstrap::NATSTER).await?,
+        ))
+    }
+
+    /// Stops every instance.
+    pub async fn stop(self) -> Result<()> {
+        for service in self.services {
+            service.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends `payload` to `natster.global.<op>` and decodes the envelope; with `min_seq`, sets
+/// `Natster-Min-Seq`.
+pub async fn call(
+    client: &async_nats::Client,
+    op: &str,
+    payload: impl Into<bytes::Bytes>,
+    min_seq: Option<u64>,
+) -> Result<crate::api::Envelope> {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(seq) = min_seq {
+        headers.insert(crate::api::MIN_SEQ_HEADER, seq.to_string().as_str());
+    }
+    let reply = client
+        .request_with_headers(format!("natster.global.{op}"), headers, payload.into())
+        .await
+        .with_context(|| format!("request {op}"))?;
+    serde_json::from_slice(&reply.payload)
+        .with_context(|| format!("{op} reply is not an envelope: {:?}", reply.payload))
+}
+
+/// `events.put` as natster clients send it; returns the envelope.
+pub async fn put_event(
+    client: &async_nats::Client,
+    event_type: &str,
+    catalog: &str,
+    target: &str,
+    data: serde_json::Value,
+) -> Result<crate::api::Envelope> {
+    let body = serde_json::json!({
+        "catalog": catalog, "target": target, "event_type": event_type, "data": data,
+    });
+    call(client, "events.put", serde_json::to_vec(&body)?, None).await
+}
+
+/// The `natster_initialized` data an account sends for itself.
+pub fn init_data(key: &str) -> serde_json::Value {
+    serde_json::json!({"account_id": format!("id-{}", &key[..8]), "account_name": "test", "account_key": key})
+}
+
+/// The sequence in a successful `events.put` reply.
+pub fn seq_of(envelope: &crate::api::Envelope) -> Result<u64> {
+    anyhow::ensure!(envelope.code == 200, "expected success, got {envelope:?}");
+    envelope.data["seq"]
+        .as_u64()
+        .context("events.put reply has a seq")
+}
+
+/// Last sequence of the event stream.
+pub async fn events_last_seq(js: &async_nats::jetstream::Context) -> Result<u64> {
+    Ok(js
+        .get_stream(crate::store::EVENTS_STREAM)
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence)
+}

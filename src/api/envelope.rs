@@ -52,7 +52,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(code: u16, message: impl Into<String>) -> Self {
+    /// An error with any code.
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
         ApiError {
             code,
             message: message.into(),

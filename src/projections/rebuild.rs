@@ -1,0 +1,218 @@
+//! Rebuilding a projection from the log, and its status.
+//!
+//! A rebuild pauses the projection's consumer, waits until no batch is in flight, replays the
+//! log up to its current last sequence with an ordered consumer (no acks) into memory, then
+//! writes each rebuilt record over the stored one where the bytes differ and deletes records
+//! that no longer exist — readers always see a complete record, old or new, never a gap —
+//! sets the counters and checkpoint, and resumes the consumer. Events delivered again after
+//! the resume are at or below the rebuilt `applied_seq`/`counted_seq` and change nothing.
+//! Folding is the same code as the incremental runner, so the result is byte-identical.
+
+use super::runner::{self, checkpoint_key, consumer_name, counters_key, Checkpoint, Counters};
+use super::{fold, Projection};
+use crate::events::{decode, Decoded};
+use crate::model::Event;
+use async_nats::jetstream::{consumer, kv, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub projection: &'static str,
+    /// Events replayed.
+    pub events: u64,
+    /// The log position the projection now stands at.
+    pub last_seq: u64,
+    /// Records written because they differed.
+    pub written: usize,
+    /// Records already identical.
+    pub unchanged: usize,
+    /// Stored records that no longer exist.
+    pub deleted: usize,
+}
+
+/// Rebuilds projection `P`; `progress(done, total)` is called as events are replayed.
+pub async fn rebuild<P: Projection>(
+    events: &stream::Stream,
+    records: &kv::Store,
+    stats: &kv::Store,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<RebuildReport, String> {
+    let name = consumer_name(P::NAME);
+    let mut events = events.clone();
+    let paused = events
+        .pause_consumer(
+            &name,
+            time::OffsetDateTime::now_utc() + time::Duration::minutes(10),
+        )
+        .await
+        .is_ok();
+    let result =
+        rebuild_paused::<P>(&mut events, records, stats, &name, paused, &mut progress).await;
+    if paused {
+        if let Err(error) = events.resume_consumer(&name).await {
+            tracing::warn!(%error, consumer = %name, "could not resume the consumer; it resumes by itself within 10 minutes");
+        }
+    }
+    result
+}
+
+async fn rebuild_paused<P: Projection>(
+    events: &mut stream::Stream,
+    records: &kv::Store,
+    stats: &kv::Store,
+    name: &str,
+    paused: bool,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<RebuildReport, String> {
+    if paused {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let info = events
+                .consumer_info(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            if info.num_ack_pending == 0 || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let info = events.info().await.map_err(|e| e.to_string())?.clone();
+    let last_seq = info.state.last_sequence;
+    let total = info.state.messages;
+    let mut rebuilt: BTreeMap<String, P::Record> = BTreeMap::new();
+    let mut counts = super::CountDelta::default();
+    let mut replayed = 0u64;
+    if last_seq > 0 {
+        let consumer = events
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut chunk: Vec<Event> = Vec::with_capacity(1024);
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| e.to_string())?;
+            let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
+            if seq > last_seq {
+                break;
+            }
+            if let Some(Decoded::Event(event)) = decode(&message) {
+                chunk.push(*event);
+            }
+            replayed += 1;
+            if chunk.len() == chunk.capacity() || seq == last_seq {
+                counts += fold::<P>(&mut rebuilt, &chunk);
+                chunk.clear();
+                progress(replayed, total);
+            }
+            if seq == last_seq {
+                break;
+            }
+        }
+        counts += fold::<P>(&mut rebuilt, &chunk);
+    }
+    progress(replayed, total);
+
+    let mut report = RebuildReport {
+        projection: P::NAME,
+        events: replayed,
+        last_seq,
+        ..Default::default()
+    };
+    let mut stored_keys = Vec::new();
+    if let Ok(mut keys) = records.keys().await {
+        while let Some(key) = keys.next().await {
+            stored_keys.push(key.map_err(|e| e.to_string())?);
+        }
+    }
+    for (key, record) in &rebuilt {
+        let bytes = Bytes::from(serde_json::to_vec(record).map_err(|e| e.to_string())?);
+        let stored = records.get(key).await.map_err(|e| e.to_string())?;
+        if stored.as_ref() == Some(&bytes) {
+            report.unchanged += 1;
+        } else {
+            records.put(key, bytes).await.map_err(|e| e.to_string())?;
+            report.written += 1;
+        }
+    }
+    for key in stored_keys.iter().filter(|k| !rebuilt.contains_key(*k)) {
+        records.delete(key).await.map_err(|e| e.to_string())?;
+        report.deleted += 1;
+    }
+    let counters = Counters {
+        counted_seq: last_seq,
+        total_initialized: counts.total_initialized,
+        share_count: counts.share_count,
+    };
+    stats
+        .put(
+            counters_key(P::NAME),
+            serde_json::to_vec(&counters)
+                .map_err(|e| e.to_string())?
+                .into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let checkpoint = Checkpoint {
+        applied_seq: last_seq,
+        instance: format!("rebuild@{}", runner::instance_id()),
+    };
+    stats
+        .put(
+            checkpoint_key(P::NAME),
+            serde_json::to_vec(&checkpoint)
+                .map_err(|e| e.to_string())?
+                .into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(report)
+}
+
+/// One projection's state as `projections status` prints it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProjectionStatus {
+    pub projection: String,
+    pub applied_seq: u64,
+    pub stream_last_seq: u64,
+    pub lag_events: u64,
+    /// Instance that wrote the last checkpoint.
+    pub instance: String,
+    /// Events the consumer has not delivered yet.
+    pub pending: u64,
+    pub paused: bool,
+}
+
+/// Status of projection `name`.
+pub async fn status(
+    events: &stream::Stream,
+    stats: &kv::Store,
+    name: &str,
+) -> Result<ProjectionStatus, String> {
+    let mut events = events.clone();
+    let last = events
+        .info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
+    let (checkpoint, _) = runner::load::<Checkpoint>(stats, &checkpoint_key(name)).await?;
+    let checkpoint = checkpoint.unwrap_or_default();
+    let consumer = events.consumer_info(consumer_name(name)).await.ok();
+    Ok(ProjectionStatus {
+        projection: name.to_string(),
+        applied_seq: checkpoint.applied_seq,
+        stream_last_seq: last,
+        lag_events: last.saturating_sub(checkpoint.applied_seq),
+        instance: checkpoint.instance,
+        pending: consumer.as_ref().map_or(0, |c| c.num_pending),
+        paused: consumer.as_ref().is_some_and(|c| c.paused),
+    })
+}

@@ -1,0 +1,108 @@
+//! The auto-share reactor: each `natster_initialized` leads to exactly one `catalog_shared`
+//! of the hub's catalog to the new account.
+//!
+//! A durable consumer (filtered to init events, pinned to one instance at a time like the
+//! projections) delivers each init once per ack; the share goes through the decider, so it is
+//! refused when the name belongs to another account or the share already exists, and its
+//! `Nats-Msg-Id` (`autoshare:<account>`) makes a redelivery within the duplicate window append
+//! nothing new. Across restarts, an unacked init is redelivered and finds the share active.
+
+use crate::config::HubShare;
+use crate::decider::{Decider, ExecuteError};
+use crate::events::{decode, Decoded};
+use crate::model::{Command, EventType, Rejection};
+use async_nats::jetstream::{consumer, stream};
+use futures::StreamExt;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Durable consumer of the reactor.
+pub const CONSUMER: &str = "reactor-autoshare";
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    events: &stream::Stream,
+    decider: Decider,
+    hub: HubShare,
+    takeover_after: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let consumer: consumer::PullConsumer = events
+        .get_or_create_consumer(
+            CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                description: Some("natster auto-share of the hub catalog".into()),
+                filter_subject: format!("natster.events.*.*.*.{}", EventType::NatsterInitialized),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                priority_policy: consumer::PriorityPolicy::PinnedClient,
+                priority_groups: vec!["reactor".into()],
+                priority_timeout: takeover_after,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {CONSUMER}: {e}"))?;
+    let mut messages = consumer
+        .stream()
+        .group("reactor")
+        .max_messages_per_batch(64)
+        .expires(takeover_after / 3)
+        .heartbeat(takeover_after / 10)
+        .messages()
+        .await
+        .map_err(|e| format!("pulling: {e}"))?;
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            message = messages.next() => match message {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "reactor pull status");
+                    continue;
+                }
+                None => return Err("the reactor consumer stream ended".into()),
+            },
+        };
+        let Some(Decoded::Event(event)) = decode(&message) else {
+            let _ = message.ack().await;
+            continue;
+        };
+        let account = event.subject.origin.clone();
+        if account != hub.account && crate::auth::is_account_public_key(&account) {
+            // Make sure the decision sees everything up to the init, so an existing share is
+            // recognised.
+            let _ = decider.wait_folded(event.seq, Duration::from_secs(5)).await;
+            let command = Command::AutoShare {
+                hub: hub.account.clone(),
+                target: account.clone(),
+                catalog: hub.catalog.clone(),
+            };
+            match decider
+                .execute(&command, Some(&format!("autoshare:{account}")))
+                .await
+            {
+                Ok(appended) => {
+                    tracing::info!(
+                        seq = appended.seq,
+                        "shared the hub catalog with a new account"
+                    )
+                }
+                Err(ExecuteError::Rejected(Rejection::Conflict(reason))) => {
+                    tracing::debug!(%reason, "auto-share not needed")
+                }
+                Err(ExecuteError::Rejected(rejection)) => {
+                    tracing::warn!(reason = %rejection, "auto-share refused")
+                }
+                Err(ExecuteError::Unavailable(detail)) => {
+                    tracing::warn!(%detail, "auto-share failed; the init will be redelivered");
+                    continue;
+                }
+            }
+        }
+        if let Err(error) = message.ack().await {
+            tracing::warn!(%error, "reactor ack failed; the init will be redelivered");
+        }
+    }
+}

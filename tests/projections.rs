@@ -1,0 +1,422 @@
+//! Projections and the reactor with several instances: failover, stale writers, rebuild,
+//! adoption of an original-layout log, auto-share exactly once.
+
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+use natster_global::bootstrap::HUB;
+use natster_global::config::HubShare;
+use natster_global::model::{Event, EventBody, EventSubject, EventType};
+use natster_global::projections::{accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex};
+use natster_global::projections::{rebuild, runner, Projection};
+use natster_global::testkit::{call, events_last_seq, init_data, put_event, seq_of, Harness};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Every key and value of a bucket.
+async fn dump(js: &jetstream::Context, bucket: &str) -> Result<BTreeMap<String, Vec<u8>>> {
+    use futures::StreamExt;
+    let kv = js.get_key_value(bucket).await?;
+    let mut keys = kv.keys().await?;
+    let mut out = BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        if let Some(value) = kv.get(&key).await? {
+            out.insert(key, value.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+async fn count_subject(js: &jetstream::Context, filter: &str) -> Result<u64> {
+    use futures::TryStreamExt;
+    let stream = js.get_stream("NATSTER_EVENTS").await?;
+    let mut subjects = stream.info_with_subjects(filter).await?;
+    let mut total = 0;
+    while let Some((_, n)) = subjects.try_next().await? {
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+/// Polls `check` until it returns true or `within` passes.
+async fn eventually<F, Fut>(within: Duration, mut check: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await? {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn auto_share_happens_exactly_once_with_two_instances_and_across_restarts() -> Result<()> {
+    let mut h = Harness::start(&["alice", "bob"]).await?;
+    let hub = HubShare {
+        account: h.key(HUB),
+        catalog: "hubcatalog".into(),
+    };
+    h.services.pop().context("instance")?.stop().await?;
+    for _ in 0..2 {
+        let hub = hub.clone();
+        h.add_instance(move |c| c.hub = Some(hub)).await?;
+    }
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b, hub_key) = (h.key("alice"), h.key("bob"), h.key(HUB));
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let js = h.service_js().await?;
+    let alice_filter = format!("natster.events.{hub_key}.{a}.hubcatalog.catalog_shared");
+    eventually(Duration::from_secs(15), || async {
+        Ok(count_subject(&js, &alice_filter).await? == 1)
+    })
+    .await?;
+    let last = events_last_seq(&js).await?;
+    let shares = call(&alice, "my.shares", "", Some(last)).await?;
+    assert_eq!(shares.data[0]["from_account"], hub_key.as_str());
+    assert_eq!(shares.data[0]["catalog"], "hubcatalog");
+    // The hub did not initialise: it does not count; the auto-share does.
+    let stats = call(&alice, "stats", "", Some(last)).await?;
+    assert_eq!(stats.data["total_initialized"], 1);
+    assert_eq!(stats.data["share_count"], 1);
+
+    // Restart every instance; then a new account gets its share, and alice still has one.
+    let services = std::mem::take(&mut h.services);
+    for service in services {
+        service.stop().await?;
+    }
+    for _ in 0..2 {
+        let hub = hub.clone();
+        h.add_instance(move |c| c.hub = Some(hub)).await?;
+    }
+    seq_of(&put_event(&bob, "natster_initialized", "none", "none", init_data(&b)).await?)?;
+    let bob_filter = format!("natster.events.{hub_key}.{b}.hubcatalog.catalog_shared");
+    eventually(Duration::from_secs(15), || async {
+        Ok(count_subject(&js, &bob_filter).await? == 1)
+    })
+    .await?;
+    assert_eq!(count_subject(&js, &alice_filter).await?, 1);
+    assert_eq!(
+        count_subject(&js, "natster.events.*.*.*.catalog_shared").await?,
+        2
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_standby_instance_takes_over_projections_within_10_seconds() -> Result<()> {
+    let mut h = Harness::start(&["alice", "bob"]).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let seq =
+        seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    // The first instance applied it, so it holds the pins.
+    assert_eq!(call(&alice, "whoami", "", Some(seq)).await?.code, 200);
+    h.add_instance(|_| {}).await?;
+    let first = h.services.remove(0);
+    first.stop().await?;
+
+    let seq =
+        seq_of(&put_event(&bob, "natster_initialized", "none", "none", init_data(&b)).await?)?;
+    let took = eventually(Duration::from_secs(10), || async {
+        Ok(call(&bob, "whoami", "", Some(seq)).await?.code == 200)
+    })
+    .await?;
+    eprintln!("takeover after {took:?}");
+    assert!(took < Duration::from_secs(10));
+    h.stop().await
+}
+
+#[tokio::test]
+async fn a_stale_writer_cannot_overwrite_newer_state() -> Result<()> {
+    let h = Harness::start(&["alice", "bob"]).await?;
+    let alice = h.connect("alice").await?;
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let init =
+        seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    assert_eq!(
+        call(&alice, "my.shares", "", Some(shared))
+            .await?
+            .data
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let js = h.service_js().await?;
+    let before = dump(&js, "PROJ_ACCOUNT").await?;
+    let stats_before = dump(&js, "PROJ_STATS").await?;
+    // A stale owner replays the old init batch.
+    let old = vec![Event {
+        seq: init,
+        time: 1,
+        subject: EventSubject::new(&a, "none", "none", EventType::NatsterInitialized),
+        body: EventBody::Empty,
+    }];
+    let records = js.get_key_value(Accounts::BUCKET).await?;
+    let stats = js.get_key_value("PROJ_STATS").await?;
+    runner::apply_batch::<Accounts>(&records, &stats, &old, init)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        dump(&js, "PROJ_ACCOUNT").await?,
+        before,
+        "records unchanged"
+    );
+    let counters_key = runner::counters_key(Accounts::NAME);
+    assert_eq!(
+        dump(&js, "PROJ_STATS").await?.get(&counters_key),
+        stats_before.get(&counters_key),
+        "counters unchanged"
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn rebuild_gives_the_same_bytes_and_repairs_damage() -> Result<()> {
+    let h = Harness::start(&["alice", "bob", "carol"]).await?;
+    let (alice, bob, web) = (
+        h.connect("alice").await?,
+        h.connect("bob").await?,
+        h.connect("WEB").await?,
+    );
+    let (a, b, c) = (h.key("alice"), h.key("bob"), h.key("carol"));
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    seq_of(&put_event(&bob, "natster_initialized", "none", "none", init_data(&b)).await?)?;
+    for (catalog, to) in [("films", &b), ("films", &c), ("music", &b)] {
+        seq_of(&put_event(&alice, "catalog_shared", catalog, to, Value::Null).await?)?;
+    }
+    seq_of(&put_event(&alice, "catalog_unshared", "films", &c, Value::Null).await?)?;
+    seq_of(&put_event(&bob, "catalog_imported", "films", &a, Value::Null).await?)?;
+    let ctx = json!({"account_public_key": a, "access_token": "tok", "user_id": "u"});
+    let code = call(&alice, "otc.generate", serde_json::to_vec(&ctx)?, None).await?;
+    let claim = json!({"code": code.data["code"], "oauth_id": "gh|1"});
+    assert_eq!(
+        call(&web, "otc.claim", serde_json::to_vec(&claim)?, None)
+            .await?
+            .code,
+        200
+    );
+    let js = h.service_js().await?;
+    let last = events_last_seq(&js).await?;
+    assert!(
+        h.services[0]
+            .wait_projected(last, Duration::from_secs(10))
+            .await
+    );
+
+    let buckets = ["PROJ_ACCOUNT", "PROJ_CATALOG", "PROJ_OAUTH"];
+    let mut incremental = BTreeMap::new();
+    for bucket in buckets {
+        incremental.insert(bucket, dump(&js, bucket).await?);
+    }
+    let counters_before = dump(&js, "PROJ_STATS").await?;
+    let events = js.get_stream("NATSTER_EVENTS").await?;
+    let stats = js.get_key_value("PROJ_STATS").await?;
+
+    let accounts = js.get_key_value(Accounts::BUCKET).await?;
+    let report = rebuild::rebuild::<Accounts>(&events, &accounts, &stats, |_, _| {})
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!((report.written, report.deleted), (0, 0), "{report:?}");
+    assert_eq!(report.unchanged, 3);
+    let catalogs = js.get_key_value(Catalogs::BUCKET).await?;
+    // Damage: a corrupted record and a record that should not exist.
+    catalogs.put("music", "garbage".into()).await?;
+    catalogs.put("ghost", "{}".into()).await?;
+    let report = rebuild::rebuild::<Catalogs>(&events, &catalogs, &stats, |_, _| {})
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        (report.written, report.deleted, report.unchanged),
+        (1, 1, 1),
+        "{report:?}"
+    );
+    let oauth = js.get_key_value(OAuthIndex::BUCKET).await?;
+    rebuild::rebuild::<OAuthIndex>(&events, &oauth, &stats, |_, _| {})
+        .await
+        .map_err(anyhow::Error::msg)?;
+
+    for bucket in buckets {
+        assert_eq!(
+            dump(&js, bucket).await?,
+            incremental[bucket],
+            "{bucket} after rebuild"
+        );
+    }
+    for name in [Accounts::NAME, Catalogs::NAME] {
+        let key = runner::counters_key(name);
+        let before: runner::Counters = serde_json::from_slice(&counters_before[&key])?;
+        let after: runner::Counters =
+            serde_json::from_slice(&dump(&js, "PROJ_STATS").await?[&key])?;
+        assert_eq!(
+            (before.total_initialized, before.share_count),
+            (after.total_initialized, after.share_count)
+        );
+    }
+    let status = rebuild::status(&events, &stats, Accounts::NAME)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(status.applied_seq, last);
+    assert_eq!(status.lag_events, 0);
+    assert!(!status.paused, "the consumer is resumed");
+    // The runner still works after a rebuild.
+    let seq = seq_of(&put_event(&bob, "catalog_shared", "books", &a, Value::Null).await?)?;
+    assert_eq!(
+        call(&alice, "my.shares", "", Some(seq))
+            .await?
+            .data
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn an_original_layout_log_is_adopted_and_replayed() -> Result<()> {
+    use natster_global::testkit::TestWorld;
+    let tw = TestWorld::start_with(&["alice", "bob", "carol"], |_| Ok(())).await?;
+    let (a, b, c) = (tw.key("alice"), tw.key("bob"), tw.key("carol"));
+    let js = jetstream::new(tw.connect("NATSTER").await?);
+    js.create_stream(jetstream::stream::Config {
+        name: "NATSTER_EVENTS".into(),
+        subjects: vec!["natster.events.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let legacy: Vec<(String, Vec<u8>)> = vec![
+        (
+            format!("natster.events.{a}.none.none.natster_initialized"),
+            serde_json::to_vec(&init_data(&a))?,
+        ),
+        (
+            format!("natster.events.{b}.none.none.natster_initialized"),
+            serde_json::to_vec(&init_data(&b))?,
+        ),
+        // The original allowed a second init.
+        (
+            format!("natster.events.{a}.none.none.natster_initialized"),
+            serde_json::to_vec(&init_data(&a))?,
+        ),
+        (
+            format!("natster.events.{a}.{b}.movies.catalog_shared"),
+            b"null".to_vec(),
+        ),
+        (
+            format!("natster.events.{a}.{c}.movies.catalog_shared"),
+            Vec::new(),
+        ),
+        (
+            format!("natster.events.{a}.{c}.movies.catalog_unshared"),
+            b"null".to_vec(),
+        ),
+        (
+            format!("natster.events.{b}.{a}.movies.catalog_imported"),
+            b"null".to_vec(),
+        ),
+        // Someone else sharing alice's name (the original did not prevent it).
+        (
+            format!("natster.events.{b}.{c}.movies.catalog_shared"),
+            b"null".to_vec(),
+        ),
+        (
+            format!("natster.events.{a}.none.none.context_bound"),
+            serde_json::to_vec(
+                &json!({"oauth_id": "gh|7", "bound_context": {"account_public_key": a, "access_token": "legacy"}}),
+            )?,
+        ),
+        (
+            format!("natster.events.{c}.none.none.weird_type"),
+            b"{}".to_vec(),
+        ),
+    ];
+    for (subject, body) in &legacy {
+        js.publish(subject.clone(), body.clone().into())
+            .await?
+            .await?;
+    }
+    let mut h = Harness {
+        tw,
+        services: vec![],
+    };
+    h.add_instance(|_| {}).await?;
+    let last = legacy.len() as u64;
+    let alice = h.connect("alice").await?;
+    let who = call(&alice, "whoami", "", Some(last)).await?;
+    assert_eq!(who.code, 200);
+    assert_eq!(who.data["oauth_id"], "gh|7");
+    let stored = js
+        .get_stream("NATSTER_EVENTS")
+        .await?
+        .get_raw_message(1)
+        .await?;
+    assert_eq!(
+        who.data["initialized"].as_i64(),
+        Some(stored.time.unix_timestamp()),
+        "the first init counts"
+    );
+    let stats = call(&alice, "stats", "", Some(last)).await?;
+    assert_eq!(stats.data["total_initialized"], 2);
+    assert_eq!(
+        stats.data["share_count"], 1,
+        "only the owner's active share"
+    );
+    let catalog: Value = serde_json::from_slice(
+        &js.get_key_value("PROJ_CATALOG")
+            .await?
+            .get("movies")
+            .await?
+            .context("movies")?,
+    )?;
+    assert_eq!(catalog["owner"], a.as_str());
+    assert_eq!(catalog["shared_with"], json!([b]));
+    let bob = h.connect("bob").await?;
+    let bob_shares = call(&bob, "my.shares", "", Some(last)).await?;
+    assert!(bob_shares
+        .data
+        .as_array()
+        .context("list")?
+        .iter()
+        .any(|s| s["from_account"] == a.as_str()));
+    // Decisions see the adopted state: the name is alice's, bob already imported.
+    assert_eq!(
+        put_event(&bob, "catalog_shared", "movies", &a, Value::Null)
+            .await?
+            .code,
+        409
+    );
+    assert_eq!(
+        put_event(&bob, "catalog_imported", "movies", &a, Value::Null)
+            .await?
+            .code,
+        409
+    );
+    assert_eq!(
+        put_event(&alice, "natster_initialized", "none", "none", init_data(&a))
+            .await?
+            .code,
+        409
+    );
+    let web = h.connect("WEB").await?;
+    let ctx = call(&web, "context.get", "gh|7", Some(last)).await?;
+    assert_eq!(ctx.code, 200);
+    assert_eq!(ctx.data["context"]["access_token"], "");
+    // The adopted log was not altered.
+    assert!(events_last_seq(&js).await? >= last);
+    let first = js
+        .get_stream("NATSTER_EVENTS")
+        .await?
+        .get_raw_message(4)
+        .await?;
+    assert_eq!(&first.payload[..], b"null");
+    h.stop().await
+}
