@@ -71,44 +71,59 @@ impl Decider {
             .last_sequence;
         let state = Arc::new(RwLock::new(DecisionState::default()));
         let (folded_tx, folded) = watch::channel(0u64);
-        let consumer = events
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let mut messages = consumer.messages().await.map_err(|e| unavailable(&e))?;
         let tail_state = state.clone();
+        let tail_events = events.clone();
         tokio::spawn(async move {
+            // The ordered reader re-creates itself on gaps; if it breaks for good, a new one
+            // starts after the last folded event.
             loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    next = messages.next() => next,
-                };
-                let message = match next {
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "decision state tail interrupted; resuming");
-                        continue;
+                let from = tail_state.read().expect("decision state lock").last_seq + 1;
+                let messages = match tail_events
+                    .create_consumer(consumer::pull::OrderedConfig {
+                        deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                            start_sequence: from,
+                        },
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(consumer) => consumer.messages().await.ok(),
+                    Err(error) => {
+                        tracing::debug!(%error, "decision state tail: creating the reader");
+                        None
                     }
-                    None => break,
                 };
-                let seq = {
-                    let mut state = tail_state.write().expect("decision state lock");
-                    match decode(&message) {
-                        Some(Decoded::Event(event)) => state.apply(&event),
-                        Some(Decoded::Unknown { seq, catalog }) => {
-                            state.apply_unknown(seq, &catalog)
-                        }
-                        Some(Decoded::Foreign { seq }) => {
-                            state.apply_unknown(seq, crate::model::NONE)
-                        }
-                        None => {}
+                if let Some(mut messages) = messages {
+                    loop {
+                        let next = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            next = messages.next() => next,
+                        };
+                        let Some(Ok(message)) = next else {
+                            tracing::warn!("decision state tail interrupted; resuming");
+                            break;
+                        };
+                        let seq = {
+                            let mut state = tail_state.write().expect("decision state lock");
+                            match decode(&message) {
+                                Some(Decoded::Event(event)) => state.apply(&event),
+                                Some(Decoded::Unknown { seq, catalog }) => {
+                                    state.apply_unknown(seq, &catalog)
+                                }
+                                Some(Decoded::Foreign { seq }) => {
+                                    state.apply_unknown(seq, crate::model::NONE)
+                                }
+                                None => {}
+                            }
+                            state.last_seq
+                        };
+                        folded_tx.send_replace(seq);
                     }
-                    state.last_seq
-                };
-                folded_tx.send_replace(seq);
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
             }
         });
         let decider = Decider {

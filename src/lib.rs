@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod decider;
 pub mod dev;
 pub mod events;
+pub mod lease;
 pub mod model;
 pub mod natsd;
 pub mod projections;

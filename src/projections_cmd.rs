@@ -36,19 +36,18 @@ pub async fn run(args: &ProjectionsArgs) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<10} {:>12} {:>12} {:>10} {:>10}  instance",
-                    "projection", "applied_seq", "stream_last", "lag", "pending"
+                    "{:<10} {:>12} {:>12} {:>10}  applied by",
+                    "projection", "applied_seq", "stream_last", "lag"
                 );
                 for row in rows {
+                    let holder = if row.holder.is_empty() {
+                        "nobody (no instance running)".to_string()
+                    } else {
+                        row.holder
+                    };
                     println!(
-                        "{:<10} {:>12} {:>12} {:>10} {:>10}  {}{}",
-                        row.projection,
-                        row.applied_seq,
-                        row.stream_last_seq,
-                        row.lag_events,
-                        row.pending,
-                        row.instance,
-                        if row.paused { " (paused)" } else { "" }
+                        "{:<10} {:>12} {:>12} {:>10}  {holder}",
+                        row.projection, row.applied_seq, row.stream_last_seq, row.lag_events,
                     );
                 }
             }

@@ -218,6 +218,22 @@ impl GlobalService {
 }
 
 impl GlobalService {
+    /// Stops abruptly, as a crash would: every task is aborted mid-work, no lease is
+    /// released, nothing is finished; the connection is closed (a crashed process's socket
+    /// closes too). For fault tests.
+    pub async fn kill(self) {
+        for task in self.background.iter().chain(&self.endpoint_loops) {
+            task.abort();
+        }
+        // The log tail and the stats watch end with the token (a dead process has neither).
+        self.stop_background.cancel();
+        // A dead process's socket closes and the server forgets its subscriptions at once;
+        // make sure of the same here before returning.
+        let _ = self.micro.stop().await;
+        let _ = crate::roundtrip::sync(&self.client).await;
+        let _ = self.client.drain().await;
+    }
+
     /// The handlers' shared context (store, decider, view).
     pub fn context(&self) -> &ApiContext {
         &self.context

@@ -1,16 +1,17 @@
 //! Rebuilding a projection from the log, and its status.
 //!
-//! A rebuild pauses the projection's consumer, waits until no batch is in flight, replays the
-//! log up to its current last sequence with an ordered consumer (no acks) into memory, then
-//! writes each rebuilt record over the stored one where the bytes differ and deletes records
-//! that no longer exist — readers always see a complete record, old or new, never a gap —
-//! sets the counters and checkpoint, and resumes the consumer. Events delivered again after
-//! the resume are at or below the rebuilt `applied_seq`/`counted_seq` and change nothing.
-//! Folding is the same code as the incremental runner, so the result is byte-identical.
+//! A rebuild seizes the projection's lease (the running holder notices at its next renewal
+//! and stands by), replays the log up to its current last sequence with an ordered consumer
+//! (no acks) into memory, then writes each rebuilt record over the stored one where the bytes
+//! differ and deletes records that no longer exist — readers always see a complete record, old
+//! or new, never a gap — sets the counters and checkpoint, and releases the lease; the next
+//! holder continues after the rebuilt checkpoint. Folding is the same code as the incremental
+//! runner, so the result is byte-identical.
 
-use super::runner::{self, checkpoint_key, consumer_name, counters_key, Checkpoint, Counters};
+use super::runner::{self, checkpoint_key, counters_key, lease_key, Checkpoint, Counters};
 use super::{fold, Projection};
 use crate::events::{decode, Decoded};
+use crate::lease::{self, Lease};
 use crate::model::Event;
 use async_nats::jetstream::{consumer, kv, stream};
 use bytes::Bytes;
@@ -41,46 +42,28 @@ pub async fn rebuild<P: Projection>(
     stats: &kv::Store,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RebuildReport, String> {
-    let name = consumer_name(P::NAME);
-    let mut events = events.clone();
-    let paused = events
-        .pause_consumer(
-            &name,
-            time::OffsetDateTime::now_utc() + time::Duration::minutes(10),
-        )
-        .await
-        .is_ok();
-    let result =
-        rebuild_paused::<P>(&mut events, records, stats, &name, paused, &mut progress).await;
-    if paused {
-        if let Err(error) = events.resume_consumer(&name).await {
-            tracing::warn!(%error, consumer = %name, "could not resume the consumer; it resumes by itself within 10 minutes");
-        }
-    }
+    let mut lease = Lease::new(
+        stats.clone(),
+        lease_key(P::NAME),
+        format!("rebuild@{}", runner::instance_id()),
+        Duration::from_secs(600),
+    );
+    // A holder that was mid-batch may still write that batch after this; its writes are
+    // compare-and-set and in log order, so they can only carry records forward, and the next
+    // holder re-applies everything after the rebuilt checkpoint as no-ops.
+    lease.seize().await?;
+    let result = rebuild_leased::<P>(events, records, stats, &mut progress).await;
+    lease.release().await;
     result
 }
 
-async fn rebuild_paused<P: Projection>(
-    events: &mut stream::Stream,
+async fn rebuild_leased<P: Projection>(
+    events: &stream::Stream,
     records: &kv::Store,
     stats: &kv::Store,
-    name: &str,
-    paused: bool,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<RebuildReport, String> {
-    if paused {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let info = events
-                .consumer_info(name)
-                .await
-                .map_err(|e| e.to_string())?;
-            if info.num_ack_pending == 0 || tokio::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    let mut events = events.clone();
     let info = events.info().await.map_err(|e| e.to_string())?.clone();
     let last_seq = info.state.last_sequence;
     let total = info.state.messages;
@@ -185,9 +168,8 @@ pub struct ProjectionStatus {
     pub lag_events: u64,
     /// Instance that wrote the last checkpoint.
     pub instance: String,
-    /// Events the consumer has not delivered yet.
-    pub pending: u64,
-    pub paused: bool,
+    /// Who holds the projection's lease now (empty when nobody does).
+    pub holder: String,
 }
 
 /// Status of projection `name`.
@@ -205,14 +187,13 @@ pub async fn status(
         .last_sequence;
     let (checkpoint, _) = runner::load::<Checkpoint>(stats, &checkpoint_key(name)).await?;
     let checkpoint = checkpoint.unwrap_or_default();
-    let consumer = events.consumer_info(consumer_name(name)).await.ok();
+    let holder = lease::holder(stats, &lease_key(name)).await;
     Ok(ProjectionStatus {
         projection: name.to_string(),
         applied_seq: checkpoint.applied_seq,
         stream_last_seq: last,
         lag_events: last.saturating_sub(checkpoint.applied_seq),
         instance: checkpoint.instance,
-        pending: consumer.as_ref().map_or(0, |c| c.num_pending),
-        paused: consumer.as_ref().is_some_and(|c| c.paused),
+        holder: holder.map(|h| h.owner).unwrap_or_default(),
     })
 }

@@ -1,24 +1,30 @@
-//! The shared projection runner: a durable pull consumer per projection, batches folded per
-//! key, one compare-and-set write per touched key, then one ack for the batch.
+//! The shared projection runner: the log read in order from the projection's checkpoint,
+//! batches folded per key, one compare-and-set write per touched key, then the checkpoint.
+//!
+//! Only one instance applies a projection at a time: it holds the projection's lease
+//! (`lease.<projection>` in `PROJ_STATS`, see [`crate::lease`]), renews it while it works, and
+//! stops the moment a renewal fails. Standby instances try to take the lease and do so once it
+//! has expired (`takeover_after`). The holder reads the log with an ordered consumer starting
+//! after the checkpoint, so events are applied strictly in stream order even across crashes
+//! and takeovers (a durable consumer would hand a new instance later events while a dead
+//! one's batch waits for redelivery).
 //!
 //! Order of writes in a batch, and why:
 //! 1. `counters.<projection>` (CAS) — the counter changes of the events after its
 //!    `counted_seq`, and `counted_seq` moves to the batch's last sequence. Written first, so a
-//!    crash after it never counts an event twice: on redelivery those events are at or below
+//!    crash after it never counts an event twice: on replay those events are at or below
 //!    `counted_seq` and count nothing, and no record has applied them yet.
 //! 2. every touched record (CAS on its revision), each carrying `applied_seq`; a record at or
-//!    past an event's sequence skips it, so redelivery and replay change nothing.
-//! 3. `checkpoint.<projection>` — readers waiting for `Natster-Min-Seq` trust it only after
-//!    the records are written.
-//! 4. one ack (ack policy `all`) for the batch.
+//!    past an event's sequence skips it, so replays change nothing.
+//! 3. `checkpoint.<projection>` — the batch's acknowledgement: the next holder starts after it,
+//!    and readers waiting for `Natster-Min-Seq` trust it only after the records are written.
 //!
-//! A lost CAS (another writer: a stale owner or a rebuild) reloads and re-folds the batch; the
-//! result is the same because folding is idempotent. Only one instance applies a projection
-//! at a time: the consumer pins one pulling client (`pinned_client` priority policy) and moves
-//! the pin to a standby instance when the pinned one stops pulling for `priority_timeout`.
+//! A lost CAS (a stale holder or a rebuild wrote first) reloads and re-folds the batch; the
+//! result is the same because folding is idempotent, and a record never moves backwards.
 
 use super::{CountDelta, Projection};
 use crate::events::{decode, Decoded};
+use crate::lease::Lease;
 use crate::model::Event;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
@@ -29,9 +35,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Priority group every projector instance pulls in.
-const GROUP: &str = "projector";
-/// Attempts at one batch before it is left to redelivery.
+/// Attempts at one batch before the runner gives the lease up and starts over.
 const BATCH_ATTEMPTS: usize = 8;
 
 /// Tuning of a runner.
@@ -39,7 +43,7 @@ const BATCH_ATTEMPTS: usize = 8;
 pub struct RunnerConfig {
     /// Largest batch folded at once.
     pub batch_size: usize,
-    /// How long the pinned instance may stop pulling before another takes over.
+    /// Lease time: a standby instance takes over at most this long after the holder stops.
     pub takeover_after: Duration,
 }
 
@@ -73,7 +77,7 @@ pub struct Checkpoint {
     pub instance: String,
 }
 
-/// This process's name in checkpoints: host and process id.
+/// This process's name: host and process id.
 pub fn instance_id() -> String {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
@@ -83,6 +87,14 @@ pub fn instance_id() -> String {
         format!("{host}/{}", std::process::id())
     })
     .clone()
+}
+
+/// A name for one runner: the process plus a random suffix, so two service instances in one
+/// process (tests, benchmarks) never mistake each other's lease for their own.
+pub fn runner_id() -> String {
+    use rand::Rng;
+    let suffix: u32 = rand::thread_rng().gen();
+    format!("{}#{suffix:08x}", instance_id())
 }
 
 /// Key of a projection's counters.
@@ -95,11 +107,6 @@ pub fn checkpoint_key(name: &str) -> String {
     format!("checkpoint.{name}")
 }
 
-/// Durable consumer name of a projection.
-pub fn consumer_name(name: &str) -> String {
-    format!("projection-{name}")
-}
-
 /// Why a runner stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("projection {projection}: {message}")]
@@ -108,10 +115,17 @@ pub struct RunnerError {
     pub message: String,
 }
 
-/// Runs projection `P` until `shutdown` is cancelled: pulls (when pinned), folds, writes,
-/// acks. `progress` receives the last applied sequence after every batch.
+/// Key of a projection's lease.
+pub fn lease_key(name: &str) -> String {
+    format!("lease.{name}")
+}
+
+/// Runs projection `P` until `shutdown` is cancelled: waits for the lease, then applies the
+/// log from the checkpoint on, batch by batch. `progress` receives the last applied sequence
+/// after every batch.
 ///
-/// Cancellation: the batch in hand is finished and acked before returning.
+/// Cancellation: the batch in hand is finished and its checkpoint written, then the lease is
+/// released so a standby instance takes over at once.
 pub async fn run<P: Projection>(
     events: &stream::Stream,
     records: kv::Store,
@@ -120,118 +134,120 @@ pub async fn run<P: Projection>(
     progress: watch::Sender<u64>,
     shutdown: CancellationToken,
 ) -> Result<(), RunnerError> {
+    let mut lease = Lease::new(
+        stats.clone(),
+        lease_key(P::NAME),
+        runner_id(),
+        config.takeover_after,
+    );
+    let tick = config.takeover_after / 4;
     loop {
-        match run_once::<P>(events, &records, &stats, &config, &progress, &shutdown).await {
-            Ok(()) => return Ok(()),
-            Err(error) => {
-                // The consumer may have been recreated by a rebuild, or the server restarted.
-                tracing::warn!(%error, "projection runner restarting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        match lease.try_acquire().await {
+            Ok(true) => {
+                tracing::info!(projection = P::NAME, "holding the projection lease");
+                let result = lead::<P>(
+                    events, &records, &stats, &config, &progress, &shutdown, &mut lease,
+                )
+                .await;
+                if shutdown.is_cancelled() {
+                    lease.release().await;
+                    return Ok(());
+                }
+                if let Err(error) = result {
+                    tracing::warn!(projection = P::NAME, %error, "projection runner restarting");
+                    lease.release().await;
                 }
             }
+            Ok(false) => {}
+            Err(error) => tracing::debug!(projection = P::NAME, %error, "lease check failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(tick) => {}
         }
     }
 }
 
-/// The consumer configuration of projection `name` (also used when a rebuild recreates it).
-pub fn consumer_config(
-    name: &str,
-    config: &RunnerConfig,
-    deliver: consumer::DeliverPolicy,
-) -> consumer::pull::Config {
-    consumer::pull::Config {
-        durable_name: Some(consumer_name(name)),
-        description: Some(format!("natster projection {name}")),
-        deliver_policy: deliver,
-        ack_policy: consumer::AckPolicy::All,
-        ack_wait: Duration::from_secs(30),
-        max_ack_pending: 100_000,
-        priority_policy: consumer::PriorityPolicy::PinnedClient,
-        priority_groups: vec![GROUP.to_string()],
-        priority_timeout: config.takeover_after,
-        ..Default::default()
-    }
-}
-
-async fn run_once<P: Projection>(
+/// Applies the log while `lease` is held. Returns `Ok` when the lease is lost or `shutdown`
+/// is cancelled.
+async fn lead<P: Projection>(
     events: &stream::Stream,
     records: &kv::Store,
     stats: &kv::Store,
     config: &RunnerConfig,
     progress: &watch::Sender<u64>,
     shutdown: &CancellationToken,
+    lease: &mut Lease,
 ) -> Result<(), RunnerError> {
     let fail = |message: String| RunnerError {
         projection: P::NAME,
         message,
     };
-    let name = consumer_name(P::NAME);
-    let consumer: consumer::PullConsumer = events
-        .get_or_create_consumer(
-            &name,
-            consumer_config(P::NAME, config, consumer::DeliverPolicy::All),
-        )
+    let start = checkpoint(stats, P::NAME).await.map_err(fail)? + 1;
+    let consumer = events
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
         .await
-        .map_err(|e| fail(format!("consumer {name}: {e}")))?;
+        .map_err(|e| fail(format!("consumer: {e}")))?;
     let messages = consumer
-        .stream()
-        .group(GROUP)
-        .max_messages_per_batch(config.batch_size)
-        .expires(config.takeover_after / 3)
-        .heartbeat(config.takeover_after / 10)
         .messages()
         .await
-        .map_err(|e| fail(format!("pulling: {e}")))?;
+        .map_err(|e| fail(format!("reading the log: {e}")))?;
     let mut batches = messages.ready_chunks(config.batch_size);
+    let mut renew = tokio::time::interval(config.takeover_after / 4);
+    renew.tick().await;
+    let mut expected = start;
     loop {
         let batch = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = renew.tick() => {
+                if !lease.renew().await.map_err(fail)? {
+                    tracing::warn!(projection = P::NAME, "lost the projection lease; standing by");
+                    return Ok(());
+                }
+                continue;
+            }
             batch = batches.next() => match batch {
                 Some(batch) => batch,
-                None => return Err(fail("the consumer stream ended".into())),
+                None => return Err(fail("the log reader ended".into())),
             },
         };
-        let mut messages = Vec::with_capacity(batch.len());
+        if !lease.is_held() {
+            // Too late to trust the lease (a pause, a slow renewal): let the next holder start
+            // from the checkpoint.
+            return Ok(());
+        }
+        let mut events = Vec::with_capacity(batch.len());
+        let mut last_seq = None;
         for message in batch {
-            match message {
-                Ok(message) => messages.push(message),
-                Err(error) => {
-                    use consumer::pull::MessagesErrorKind;
-                    match error.kind() {
-                        MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders => {
-                            return Err(fail(format!("consumer gone: {error}")))
-                        }
-                        _ => tracing::debug!(projection = P::NAME, %error, "pull status"),
-                    }
+            let message = message.map_err(|e| fail(format!("reading the log: {e}")))?;
+            match decode(&message) {
+                Some(Decoded::Event(event)) => {
+                    last_seq = Some(event.seq);
+                    events.push(*event);
                 }
+                Some(Decoded::Unknown { seq, .. } | Decoded::Foreign { seq }) => {
+                    last_seq = Some(seq)
+                }
+                None => {}
             }
         }
-        let Some(last) = messages.last() else {
-            continue;
-        };
-        let Some(last_seq) = last.info().ok().map(|i| i.stream_sequence) else {
-            continue;
-        };
-        let events: Vec<Event> = messages
-            .iter()
-            .filter_map(|m| match decode(m) {
-                Some(Decoded::Event(event)) => Some(*event),
-                _ => None,
-            })
-            .collect();
-        match apply_batch::<P>(records, stats, &events, last_seq).await {
-            Ok(()) => {
-                if let Err(error) = last.ack().await {
-                    tracing::warn!(projection = P::NAME, %error, "ack failed; the batch will be redelivered and re-applied as a no-op");
-                }
-                progress.send_replace(last_seq);
-            }
-            Err(error) => {
-                tracing::warn!(projection = P::NAME, %error, "batch not applied; it will be redelivered");
+        let Some(last_seq) = last_seq else { continue };
+        if let Some(first) = events.first() {
+            if first.seq < expected {
+                // The ordered reader never goes back; anything below is already applied.
+                events.retain(|e| e.seq >= expected);
             }
         }
+        apply_batch::<P>(records, stats, &events, last_seq, lease.owner())
+            .await
+            .map_err(fail)?;
+        expected = last_seq + 1;
+        progress.send_replace(last_seq);
     }
 }
 
@@ -242,10 +258,11 @@ pub async fn apply_batch<P: Projection>(
     stats: &kv::Store,
     events: &[Event],
     last_seq: u64,
+    owner: &str,
 ) -> Result<(), String> {
     let mut last_error = String::new();
     for _ in 0..BATCH_ATTEMPTS {
-        match try_apply_batch::<P>(records, stats, events, last_seq).await {
+        match try_apply_batch::<P>(records, stats, events, last_seq, owner).await {
             Ok(()) => return Ok(()),
             Err(error) => last_error = error,
         }
@@ -258,6 +275,7 @@ async fn try_apply_batch<P: Projection>(
     stats: &kv::Store,
     events: &[Event],
     last_seq: u64,
+    owner: &str,
 ) -> Result<(), String> {
     let counters_key = counters_key(P::NAME);
     let (counters, counters_revision) = load::<Counters>(stats, &counters_key).await?;
@@ -310,15 +328,19 @@ async fn try_apply_batch<P: Projection>(
         result?;
     }
 
-    let checkpoint = serde_json::to_vec(&Checkpoint {
-        applied_seq: last_seq,
-        instance: instance_id(),
-    })
-    .map_err(|e| e.to_string())?;
-    stats
-        .put(checkpoint_key(P::NAME), checkpoint.into())
-        .await
-        .map_err(|e| format!("checkpoint: {e}"))?;
+    // The checkpoint only moves forward: a stale writer finishing an old batch leaves a newer
+    // checkpoint alone.
+    let key = checkpoint_key(P::NAME);
+    let (stored, revision) = load::<Checkpoint>(stats, &key).await?;
+    if stored.is_none_or(|c| c.applied_seq < last_seq) {
+        let checkpoint = Checkpoint {
+            applied_seq: last_seq,
+            instance: owner.to_string(),
+        };
+        if let Err(error) = write(stats, &key, Some(&checkpoint), revision).await {
+            tracing::debug!(projection = P::NAME, %error, "checkpoint moved by another writer");
+        }
+    }
     Ok(())
 }
 

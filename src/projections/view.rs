@@ -78,10 +78,27 @@ impl StatsView {
                     _ = stop.cancelled() => break,
                     entry = updates.next() => entry,
                 };
-                let Some(entry) = entry else { break };
-                let Ok(entry) = entry else { continue };
-                if entry.operation == kv::Operation::Put {
-                    tx.send_modify(|s| s.absorb(&entry.key, &entry.value));
+                match entry {
+                    Some(Ok(entry)) => {
+                        if entry.operation == kv::Operation::Put {
+                            tx.send_modify(|s| s.absorb(&entry.key, &entry.value));
+                        }
+                    }
+                    // A broken watch is not polled again: it is replaced by a new one (which
+                    // replays the current values first).
+                    _ => loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                        }
+                        match stats.watch_with_history(">").await {
+                            Ok(watch) => {
+                                updates = watch;
+                                break;
+                            }
+                            Err(error) => tracing::debug!(%error, "re-creating the stats watch"),
+                        }
+                    },
                 }
             }
         });

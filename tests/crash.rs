@@ -1,0 +1,227 @@
+//! Crash safety: `kill -9` the service while it projects a 20 000-event backlog, restart it,
+//! and every bucket equals a clean rebuild, byte for byte.
+
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+use futures::StreamExt;
+use natster_global::bootstrap::NATSTER;
+use natster_global::model::{Event, EventBody, EventSubject, EventType, InitData};
+use natster_global::projections::{
+    accounts::Accounts, catalogs::Catalogs, fold, oauth::OAuthIndex,
+};
+use natster_global::projections::{runner, Projection};
+use natster_global::testkit::TestWorld;
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const EVENTS: usize = 20_000;
+
+/// A realistic mix: inits of many accounts, shares over many catalogs, some unshares and
+/// imports.
+fn backlog() -> Vec<(String, Vec<u8>)> {
+    let accounts: Vec<String> = (0..2_000)
+        .map(|_| nkeys::KeyPair::new_account().public_key())
+        .collect();
+    let mut out = Vec::with_capacity(EVENTS);
+    for key in &accounts {
+        let data = InitData {
+            account_id: "id".into(),
+            account_name: "n".into(),
+            account_key: key.clone(),
+        };
+        out.push((
+            EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
+            serde_json::to_vec(&data).expect("json"),
+        ));
+    }
+    let mut i = 0usize;
+    while out.len() < EVENTS {
+        let owner = &accounts[i % accounts.len()];
+        let target = &accounts[(i * 7 + 1) % accounts.len()];
+        let catalog = format!("cat{}", i % 3_000);
+        let kind = match i % 10 {
+            0..=6 => EventType::CatalogShared,
+            7 | 8 => EventType::CatalogUnshared,
+            _ => EventType::CatalogImported,
+        };
+        out.push((
+            EventSubject::new(owner, target, &catalog, kind).to_subject(),
+            Vec::new(),
+        ));
+        i += 1;
+    }
+    out
+}
+
+fn spawn_serve(tw: &TestWorld) -> Result<Child> {
+    Ok(Command::new(env!("CARGO_BIN_EXE_natster-global"))
+        .args(["serve", "--nats-url", &tw.server.url(), "--creds"])
+        .arg(tw.world.creds_path(NATSTER))
+        .env_remove("USER_JWT")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+async fn checkpoints(stats: &jetstream::kv::Store) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for name in [Accounts::NAME, Catalogs::NAME, OAuthIndex::NAME] {
+        out.push(
+            runner::checkpoint(stats, name)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    Ok(out)
+}
+
+async fn dump(kv: &jetstream::kv::Store) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut keys = kv.keys().await?;
+    let mut out = BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        if let Some(value) = kv.get(&key).await? {
+            out.insert(key, value.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+fn expected<P: Projection>(
+    events: &[Event],
+) -> (
+    BTreeMap<String, Vec<u8>>,
+    natster_global::projections::CountDelta,
+) {
+    let mut records = BTreeMap::new();
+    let counts = fold::<P>(&mut records, events);
+    let bytes = records
+        .into_iter()
+        .map(|(k, r)| (k, serde_json::to_vec(&r).expect("json")))
+        .collect();
+    (bytes, counts)
+}
+
+#[tokio::test]
+async fn kill_9_during_a_backlog_then_restart_equals_a_clean_rebuild() -> Result<()> {
+    let tw = TestWorld::start().await?;
+    let js = jetstream::new(tw.connect(NATSTER).await?);
+    js.create_stream(jetstream::stream::Config {
+        name: "NATSTER_EVENTS".into(),
+        subjects: vec!["natster.events.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    let log = backlog();
+    // In chunks: the JetStream context bounds the acks in flight.
+    for chunk in log.chunks(1_000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (subject, body) in chunk {
+            acks.push(js.publish(subject.clone(), body.clone().into()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    eprintln!("backlog of {} events appended", log.len());
+
+    let mut first = spawn_serve(&tw)?;
+    // Wait for the service to create its buckets and start projecting, then kill it mid-way.
+    let started = Instant::now();
+    let stats = loop {
+        if let Ok(stats) = js.get_key_value("PROJ_STATS").await {
+            break stats;
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "no PROJ_STATS");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let at_kill = loop {
+        let now = checkpoints(&stats).await?;
+        if now.iter().any(|&c| c > 0) {
+            break now;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "projection never started"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    first.kill()?; // SIGKILL
+    first.wait()?;
+    let at_kill_after = checkpoints(&stats).await?;
+    eprintln!("killed at checkpoints {at_kill:?} (after the kill: {at_kill_after:?})");
+    assert!(
+        at_kill_after.iter().any(|&c| c < EVENTS as u64),
+        "the kill happened before the backlog was projected: {at_kill_after:?}"
+    );
+
+    let mut second = spawn_serve(&tw)?;
+    let restarted = Instant::now();
+    while checkpoints(&stats).await? != vec![EVENTS as u64; 3] {
+        anyhow::ensure!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "projections did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("caught up {:?} after the restart", restarted.elapsed());
+    second.kill()?;
+    second.wait()?;
+
+    eprintln!("reading the log back");
+    // A clean rebuild, in memory, from the log as stored.
+    let stream = js.get_stream("NATSTER_EVENTS").await?;
+    let mut events = Vec::with_capacity(EVENTS);
+    for seq in 1..=EVENTS as u64 {
+        let raw = stream.get_raw_message(seq).await?;
+        let subject = EventSubject::parse(&raw.subject).context("event subject")?;
+        events.push(Event {
+            seq,
+            time: raw.time.unix_timestamp(),
+            body: EventBody::decode(subject.event_type, &raw.payload),
+            subject,
+        });
+    }
+    eprintln!("comparing buckets");
+    let (accounts, account_counts) = expected::<Accounts>(&events);
+    let (catalogs, catalog_counts) = expected::<Catalogs>(&events);
+    let stored = dump(&js.get_key_value(Accounts::BUCKET).await?).await?;
+    let differing: Vec<&String> = accounts
+        .keys()
+        .filter(|k| stored.get(*k) != accounts.get(*k))
+        .collect();
+    for key in differing.iter().take(2) {
+        eprintln!(
+            "{key}:\n stored   {}\n expected {}",
+            String::from_utf8_lossy(stored.get(*key).map(|v| v.as_slice()).unwrap_or(b"-")),
+            String::from_utf8_lossy(&accounts[*key])
+        );
+    }
+    eprintln!(
+        "{} of {} differ; stored has {} keys",
+        differing.len(),
+        accounts.len(),
+        stored.len()
+    );
+    assert_eq!(stored, accounts);
+    assert_eq!(
+        dump(&js.get_key_value(Catalogs::BUCKET).await?).await?,
+        catalogs
+    );
+    let counters = |name: &str| {
+        let stats = stats.clone();
+        let key = runner::counters_key(name);
+        async move {
+            let value = stats.get(&key).await?.context("counters")?;
+            Ok::<runner::Counters, anyhow::Error>(serde_json::from_slice(&value)?)
+        }
+    };
+    let a = counters(Accounts::NAME).await?;
+    assert_eq!(a.total_initialized, account_counts.total_initialized);
+    assert_eq!(a.total_initialized, 2_000);
+    let c = counters(Catalogs::NAME).await?;
+    assert_eq!(c.share_count, catalog_counts.share_count);
+    Ok(())
+}
