@@ -47,6 +47,7 @@ pub struct Appended {
 #[derive(Clone)]
 pub struct Decider {
     js: jetstream::Context,
+    names: jetstream::kv::Store,
     state: Arc<RwLock<DecisionState>>,
     folded: watch::Receiver<u64>,
     /// Counts conflicts (for metrics and tests).
@@ -59,6 +60,7 @@ impl Decider {
     pub async fn start(
         js: jetstream::Context,
         events: &stream::Stream,
+        names: jetstream::kv::Store,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Decider, ExecuteError> {
         let unavailable = |e: &dyn std::fmt::Display| ExecuteError::Unavailable(e.to_string());
@@ -107,12 +109,13 @@ impl Decider {
                             let mut state = tail_state.write().expect("decision state lock");
                             match decode(&message) {
                                 Some(Decoded::Event(event)) => state.apply(&event),
-                                Some(Decoded::Unknown { seq, catalog }) => {
-                                    state.apply_unknown(seq, &catalog)
-                                }
-                                Some(Decoded::Foreign { seq }) => {
-                                    state.apply_unknown(seq, crate::model::NONE)
-                                }
+                                Some(Decoded::Unknown {
+                                    seq,
+                                    origin,
+                                    target,
+                                    catalog,
+                                }) => state.apply_unknown(seq, &origin, &target, &catalog),
+                                Some(Decoded::Foreign { seq }) => state.skip(seq),
                                 None => {}
                             }
                             state.last_seq
@@ -128,6 +131,7 @@ impl Decider {
         });
         let decider = Decider {
             js,
+            names,
             state,
             folded,
             conflicts: Arc::default(),
@@ -174,6 +178,9 @@ impl Decider {
         let mut last_error = String::new();
         for _ in 0..MAX_ATTEMPTS {
             let decision = self.read(|state| decide(state, command))?;
+            if let Some(name) = &decision.claim {
+                self.claim(name, &decision.subject.origin).await?;
+            }
             match self.append(&decision, msg_id).await {
                 Ok(appended) => return Ok(appended),
                 Err(AppendError::Conflict { actual_last_seq }) => {
@@ -190,6 +197,31 @@ impl Decider {
         Err(ExecuteError::Unavailable(format!(
             "gave up after {MAX_ATTEMPTS} attempts: {last_error}"
         )))
+    }
+
+    /// Claims catalog `name` for `owner`: an atomic create, so of two accounts racing for an
+    /// unowned name exactly one succeeds. A claim already held by `owner` (a retry, or a crash
+    /// between claim and append) counts as made.
+    async fn claim(&self, name: &str, owner: &str) -> Result<(), ExecuteError> {
+        use jetstream::kv::CreateErrorKind;
+        match self.names.create(name, owner.to_string().into()).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                let holder = self
+                    .names
+                    .get(name)
+                    .await
+                    .map_err(|e| ExecuteError::Unavailable(e.to_string()))?;
+                if holder.as_deref() == Some(owner.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(ExecuteError::Rejected(Rejection::Conflict(
+                        "this catalog name is owned by another account".into(),
+                    )))
+                }
+            }
+            Err(error) => Err(ExecuteError::Unavailable(error.to_string())),
+        }
     }
 
     async fn append(

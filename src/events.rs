@@ -8,6 +8,8 @@ pub enum Decoded {
     /// The event layout with an unknown type: only its catalog token matters.
     Unknown {
         seq: u64,
+        origin: String,
+        target: String,
         catalog: String,
     },
     /// Not an event subject at all.
@@ -37,8 +39,10 @@ pub fn decode_parts(seq: u64, time: i64, subject: &str, payload: &[u8]) -> Decod
         Err(_) => {
             let tokens: Vec<&str> = subject.split('.').collect();
             match tokens.as_slice() {
-                ["natster", "events", _, _, catalog, _] => Decoded::Unknown {
+                ["natster", "events", origin, target, catalog, _] => Decoded::Unknown {
                     seq,
+                    origin: origin.to_string(),
+                    target: target.to_string(),
                     catalog: catalog.to_string(),
                 },
                 _ => Decoded::Foreign { seq },

@@ -81,9 +81,14 @@ impl GlobalService {
         let js = async_nats::jetstream::new(client.clone());
         let store = Store::ensure(js.clone(), &config.store).await?;
         let stop_background = CancellationToken::new();
-        let decider = Decider::start(js.clone(), &store.events, stop_background.clone())
-            .await
-            .map_err(|e| ServeError::Start(e.to_string()))?;
+        let decider = Decider::start(
+            js.clone(),
+            &store.events,
+            store.names.clone(),
+            stop_background.clone(),
+        )
+        .await
+        .map_err(|e| ServeError::Start(e.to_string()))?;
         let view = StatsView::start(store.stats.clone(), stop_background.clone())
             .await
             .map_err(ServeError::Start)?;

@@ -21,6 +21,8 @@ pub const PROJ_ACCOUNT_UPDATES_PREFIX: &str = "natster.projections.account";
 pub const PROJ_STATS_BUCKET: &str = "PROJ_STATS";
 /// One-time codes, each expiring after the code TTL.
 pub const CODES_BUCKET: &str = "NATSTER_CODES";
+/// Catalog name claims (name → owner), made atomically before a first share is appended.
+pub const NAMES_BUCKET: &str = "NATSTER_NAMES";
 
 /// How resources are created when missing.
 #[derive(Debug, Clone)]
@@ -70,6 +72,7 @@ pub struct Store {
     pub oauth: kv::Store,
     pub stats: kv::Store,
     pub codes: kv::Store,
+    pub names: kv::Store,
 }
 
 impl Store {
@@ -134,6 +137,14 @@ impl Store {
             },
         )
         .await?;
+        let names = ensure_bucket(
+            &js,
+            plain(
+                NAMES_BUCKET,
+                "natster catalog name claims: name to owning account",
+            ),
+        )
+        .await?;
         Ok(Store {
             js,
             events,
@@ -142,6 +153,7 @@ impl Store {
             oauth,
             stats,
             codes,
+            names,
         })
     }
 }

@@ -5,10 +5,14 @@
 //! [`Expectation`] so that two instances deciding on the same aggregate cannot both win: a stale
 //! decision fails at the server, the shell folds the newer events, and decides again.
 //!
-//! Aggregates: an account's initialisation is guarded by its exact init subject
-//! (`natster.events.<acc>.none.none.natster_initialized`); everything about a catalog name
-//! (ownership, shares, imports) by `natster.events.*.*.<catalog>.*`; a context binding by its
-//! exact subject.
+//! Guards: an account's initialisation by its exact init subject
+//! (`natster.events.<acc>.none.none.natster_initialized`); a share, unshare or import by its
+//! (origin, target, catalog) pair, `natster.events.<origin>.<target>.<catalog>.*`; a context
+//! binding by its exact subject. Who owns a catalog name is settled by a claim: the first share
+//! of an unowned name carries [`Decision::claim`], which the shell makes with an atomic create
+//! in a names bucket before appending, so two accounts racing for one name cannot both win
+//! (a wildcard guard over all accounts, `natster.events.*.*.<catalog>.*`, would do the same
+//! but costs the server a scan of every subject per append).
 
 use super::event::{ContextBoundData, Event, EventBody, EventSubject, EventType, InitData, NONE};
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +49,8 @@ pub struct CatalogAggregate {
 pub struct DecisionState {
     pub accounts: HashMap<String, AccountAggregate>,
     pub catalogs: HashMap<String, CatalogAggregate>,
+    /// Last sequence on each `origin.target.catalog` pair (any event type).
+    pub pairs: HashMap<String, u64>,
     /// Last stream sequence folded in.
     pub last_seq: u64,
 }
@@ -101,6 +107,9 @@ pub struct Decision {
     pub subject: EventSubject,
     pub body: EventBody,
     pub expectation: Expectation,
+    /// A catalog name to claim for the event's origin before appending (first share of an
+    /// unowned name).
+    pub claim: Option<String>,
 }
 
 /// Why a command is refused; maps to the envelope codes 400/403/404/409.
@@ -164,6 +173,7 @@ impl DecisionState {
         // A share without a real other account (possible only in adopted logs) moves the
         // aggregate's sequence but makes no owner and no share, as in the projections.
         let no_real_target = s.target == NONE || s.target == s.origin;
+        self.pairs.insert(s.pair_key(), event.seq);
         let catalog = self.catalogs.entry(s.catalog.clone()).or_default();
         catalog.last_seq = event.seq;
         match s.event_type {
@@ -188,18 +198,25 @@ impl DecisionState {
     }
 
     /// Folds in an event whose subject has the event layout but a type this version does not
-    /// know (adopted logs): it still moves its catalog aggregate's sequence.
-    pub fn apply_unknown(&mut self, seq: u64, catalog: &str) {
+    /// know (adopted logs): it still moves its pair's and catalog's sequences.
+    pub fn apply_unknown(&mut self, seq: u64, origin: &str, target: &str, catalog: &str) {
         if seq <= self.last_seq {
             return;
         }
         self.last_seq = seq;
         if catalog != NONE {
+            self.pairs
+                .insert(format!("{origin}.{target}.{catalog}"), seq);
             self.catalogs
                 .entry(catalog.to_string())
                 .or_default()
                 .last_seq = seq;
         }
+    }
+
+    /// Moves past a message that is not an event at all.
+    pub fn skip(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
     }
 
     /// Whether `account` has initialised.
@@ -215,8 +232,8 @@ impl DecisionState {
             .filter(|o| !o.is_empty())
     }
 
-    fn catalog_last_seq(&self, name: &str) -> u64 {
-        self.catalogs.get(name).map_or(0, |c| c.last_seq)
+    fn pair_last_seq(&self, subject: &EventSubject) -> u64 {
+        self.pairs.get(&subject.pair_key()).copied().unwrap_or(0)
     }
 
     fn active_share(&self, owner: &str, target: &str, name: &str) -> Option<&ShareState> {
@@ -264,6 +281,7 @@ pub fn decide(state: &DecisionState, command: &Command) -> Result<Decision, Reje
                     last_seq: 0,
                     filter: None,
                 },
+                claim: None,
             })
         }
         Command::Share {
@@ -343,6 +361,7 @@ pub fn decide(state: &DecisionState, command: &Command) -> Result<Decision, Reje
                     last_seq: state.accounts.get(account).map_or(0, |a| a.context_seq),
                     filter: None,
                 },
+                claim: None,
             })
         }
     }
@@ -367,20 +386,25 @@ fn share(
             "this catalog is already shared with that account".into(),
         ));
     }
-    Ok(catalog_decision(
+    let mut decision = catalog_decision(
         state,
         EventSubject::new(origin, target, catalog, EventType::CatalogShared),
-    ))
+    );
+    if state.owner_of(catalog).is_none() {
+        decision.claim = Some(catalog.to_string());
+    }
+    Ok(decision)
 }
 
 fn catalog_decision(state: &DecisionState, subject: EventSubject) -> Decision {
     Decision {
         expectation: Expectation {
-            last_seq: state.catalog_last_seq(&subject.catalog),
-            filter: Some(EventSubject::catalog_aggregate(&subject.catalog)),
+            last_seq: state.pair_last_seq(&subject),
+            filter: Some(subject.pair_aggregate()),
         },
         subject,
         body: EventBody::Empty,
+        claim: None,
     }
 }
 
@@ -736,8 +760,13 @@ mod tests {
             d.expectation,
             Expectation {
                 last_seq: 0,
-                filter: Some("natster.events.*.*.movies.*".into()),
+                filter: Some(format!("natster.events.{}.{}.movies.*", k[0], k[1])),
             }
+        );
+        assert_eq!(
+            d.claim.as_deref(),
+            Some("movies"),
+            "first share claims the name"
         );
         assert_eq!(sim.state.owner_of("movies"), Some(k[0].as_str()));
         assert_eq!(sim.state.catalogs["movies"].last_seq, 3);
@@ -745,28 +774,28 @@ mod tests {
     }
 
     #[test]
-    fn share_expectation_is_the_catalog_aggregates_last_seq() {
+    fn share_expectation_is_the_pairs_last_seq() {
         let (mut sim, k) = Sim::initialized(4);
         sim.ok(&share(&k[0], &k[1], "movies")); // seq 5
         sim.ok(&share(&k[2], &k[1], "music")); // seq 6, other catalog
         sim.ok(&import(&k[1], &k[0], "movies")); // seq 7, import by the target
         sim.ok(&bind(&k[0], "o1")); // seq 8, no catalog
-        let d = sim.ok(&share(&k[0], &k[2], "movies"));
-        assert_eq!(d.expectation.last_seq, 7);
+        sim.ok(&unshare(&k[0], &k[1], "movies")); // seq 9
+                                                  // Sharing again with the same target expects that pair's last event.
+        let d = sim.ok(&share(&k[0], &k[1], "movies"));
+        assert_eq!(d.expectation.last_seq, 9);
         assert_eq!(
             d.expectation.filter.as_deref(),
-            Some("natster.events.*.*.movies.*")
+            Some(format!("natster.events.{}.{}.movies.*", k[0], k[1]).as_str())
         );
-        // `music` was last touched at seq 6.
-        let d = sim.ok(&share(&k[2], &k[3], "music"));
-        assert_eq!(d.expectation.last_seq, 6);
-        // A fresh name expects 0, whatever happened elsewhere.
+        assert_eq!(d.claim, None, "the name is already the sharer's");
+        // A new target of the same catalog is a fresh pair.
+        let d = sim.ok(&share(&k[0], &k[2], "movies"));
+        assert_eq!(d.expectation.last_seq, 0);
+        // A fresh name expects 0 and claims the name.
         let d = sim.ok(&share(&k[3], &k[0], "books"));
         assert_eq!(d.expectation.last_seq, 0);
-        assert_eq!(
-            d.expectation.filter.as_deref(),
-            Some("natster.events.*.*.books.*")
-        );
+        assert_eq!(d.claim.as_deref(), Some("books"));
     }
 
     #[test]
@@ -883,8 +912,8 @@ mod tests {
         assert_eq!(
             d.expectation,
             Expectation {
-                last_seq: 5,
-                filter: Some("natster.events.*.*.movies.*".into()),
+                last_seq: 4,
+                filter: Some(format!("natster.events.{}.{}.movies.*", k[0], k[1])),
             }
         );
         let shares = &sim.state.catalogs["movies"].shares;
@@ -947,8 +976,8 @@ mod tests {
         assert_eq!(
             d.expectation,
             Expectation {
-                last_seq: 3,
-                filter: Some("natster.events.*.*.movies.*".into()),
+                last_seq: 0,
+                filter: Some(format!("natster.events.{}.{}.movies.*", k[1], k[0])),
             }
         );
         assert!(sim.state.catalogs["movies"].shares[&k[1]].imported);
@@ -1029,13 +1058,14 @@ mod tests {
             d.expectation,
             Expectation {
                 last_seq: 0,
-                filter: Some("natster.events.*.*.welcome.*".into()),
+                filter: Some(format!("natster.events.{hub}.{}.welcome.*", k[0])),
             }
         );
         assert!(!sim.state.is_initialized(&hub));
         assert_eq!(sim.state.owner_of("welcome"), Some(hub.as_str()));
         let d = sim.ok(&auto_share(&hub, &k[1], "welcome"));
-        assert_eq!(d.expectation.last_seq, 3);
+        assert_eq!(d.expectation.last_seq, 0, "a new pair");
+        assert_eq!(d.claim, None, "the hub already owns the name");
         conflict(sim.reject(&auto_share(&hub, &k[1], "welcome")));
         // The targets can import it.
         sim.ok(&import(&k[0], &hub, "welcome"));
@@ -1426,7 +1456,7 @@ mod tests {
         conflict(sim.reject(&share(&a, &account(), "movies")));
         // The expectation seen by the next decision covers the historical events (Sim checks).
         let d = sim.ok(&unshare(&b, &a, "movies"));
-        assert_eq!(d.expectation.last_seq, 4);
+        assert_eq!(d.expectation.last_seq, 3, "the b→a pair's share");
     }
 
     /// A long pseudo-random run over a few accounts and names: every accepted decision's
