@@ -8,6 +8,18 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// Kills the child if the test fails before it stops it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn natster_global() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_natster-global"));
     command
@@ -85,13 +97,21 @@ async fn bootstrap_writes_a_world_that_a_real_server_accepts() -> Result<()> {
 async fn dev_runs_the_stack_prints_working_commands_and_stops_cleanly() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
-    let mut dev = natster_global()
-        .args(["dev", "--port", &port.to_string(), "--dir"])
-        .arg(dir.path().join("stack"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = dev.stdout.take().context("stdout")?;
+    let mut dev = KillOnDrop(Some(
+        natster_global()
+            .args(["dev", "--port", &port.to_string(), "--dir"])
+            .arg(dir.path().join("stack"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    ));
+    let stdout = dev
+        .0
+        .as_mut()
+        .context("dev")?
+        .stdout
+        .take()
+        .context("stdout")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -128,11 +148,12 @@ async fn dev_runs_the_stack_prints_working_commands_and_stops_cleanly() -> Resul
         "{stderr}"
     );
 
+    let mut child = dev.0.take().context("dev")?;
     let status = Command::new("kill")
-        .args(["-INT", &dev.id().to_string()])
+        .args(["-INT", &child.id().to_string()])
         .status()?;
     assert!(status.success());
-    let exit = tokio::task::spawn_blocking(move || dev.wait()).await??;
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await??;
     assert!(exit.success(), "dev exits 0 on Ctrl-C: {exit}");
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),

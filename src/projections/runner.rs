@@ -30,10 +30,19 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+/// Messages still pending in the log after the last one of `batch`.
+fn backlog(batch: &[Result<jetstream::Message, consumer::pull::OrderedError>]) -> u64 {
+    batch
+        .last()
+        .and_then(|m| m.as_ref().ok())
+        .and_then(|m| m.info().ok())
+        .map_or(0, |info| info.pending)
+}
 
 /// Attempts at one batch before the runner gives the lease up and starts over.
 const BATCH_ATTEMPTS: usize = 8;
@@ -50,7 +59,7 @@ pub struct RunnerConfig {
 impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
-            batch_size: 512,
+            batch_size: 8192,
             takeover_after: Duration::from_secs(5),
         }
     }
@@ -201,6 +210,7 @@ async fn lead<P: Projection>(
     let mut renew = tokio::time::interval(config.takeover_after / 4);
     renew.tick().await;
     let mut expected = start;
+    let mut cache = WriteCache::default();
     loop {
         let batch = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -216,6 +226,16 @@ async fn lead<P: Projection>(
                 None => return Err(fail("the log reader ended".into())),
             },
         };
+        // While the log has a backlog, fill the batch: bigger batches fold more events per key
+        // and share the per-batch writes. Caught up, a batch goes out at once.
+        let mut batch = batch;
+        while batch.len() < config.batch_size && backlog(&batch) > 0 {
+            match tokio::time::timeout(Duration::from_millis(20), batches.next()).await {
+                Ok(Some(more)) => batch.extend(more),
+                Ok(None) => return Err(fail("the log reader ended".into())),
+                Err(_) => break,
+            }
+        }
         if !lease.is_held() {
             // Too late to trust the lease (a pause, a slow renewal): let the next holder start
             // from the checkpoint.
@@ -243,7 +263,7 @@ async fn lead<P: Projection>(
                 events.retain(|e| e.seq >= expected);
             }
         }
-        apply_batch::<P>(records, stats, &events, last_seq, lease.owner())
+        apply_batch_cached::<P>(records, stats, &events, last_seq, lease.owner(), &mut cache)
             .await
             .map_err(fail)?;
         expected = last_seq + 1;
@@ -251,8 +271,31 @@ async fn lead<P: Projection>(
     }
 }
 
+/// What the holder of a projection knows it wrote: records with their revisions, the
+/// counters and the checkpoint. Valid while it holds the lease (it is the only writer then);
+/// an entry is dropped when a compare-and-set on it fails, and re-read on next use.
+pub struct WriteCache<R> {
+    records: HashMap<String, (Option<R>, Option<u64>)>,
+    counters: Option<(Counters, Option<u64>)>,
+    checkpoint: Option<(u64, Option<u64>)>,
+}
+
+/// Records kept in a [`WriteCache`] before it starts over (bounds memory).
+const CACHE_LIMIT: usize = 500_000;
+
+impl<R> Default for WriteCache<R> {
+    fn default() -> Self {
+        WriteCache {
+            records: HashMap::new(),
+            counters: None,
+            checkpoint: None,
+        }
+    }
+}
+
 /// Applies `events` (one batch, stream order, ending at `last_seq`) to the records of `P`,
-/// its counters and checkpoint, in the order the module documentation gives.
+/// its counters and checkpoint, in the order the module documentation gives, reading
+/// everything from the bucket (no cache; what a stale writer would do).
 pub async fn apply_batch<P: Projection>(
     records: &kv::Store,
     stats: &kv::Store,
@@ -260,9 +303,29 @@ pub async fn apply_batch<P: Projection>(
     last_seq: u64,
     owner: &str,
 ) -> Result<(), String> {
+    apply_batch_cached::<P>(
+        records,
+        stats,
+        events,
+        last_seq,
+        owner,
+        &mut WriteCache::default(),
+    )
+    .await
+}
+
+/// [`apply_batch`] with the holder's cache.
+pub async fn apply_batch_cached<P: Projection>(
+    records: &kv::Store,
+    stats: &kv::Store,
+    events: &[Event],
+    last_seq: u64,
+    owner: &str,
+    cache: &mut WriteCache<P::Record>,
+) -> Result<(), String> {
     let mut last_error = String::new();
     for _ in 0..BATCH_ATTEMPTS {
-        match try_apply_batch::<P>(records, stats, events, last_seq, owner).await {
+        match try_apply_batch::<P>(records, stats, events, last_seq, owner, cache).await {
             Ok(()) => return Ok(()),
             Err(error) => last_error = error,
         }
@@ -276,24 +339,38 @@ async fn try_apply_batch<P: Projection>(
     events: &[Event],
     last_seq: u64,
     owner: &str,
+    cache: &mut WriteCache<P::Record>,
 ) -> Result<(), String> {
+    if cache.records.len() > CACHE_LIMIT {
+        cache.records.clear();
+    }
     let counters_key = counters_key(P::NAME);
-    let (counters, counters_revision) = load::<Counters>(stats, &counters_key).await?;
-    let counters = counters.unwrap_or_default();
+    let (counters, counters_revision) = match cache.counters.take() {
+        Some(cached) => cached,
+        None => {
+            let (counters, revision) = load::<Counters>(stats, &counters_key).await?;
+            (counters.unwrap_or_default(), revision)
+        }
+    };
 
     let keys: BTreeSet<String> = events.iter().flat_map(P::keys).collect();
-    let loaded =
-        futures::future::join_all(keys.iter().map(|key| load::<P::Record>(records, key))).await;
-    let mut state: BTreeMap<String, (Option<P::Record>, Option<u64>)> = BTreeMap::new();
-    for (key, result) in keys.iter().zip(loaded) {
-        state.insert(key.clone(), result?);
-    }
-    let before: BTreeMap<String, Option<P::Record>> = state
+    let missing: Vec<&String> = keys
         .iter()
-        .map(|(k, (r, _))| (k.clone(), r.clone()))
+        .filter(|k| !cache.records.contains_key(*k))
+        .collect();
+    let loaded =
+        futures::future::join_all(missing.iter().map(|key| load::<P::Record>(records, key))).await;
+    for (key, result) in missing.into_iter().zip(loaded) {
+        cache.records.insert(key.clone(), result?);
+    }
+    let mut state: BTreeMap<String, (Option<P::Record>, Option<u64>)> = keys
+        .iter()
+        .map(|k| (k.clone(), cache.records[k].clone()))
         .collect();
 
     let mut delta = CountDelta::default();
+    let mut counted_something = false;
+    let mut changed: BTreeSet<String> = BTreeSet::new();
     for event in events {
         for key in P::keys(event) {
             let (record, _) = state.get_mut(&key).expect("every touched key was loaded");
@@ -305,41 +382,79 @@ async fn try_apply_batch<P: Projection>(
             }
             let after = P::apply(&key, record.clone(), event);
             if event.seq > counters.counted_seq {
-                delta += P::count(record.as_ref(), after.as_ref());
+                let change = P::count(record.as_ref(), after.as_ref());
+                counted_something |= !change.is_zero();
+                delta += change;
+            }
+            if after != *record {
+                changed.insert(key.clone());
             }
             *record = after;
         }
     }
 
-    if last_seq > counters.counted_seq {
+    // Counters move only when some event changes them: a batch whose every event counts
+    // nothing counts nothing on replay either, so leaving `counted_seq` behind is safe (and
+    // saves a write per batch for projections without counters).
+    let counters = if counted_something && last_seq > counters.counted_seq {
         let updated = Counters {
             counted_seq: last_seq,
             total_initialized: counters.total_initialized + delta.total_initialized,
             share_count: counters.share_count + delta.share_count,
         };
-        write(stats, &counters_key, Some(&updated), counters_revision).await?;
-    }
+        // A failure leaves the cache without counters: the retry reads them again.
+        let revision = write(stats, &counters_key, Some(&updated), counters_revision).await?;
+        (updated, revision)
+    } else {
+        (counters, counters_revision)
+    };
+    cache.counters = Some(counters);
 
-    let writes = state
-        .iter()
-        .filter(|(key, (record, _))| before.get(*key) != Some(record))
-        .map(|(key, (record, revision))| write(records, key, record.as_ref(), *revision));
-    for result in futures::future::join_all(writes).await {
-        result?;
+    let writes = changed.iter().map(|key| {
+        let (record, revision) = &state[key];
+        async move { (key, write(records, key, record.as_ref(), *revision).await) }
+    });
+    let mut failed = None;
+    for (key, result) in futures::future::join_all(writes).await {
+        match result {
+            Ok(revision) => {
+                cache
+                    .records
+                    .insert(key.clone(), (state[key].0.clone(), revision));
+            }
+            Err(error) => {
+                cache.records.remove(key);
+                failed = Some(error);
+            }
+        }
+    }
+    if let Some(error) = failed {
+        return Err(error);
     }
 
     // The checkpoint only moves forward: a stale writer finishing an old batch leaves a newer
     // checkpoint alone.
     let key = checkpoint_key(P::NAME);
-    let (stored, revision) = load::<Checkpoint>(stats, &key).await?;
-    if stored.is_none_or(|c| c.applied_seq < last_seq) {
+    let (stored, revision) = match cache.checkpoint.take() {
+        Some(cached) => cached,
+        None => {
+            let (stored, revision) = load::<Checkpoint>(stats, &key).await?;
+            (stored.map_or(0, |c| c.applied_seq), revision)
+        }
+    };
+    if stored < last_seq {
         let checkpoint = Checkpoint {
             applied_seq: last_seq,
             instance: owner.to_string(),
         };
-        if let Err(error) = write(stats, &key, Some(&checkpoint), revision).await {
-            tracing::debug!(projection = P::NAME, %error, "checkpoint moved by another writer");
+        match write(stats, &key, Some(&checkpoint), revision).await {
+            Ok(revision) => cache.checkpoint = Some((last_seq, revision)),
+            Err(error) => {
+                tracing::debug!(projection = P::NAME, %error, "checkpoint moved by another writer");
+            }
         }
+    } else {
+        cache.checkpoint = Some((stored, revision));
     }
     Ok(())
 }
@@ -365,20 +480,22 @@ pub async fn load<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Writes (or deletes, for `None`) `key` only if it is still at `revision`.
+/// Writes (or deletes, for `None`) `key` only if it is still at `revision`; returns the new
+/// revision (`None` after a delete).
 pub async fn write<T: Serialize>(
     bucket: &kv::Store,
     key: &str,
     record: Option<&T>,
     revision: Option<u64>,
-) -> Result<(), String> {
+) -> Result<Option<u64>, String> {
     let Some(record) = record else {
         return match revision {
             Some(revision) => bucket
                 .delete_expect_revision(key, Some(revision))
                 .await
+                .map(|_| None)
                 .map_err(|e| format!("delete {key}: {e}")),
-            None => Ok(()),
+            None => Ok(None),
         };
     };
     let bytes = Bytes::from(serde_json::to_vec(record).map_err(|e| e.to_string())?);
@@ -386,12 +503,12 @@ pub async fn write<T: Serialize>(
         Some(revision) => bucket
             .update(key, bytes, revision)
             .await
-            .map(|_| ())
+            .map(Some)
             .map_err(|e| format!("update {key}: {e}")),
         None => bucket
             .create(key, bytes)
             .await
-            .map(|_| ())
+            .map(Some)
             .map_err(|e| format!("create {key}: {e}")),
     }
 }
