@@ -45,8 +45,6 @@ pub enum Command {
 pub struct ProjectionsArgs {
     #[command(subcommand)]
     pub action: ProjectionsAction,
-    #[command(flatten)]
-    pub connect: ConnectArgs,
 }
 
 /// `projections` actions.
@@ -57,12 +55,16 @@ pub enum ProjectionsAction {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
     /// Replay the log into a projection (all when none is named), with a progress bar.
     Rebuild {
         /// accounts, catalogs or oauth.
         #[arg(long)]
         projection: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
     },
 }
 

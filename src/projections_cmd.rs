@@ -11,8 +11,12 @@ pub const PROJECTIONS: [&str; 3] = [Accounts::NAME, Catalogs::NAME, OAuthIndex::
 
 /// Runs the subcommand.
 pub async fn run(args: &ProjectionsArgs) -> Result<()> {
-    let client = args
-        .connect
+    let connect = match &args.action {
+        ProjectionsAction::Status { connect, .. } | ProjectionsAction::Rebuild { connect, .. } => {
+            connect
+        }
+    };
+    let client = connect
         .nats_config("natster-global-projections")
         .connect_once()
         .await?;
@@ -23,7 +27,7 @@ pub async fn run(args: &ProjectionsArgs) -> Result<()> {
         .context("the event stream (has the service run here yet?)")?;
     let stats = js.get_key_value(crate::store::PROJ_STATS_BUCKET).await?;
     match &args.action {
-        ProjectionsAction::Status { json } => {
+        ProjectionsAction::Status { json, .. } => {
             let mut rows = Vec::new();
             for name in PROJECTIONS {
                 rows.push(
@@ -52,7 +56,7 @@ pub async fn run(args: &ProjectionsArgs) -> Result<()> {
                 }
             }
         }
-        ProjectionsAction::Rebuild { projection } => {
+        ProjectionsAction::Rebuild { projection, .. } => {
             let names: Vec<&str> = match projection {
                 Some(name) if PROJECTIONS.contains(&name.as_str()) => vec![name.as_str()],
                 Some(name) => bail!("unknown projection {name:?}; one of {PROJECTIONS:?}"),

@@ -423,3 +423,73 @@ async fn an_original_layout_log_is_adopted_and_replayed() -> Result<()> {
     assert_eq!(&first.payload[..], b"null");
     h.stop().await
 }
+
+#[tokio::test]
+async fn the_projections_cli_shows_status_and_rebuilds() -> Result<()> {
+    let h = Harness::start(&["alice", "bob"]).await?;
+    let alice = h.connect("alice").await?;
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let seq = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    assert!(
+        h.services[0]
+            .wait_projected(seq, Duration::from_secs(10))
+            .await
+    );
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_natster-global"))
+            .args(args)
+            .args(["--nats-url", &h.tw.server.url(), "--creds"])
+            .arg(h.tw.world.creds_path("NATSTER"))
+            .env_remove("USER_JWT")
+            .output()
+    };
+    let status = cli(&["projections", "status", "--json"])?;
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let rows: Value = serde_json::from_slice(&status.stdout)?;
+    let rows = rows.as_array().context("rows")?;
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        assert_eq!(row["applied_seq"], seq, "{row}");
+        assert_eq!(row["lag_events"], 0);
+        assert!(
+            !row["holder"].as_str().unwrap_or_default().is_empty(),
+            "a running instance holds it"
+        );
+    }
+    let table = cli(&["projections", "status"])?;
+    let text = String::from_utf8(table.stdout)?;
+    assert!(
+        text.contains("accounts") && text.contains("catalogs") && text.contains("oauth"),
+        "{text}"
+    );
+
+    let rebuilt = cli(&["projections", "rebuild", "--projection", "catalogs"])?;
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let out = String::from_utf8(rebuilt.stdout)?;
+    assert!(
+        out.contains(&format!("replayed {seq} events up to sequence {seq}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("0 records written, 1 unchanged, 0 deleted"),
+        "{out}"
+    );
+    let unknown = cli(&["projections", "rebuild", "--projection", "nope"])?;
+    assert!(!unknown.status.success());
+    // The service keeps projecting after the rebuild handed the lease back.
+    let seq = seq_of(&put_event(&alice, "catalog_unshared", "films", &b, Value::Null).await?)?;
+    assert_eq!(
+        call(&alice, "my.shares", "", Some(seq)).await?.data,
+        json!([])
+    );
+    h.stop().await
+}
