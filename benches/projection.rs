@@ -15,11 +15,11 @@ use async_nats::jetstream::{self, consumer, kv};
 use futures::{StreamExt, TryStreamExt};
 use natster_global::config::ServiceConfig;
 use natster_global::events::{decode, Decoded};
-use natster_global::model::{AccountRecord, EventSubject, EventType, InitData};
+use natster_global::model::AccountRecord;
 use natster_global::projections::{accounts::Accounts, runner, Projection};
 use natster_global::service::GlobalService;
 use natster_global::store::{Store, StoreConfig};
-use natster_global::testkit::PlainServer;
+use natster_global::testkit::{mixed_event_log, publish_log, PlainServer};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -30,55 +30,6 @@ struct Sizes {
     accounts: usize,
     original: usize,
     appends: usize,
-}
-
-/// A realistic mix: every account initialises, then shares (70 %), unshares (20 %) and
-/// imports (10 %) over many catalogs.
-fn event_log(sizes: &Sizes) -> Vec<(String, Vec<u8>)> {
-    let keys: Vec<String> = (0..sizes.accounts)
-        .map(|_| nkeys::KeyPair::new_account().public_key())
-        .collect();
-    let mut log = Vec::with_capacity(sizes.events);
-    for key in &keys {
-        let data = InitData {
-            account_id: "id".into(),
-            account_name: "bench".into(),
-            account_key: key.clone(),
-        };
-        log.push((
-            EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
-            serde_json::to_vec(&data).expect("json"),
-        ));
-    }
-    let mut i = 0usize;
-    while log.len() < sizes.events {
-        let owner = &keys[i % keys.len()];
-        let target = &keys[(i * 7 + 3) % keys.len()];
-        let kind = match i % 10 {
-            0..=6 => EventType::CatalogShared,
-            7 | 8 => EventType::CatalogUnshared,
-            _ => EventType::CatalogImported,
-        };
-        log.push((
-            EventSubject::new(owner, target, &format!("c{}", i % 20_000), kind).to_subject(),
-            Vec::new(),
-        ));
-        i += 1;
-    }
-    log
-}
-
-async fn publish_all(js: &jetstream::Context, log: &[(String, Vec<u8>)]) -> Result<()> {
-    for chunk in log.chunks(1_000) {
-        let mut acks = Vec::with_capacity(chunk.len());
-        for (subject, body) in chunk {
-            acks.push(js.publish(subject.clone(), body.clone().into()).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-    }
-    Ok(())
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -332,7 +283,7 @@ async fn main() -> Result<()> {
     let client = server.connect().await?;
     let js = jetstream::new(client.clone());
     let store = Store::ensure(js.clone(), &StoreConfig::default()).await?;
-    publish_all(&js, &event_log(&sizes)).await?;
+    publish_log(&js, &mixed_event_log(sizes.accounts, 20_000, sizes.events)).await?;
 
     let raw = raw_pull_ack(&js, sizes.events).await?;
     let original = original_algorithm(&js, sizes.original).await?;

@@ -337,3 +337,76 @@ pub async fn events_last_seq(js: &async_nats::jetstream::Context) -> Result<u64>
         .state
         .last_sequence)
 }
+
+/// A realistic event log in the original layout: every one of `accounts` new accounts
+/// initialises, then shares (70 %), unshares (20 %) and imports (10 %) over `catalogs` names,
+/// up to `events` events. Returns (subject, body) pairs in append order.
+pub fn mixed_event_log(accounts: usize, catalogs: usize, events: usize) -> Vec<(String, Vec<u8>)> {
+    use crate::model::{EventSubject, EventType, InitData};
+    let keys: Vec<String> = (0..accounts)
+        .map(|_| nkeys::KeyPair::new_account().public_key())
+        .collect();
+    let mut log = Vec::with_capacity(events);
+    for key in &keys {
+        let data = InitData {
+            account_id: "id".into(),
+            account_name: "test".into(),
+            account_key: key.clone(),
+        };
+        log.push((
+            EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
+            serde_json::to_vec(&data).expect("init data serializes"),
+        ));
+    }
+    let mut i = 0usize;
+    while log.len() < events {
+        let owner = &keys[i % keys.len()];
+        let target = &keys[(i * 7 + 3) % keys.len()];
+        let kind = match i % 10 {
+            0..=6 => EventType::CatalogShared,
+            7 | 8 => EventType::CatalogUnshared,
+            _ => EventType::CatalogImported,
+        };
+        let catalog = format!("cat{}", i % catalogs.max(1));
+        log.push((
+            EventSubject::new(owner, target, &catalog, kind).to_subject(),
+            Vec::new(),
+        ));
+        i += 1;
+    }
+    log
+}
+
+/// Publishes `log` to JetStream in chunks (the context bounds the acks in flight) and waits
+/// for every ack.
+pub async fn publish_log(
+    js: &async_nats::jetstream::Context,
+    log: &[(String, Vec<u8>)],
+) -> Result<()> {
+    for chunk in log.chunks(1_000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (subject, body) in chunk {
+            acks.push(js.publish(subject.clone(), body.clone().into()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every key and current value of a bucket.
+pub async fn dump_bucket(
+    kv: &async_nats::jetstream::kv::Store,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    use futures::StreamExt;
+    let mut keys = kv.keys().await?;
+    let mut out = std::collections::BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        if let Some(value) = kv.get(&key).await? {
+            out.insert(key, value.to_vec());
+        }
+    }
+    Ok(out)
+}

@@ -3,56 +3,18 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use futures::StreamExt;
 use natster_global::bootstrap::NATSTER;
-use natster_global::model::{Event, EventBody, EventSubject, EventType, InitData};
+use natster_global::model::{Event, EventBody, EventSubject};
 use natster_global::projections::{
     accounts::Accounts, catalogs::Catalogs, fold, oauth::OAuthIndex,
 };
 use natster_global::projections::{runner, Projection};
-use natster_global::testkit::TestWorld;
+use natster_global::testkit::{dump_bucket, mixed_event_log, publish_log, TestWorld};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 20_000;
-
-/// A realistic mix: inits of many accounts, shares over many catalogs, some unshares and
-/// imports.
-fn backlog() -> Vec<(String, Vec<u8>)> {
-    let accounts: Vec<String> = (0..2_000)
-        .map(|_| nkeys::KeyPair::new_account().public_key())
-        .collect();
-    let mut out = Vec::with_capacity(EVENTS);
-    for key in &accounts {
-        let data = InitData {
-            account_id: "id".into(),
-            account_name: "n".into(),
-            account_key: key.clone(),
-        };
-        out.push((
-            EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
-            serde_json::to_vec(&data).expect("json"),
-        ));
-    }
-    let mut i = 0usize;
-    while out.len() < EVENTS {
-        let owner = &accounts[i % accounts.len()];
-        let target = &accounts[(i * 7 + 1) % accounts.len()];
-        let catalog = format!("cat{}", i % 3_000);
-        let kind = match i % 10 {
-            0..=6 => EventType::CatalogShared,
-            7 | 8 => EventType::CatalogUnshared,
-            _ => EventType::CatalogImported,
-        };
-        out.push((
-            EventSubject::new(owner, target, &catalog, kind).to_subject(),
-            Vec::new(),
-        ));
-        i += 1;
-    }
-    out
-}
 
 fn spawn_serve(tw: &TestWorld) -> Result<Child> {
     Ok(Command::new(env!("CARGO_BIN_EXE_natster-global"))
@@ -73,18 +35,6 @@ async fn checkpoints(stats: &jetstream::kv::Store) -> Result<Vec<u64>> {
                 .await
                 .map_err(anyhow::Error::msg)?,
         );
-    }
-    Ok(out)
-}
-
-async fn dump(kv: &jetstream::kv::Store) -> Result<BTreeMap<String, Vec<u8>>> {
-    let mut keys = kv.keys().await?;
-    let mut out = BTreeMap::new();
-    while let Some(key) = keys.next().await {
-        let key = key?;
-        if let Some(value) = kv.get(&key).await? {
-            out.insert(key, value.to_vec());
-        }
     }
     Ok(out)
 }
@@ -114,17 +64,8 @@ async fn kill_9_during_a_backlog_then_restart_equals_a_clean_rebuild() -> Result
         ..Default::default()
     })
     .await?;
-    let log = backlog();
-    // In chunks: the JetStream context bounds the acks in flight.
-    for chunk in log.chunks(1_000) {
-        let mut acks = Vec::with_capacity(chunk.len());
-        for (subject, body) in chunk {
-            acks.push(js.publish(subject.clone(), body.clone().into()).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-    }
+    let log = mixed_event_log(2_000, 3_000, EVENTS);
+    publish_log(&js, &log).await?;
     eprintln!("backlog of {} events appended", log.len());
 
     let mut first = spawn_serve(&tw)?;
@@ -187,7 +128,7 @@ async fn kill_9_during_a_backlog_then_restart_equals_a_clean_rebuild() -> Result
     eprintln!("comparing buckets");
     let (accounts, account_counts) = expected::<Accounts>(&events);
     let (catalogs, catalog_counts) = expected::<Catalogs>(&events);
-    let stored = dump(&js.get_key_value(Accounts::BUCKET).await?).await?;
+    let stored = dump_bucket(&js.get_key_value(Accounts::BUCKET).await?).await?;
     let differing: Vec<&String> = accounts
         .keys()
         .filter(|k| stored.get(*k) != accounts.get(*k))
@@ -207,7 +148,7 @@ async fn kill_9_during_a_backlog_then_restart_equals_a_clean_rebuild() -> Result
     );
     assert_eq!(stored, accounts);
     assert_eq!(
-        dump(&js.get_key_value(Catalogs::BUCKET).await?).await?,
+        dump_bucket(&js.get_key_value(Catalogs::BUCKET).await?).await?,
         catalogs
     );
     let counters = |name: &str| {

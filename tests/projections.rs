@@ -15,17 +15,7 @@ use std::time::{Duration, Instant};
 
 /// Every key and value of a bucket.
 async fn dump(js: &jetstream::Context, bucket: &str) -> Result<BTreeMap<String, Vec<u8>>> {
-    use futures::StreamExt;
-    let kv = js.get_key_value(bucket).await?;
-    let mut keys = kv.keys().await?;
-    let mut out = BTreeMap::new();
-    while let Some(key) = keys.next().await {
-        let key = key?;
-        if let Some(value) = kv.get(&key).await? {
-            out.insert(key, value.to_vec());
-        }
-    }
-    Ok(out)
+    natster_global::testkit::dump_bucket(&js.get_key_value(bucket).await?).await
 }
 
 async fn count_subject(js: &jetstream::Context, filter: &str) -> Result<u64> {
