@@ -18,8 +18,8 @@ pub async fn handle(
     }
     wait_min_seq(context, request, &[OAuthIndex::NAME]).await?;
     let oauth_id = request.text()?;
-    if oauth_id.is_empty() || oauth_id.chars().count() > crate::model::decide::MAX_OAUTH_ID {
-        return Err(ApiError::bad_request("an OAuth id has 1 to 256 characters"));
+    if let Some(problem) = crate::model::validate::oauth_id_problem(oauth_id) {
+        return Err(ApiError::bad_request(problem));
     }
     let record: Option<OAuthRecord> =
         read_record(&context.store.oauth, &oauth::key(oauth_id)).await?;

@@ -28,10 +28,8 @@ pub async fn handle(
     {
         return Err(unknown());
     }
-    if claim.oauth_id.is_empty()
-        || claim.oauth_id.chars().count() > crate::model::decide::MAX_OAUTH_ID
-    {
-        return Err(ApiError::bad_request("an OAuth id has 1 to 256 characters"));
+    if let Some(problem) = crate::model::validate::oauth_id_problem(&claim.oauth_id) {
+        return Err(ApiError::bad_request(problem));
     }
     let codes = &context.store.codes;
     let entry = codes.entry(&claim.code).await.map_err(|error| {

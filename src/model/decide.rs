@@ -244,8 +244,7 @@ impl DecisionState {
     }
 }
 
-/// Longest OAuth id accepted.
-pub const MAX_OAUTH_ID: usize = 256;
+pub use super::validate::MAX_OAUTH_ID;
 
 /// Decides `command` against `state`.
 ///
@@ -349,10 +348,8 @@ pub fn decide(state: &DecisionState, command: &Command) -> Result<Decision, Reje
                     "the context does not belong to the account it is bound for".into(),
                 ));
             }
-            if data.oauth_id.is_empty() || data.oauth_id.chars().count() > MAX_OAUTH_ID {
-                return Err(Rejection::BadRequest(
-                    "an OAuth id has 1 to 256 characters".into(),
-                ));
+            if let Some(problem) = super::validate::oauth_id_problem(&data.oauth_id) {
+                return Err(Rejection::BadRequest(problem.into()));
             }
             Ok(Decision {
                 subject: EventSubject::new(account, NONE, NONE, EventType::ContextBound),

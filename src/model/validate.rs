@@ -19,6 +19,18 @@ pub fn catalog_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
+/// Longest OAuth id accepted, in characters.
+pub const MAX_OAUTH_ID: usize = 256;
+
+/// Why an OAuth id is refused, as one sentence; `None` when it has 1 to 256 characters.
+pub fn oauth_id_problem(oauth_id: &str) -> Option<&'static str> {
+    if oauth_id.is_empty() || oauth_id.chars().count() > MAX_OAUTH_ID {
+        Some("an OAuth id has 1 to 256 characters")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! current by a KV watch: `stats` answers from it without I/O, and read ops wait on it for
 //! `Natster-Min-Seq`.
 
-use super::runner::{load, Checkpoint, Counters};
+use super::runner::{Checkpoint, Counters};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -63,8 +63,8 @@ impl StatsView {
             names.push(key.map_err(|e| e.to_string())?);
         }
         for key in names {
-            if let (Some(value), _) = load::<serde_json::Value>(&stats, &key).await? {
-                initial.absorb(&key, value.to_string().as_bytes());
+            if let Some(value) = stats.get(&key).await.map_err(|e| e.to_string())? {
+                initial.absorb(&key, &value);
             }
         }
         let (tx, snapshot) = watch::channel(initial);
