@@ -16,14 +16,28 @@ use std::time::{Duration, Instant};
 
 const EVENTS: usize = 20_000;
 
+/// Starts `serve` as a child process. Its log is dropped unless `CRASH_LOG` names a file to
+/// append it to (with `CRASH_RUST_LOG` as its filter, `warn` by default): a debugging aid.
 fn spawn_serve(tw: &TestWorld) -> Result<Child> {
+    let log = match std::env::var_os("CRASH_LOG") {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)?,
+        ),
+        None => Stdio::null(),
+    };
     Ok(Command::new(env!("CARGO_BIN_EXE_natster-global"))
         .args(["serve", "--nats-url", &tw.server.url(), "--creds"])
         .arg(tw.world.creds_path(NATSTER))
         .env_remove("USER_JWT")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()?)
 }
 

@@ -263,14 +263,8 @@ async fn rebuild_gives_the_same_bytes_and_repairs_damage() -> Result<()> {
     );
     // The runner still works after a rebuild.
     let seq = seq_of(&put_event(&bob, "catalog_shared", "books", &a, Value::Null).await?)?;
-    assert_eq!(
-        call(&alice, "my.shares", "", Some(seq))
-            .await?
-            .data
-            .as_array()
-            .map(Vec::len),
-        Some(3)
-    );
+    let shares = call(&alice, "my.shares", "", Some(seq)).await?;
+    assert_eq!(shares.data.as_array().map(Vec::len), Some(3), "{shares:?}");
     h.stop().await
 }
 

@@ -82,11 +82,9 @@ impl Projection for Accounts {
         record.applied_seq
     }
 
-    fn count(before: Option<&AccountRecord>, after: Option<&AccountRecord>) -> CountDelta {
-        let initialized =
-            |r: Option<&AccountRecord>| r.is_some_and(|r| r.initialized_at > 0) as i64;
+    fn tally(record: Option<&AccountRecord>) -> CountDelta {
         CountDelta {
-            total_initialized: initialized(after) - initialized(before),
+            total_initialized: record.is_some_and(|r| r.initialized_at > 0) as i64,
             share_count: 0,
         }
     }

@@ -58,11 +58,10 @@ impl Projection for Catalogs {
         record.applied_seq
     }
 
-    fn count(before: Option<&CatalogRecord>, after: Option<&CatalogRecord>) -> CountDelta {
-        let shares = |r: Option<&CatalogRecord>| r.map_or(0, |r| r.shared_with.len() as i64);
+    fn tally(record: Option<&CatalogRecord>) -> CountDelta {
         CountDelta {
             total_initialized: 0,
-            share_count: shares(after) - shares(before),
+            share_count: record.map_or(0, |r| r.shared_with.len() as i64),
         }
     }
 }

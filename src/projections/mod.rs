@@ -26,6 +26,16 @@ impl CountDelta {
     }
 }
 
+impl std::ops::Sub for CountDelta {
+    type Output = CountDelta;
+    fn sub(self, other: CountDelta) -> CountDelta {
+        CountDelta {
+            total_initialized: self.total_initialized - other.total_initialized,
+            share_count: self.share_count - other.share_count,
+        }
+    }
+}
+
 impl std::ops::AddAssign for CountDelta {
     fn add_assign(&mut self, other: CountDelta) {
         self.total_initialized += other.total_initialized;
@@ -55,8 +65,9 @@ pub trait Projection: Send + Sync + 'static {
     /// Last sequence applied to `record`.
     fn applied_seq(record: &Self::Record) -> u64;
 
-    /// What a record moving from `before` to `after` changes in the counters.
-    fn count(_before: Option<&Self::Record>, _after: Option<&Self::Record>) -> CountDelta {
+    /// What one record contributes to the counters; an event changes them by the record's
+    /// tally after it minus its tally before.
+    fn tally(_record: Option<&Self::Record>) -> CountDelta {
         CountDelta::default()
     }
 }
@@ -70,22 +81,18 @@ pub fn fold<P: Projection>(
     let mut delta = CountDelta::default();
     for event in events {
         for key in P::keys(event) {
-            let before = records.get(&key).cloned();
-            if before
-                .as_ref()
+            if records
+                .get(&key)
                 .is_some_and(|r| P::applied_seq(r) >= event.seq)
             {
                 continue;
             }
-            let after = P::apply(&key, before.clone(), event);
-            delta += P::count(before.as_ref(), after.as_ref());
-            match after {
-                Some(record) => {
-                    records.insert(key, record);
-                }
-                None => {
-                    records.remove(&key);
-                }
+            let before = records.remove(&key);
+            let tally_before = P::tally(before.as_ref());
+            let after = P::apply(&key, before, event);
+            delta += P::tally(after.as_ref()) - tally_before;
+            if let Some(record) = after {
+                records.insert(key, record);
             }
         }
     }

@@ -19,8 +19,15 @@
 //! 3. `checkpoint.<projection>` — the batch's acknowledgement: the next holder starts after it,
 //!    and readers waiting for `Natster-Min-Seq` trust it only after the records are written.
 //!
-//! A lost CAS (a stale holder or a rebuild wrote first) reloads and re-folds the batch; the
-//! result is the same because folding is idempotent, and a record never moves backwards.
+//! Reading and writing overlap: while one batch is being written, the next events are read
+//! and folded in memory, and all of them go into the next flush. Flushes run one at a time and
+//! in order, so the revisions each expects are the ones the previous flush stored. Under a
+//! backlog a flush covers many events (fewer writes per event); caught up, each event is
+//! flushed as soon as it arrives.
+//!
+//! A lost CAS (a stale holder or a rebuild wrote first) throws the in-memory state away and
+//! starts over from the stored checkpoint; the result is the same because folding is
+//! idempotent, and a record never moves backwards.
 
 use super::{CountDelta, Projection};
 use crate::events::{decode, Decoded};
@@ -28,30 +35,26 @@ use crate::lease::Lease;
 use crate::model::Event;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Messages still pending in the log after the last one of `batch`.
-fn backlog(batch: &[Result<jetstream::Message, consumer::pull::OrderedError>]) -> u64 {
-    batch
-        .last()
-        .and_then(|m| m.as_ref().ok())
-        .and_then(|m| m.info().ok())
-        .map_or(0, |info| info.pending)
-}
-
-/// Attempts at one batch before the runner gives the lease up and starts over.
+/// Fresh starts from the checkpoint after failed writes before the runner gives the lease up.
 const BATCH_ATTEMPTS: usize = 8;
 
 /// Tuning of a runner.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// Largest batch folded at once.
+    /// Most events folded into one flush (and read from the log in one chunk).
     pub batch_size: usize,
+    /// Record reads and writes in flight at once.
+    pub write_concurrency: usize,
+    /// Under a backlog, the longest a folded event waits for its flush (caught up, a flush
+    /// starts at once).
+    pub max_linger: Duration,
     /// Lease time: a standby instance takes over at most this long after the holder stops.
     pub takeover_after: Duration,
 }
@@ -59,7 +62,9 @@ pub struct RunnerConfig {
 impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
-            batch_size: 8192,
+            batch_size: 65_536,
+            write_concurrency: 64,
+            max_linger: Duration::from_millis(500),
             takeover_after: Duration::from_secs(5),
         }
     }
@@ -178,7 +183,9 @@ pub async fn run<P: Projection>(
 }
 
 /// Applies the log while `lease` is held. Returns `Ok` when the lease is lost or `shutdown`
-/// is cancelled.
+/// is cancelled. A failed write (a lost compare-and-set, an unavailable bucket) starts the
+/// pipeline over from the stored checkpoint with nothing cached, a few times, before the
+/// error goes up.
 async fn lead<P: Projection>(
     events: &stream::Stream,
     records: &kv::Store,
@@ -188,11 +195,61 @@ async fn lead<P: Projection>(
     shutdown: &CancellationToken,
     lease: &mut Lease,
 ) -> Result<(), RunnerError> {
-    let fail = |message: String| RunnerError {
-        projection: P::NAME,
-        message,
-    };
-    let start = checkpoint(stats, P::NAME).await.map_err(fail)? + 1;
+    let mut attempt = 0;
+    loop {
+        let mut flushing = None;
+        let result = pipeline::<P>(
+            events,
+            records,
+            stats,
+            config,
+            progress,
+            shutdown,
+            lease,
+            &mut flushing,
+        )
+        .await;
+        // Never leave a write behind while starting over or handing the lease on.
+        if let Some(flush) = flushing.take() {
+            let _ = flush.await;
+        }
+        match result {
+            Ok(()) => return Ok(()),
+            Err(message) => {
+                attempt += 1;
+                if attempt >= BATCH_ATTEMPTS || !lease.is_held() {
+                    return Err(RunnerError {
+                        projection: P::NAME,
+                        message,
+                    });
+                }
+                tracing::debug!(projection = P::NAME, %message, "starting over from the checkpoint");
+            }
+        }
+    }
+}
+
+/// A flush running in its own task.
+type Flushing = tokio::task::JoinHandle<Result<Flushed, String>>;
+
+/// The pipeline: the log is read and folded into memory while the previous batch is being
+/// written, so reading, folding and writing overlap, and every event that arrives during a
+/// flush joins the next one (the busier the log, the more events each write covers).
+/// Flushes run one at a time, in order; each writes counters, records, then the checkpoint.
+#[allow(clippy::too_many_arguments)]
+async fn pipeline<P: Projection>(
+    events: &stream::Stream,
+    records: &kv::Store,
+    stats: &kv::Store,
+    config: &RunnerConfig,
+    progress: &watch::Sender<u64>,
+    shutdown: &CancellationToken,
+    lease: &mut Lease,
+    flushing: &mut Option<Flushing>,
+) -> Result<(), String> {
+    let mut fold = FoldState::<P::Record>::load(stats, P::NAME).await?;
+    fold.preload(records).await?;
+    let start = fold.checkpoint.0 + 1;
     let consumer = events
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -201,101 +258,466 @@ async fn lead<P: Projection>(
             ..Default::default()
         })
         .await
-        .map_err(|e| fail(format!("consumer: {e}")))?;
+        .map_err(|e| format!("consumer: {e}"))?;
     let messages = consumer
         .messages()
         .await
-        .map_err(|e| fail(format!("reading the log: {e}")))?;
-    let mut batches = messages.ready_chunks(config.batch_size);
+        .map_err(|e| format!("reading the log: {e}"))?;
+    let (mut batches, _reader) = spawn_log_reader(messages, start);
     let mut renew = tokio::time::interval(config.takeover_after / 4);
     renew.tick().await;
-    let mut expected = start;
-    let mut cache = WriteCache::default();
+    // Whether the last message read was the log's last; while it is not, a flush waits for
+    // more events (up to `batch_size` or `max_linger`) so that each write covers more of them.
+    let mut caught_up = true;
+    let mut pending_since = tokio::time::Instant::now();
     loop {
-        let batch = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+        let due = caught_up
+            || fold.pending_events >= config.batch_size
+            || pending_since.elapsed() >= config.max_linger;
+        if flushing.is_none() && fold.has_pending() && due {
+            if !lease.is_held() {
+                // Too late to trust the lease (a pause, a slow renewal): let the next holder
+                // start from the checkpoint.
+                return Ok(());
+            }
+            let plan = fold.take_plan(lease.owner());
+            *flushing = Some(tokio::spawn(execute_flush::<P>(
+                records.clone(),
+                stats.clone(),
+                plan,
+                config.write_concurrency,
+            )));
+        }
+        let accepting = fold.pending_events < config.batch_size;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                // Finish the batch in hand: the flush in flight, then what is folded.
+                if let Some(flush) = flushing.take() {
+                    let done = flush.await.map_err(|e| e.to_string())??;
+                    progress.send_replace(fold.finish(done));
+                }
+                if fold.has_pending() && lease.is_held() {
+                    let plan = fold.take_plan(lease.owner());
+                    let done = execute_flush::<P>(records.clone(), stats.clone(), plan, config.write_concurrency).await?;
+                    progress.send_replace(fold.finish(done));
+                }
+                return Ok(());
+            }
+            done = async { flushing.as_mut().expect("guarded").await }, if flushing.is_some() => {
+                *flushing = None;
+                let done = done.map_err(|e| e.to_string())??;
+                progress.send_replace(fold.finish(done));
+            }
+            _ = tokio::time::sleep_until(pending_since + config.max_linger),
+                if flushing.is_none() && fold.has_pending() => {}
             _ = renew.tick() => {
-                if !lease.renew().await.map_err(fail)? {
+                if !lease.renew().await? {
                     tracing::warn!(projection = P::NAME, "lost the projection lease; standing by");
                     return Ok(());
                 }
-                continue;
             }
-            batch = batches.next() => match batch {
-                Some(batch) => batch,
-                None => return Err(fail("the log reader ended".into())),
-            },
-        };
-        // While the log has a backlog, fill the batch: bigger batches fold more events per key
-        // and share the per-batch writes. Caught up, a batch goes out at once.
-        let mut batch = batch;
-        while batch.len() < config.batch_size && backlog(&batch) > 0 {
-            match tokio::time::timeout(Duration::from_millis(20), batches.next()).await {
-                Ok(Some(more)) => batch.extend(more),
-                Ok(None) => return Err(fail("the log reader ended".into())),
-                Err(_) => break,
+            batch = batches.recv(), if accepting => {
+                let ReadBatch { events, last_seq, caught_up: at_end } = batch
+                    .ok_or_else(|| "the log reader ended".to_string())??;
+                caught_up = at_end;
+                if !fold.has_pending() {
+                    pending_since = tokio::time::Instant::now();
+                }
+                fold.ensure_loaded::<P>(records, &events, config.write_concurrency).await?;
+                fold.fold::<P>(&events, last_seq);
             }
         }
-        if !lease.is_held() {
-            // Too late to trust the lease (a pause, a slow renewal): let the next holder start
-            // from the checkpoint.
+    }
+}
+
+/// Decoded events read from the log, in stream order.
+struct ReadBatch {
+    events: Vec<Event>,
+    /// Last stream sequence read (events the projections ignore included).
+    last_seq: u64,
+    /// The last message read was the last in the log at the time.
+    caught_up: bool,
+}
+
+/// Chunks of decoded events queued between the log reader and the folder.
+const READ_AHEAD: usize = 32;
+
+/// Reads and decodes the log in its own task, so that reading goes on while the runner folds.
+/// The task ends when the receiver is dropped (the handle also aborts it when dropped), or
+/// after sending the first error.
+fn spawn_log_reader(
+    messages: consumer::pull::Ordered,
+    start: u64,
+) -> (
+    tokio::sync::mpsc::Receiver<Result<ReadBatch, String>>,
+    tokio_util::task::AbortOnDropHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let task = tokio::spawn(async move {
+        let mut chunks = messages.ready_chunks(1024);
+        let mut expected = start;
+        while let Some(chunk) = chunks.next().await {
+            let caught_up = chunk
+                .last()
+                .and_then(|m| m.as_ref().ok())
+                .and_then(|m| m.info().ok())
+                .is_none_or(|info| info.pending == 0);
+            let mut events = Vec::with_capacity(chunk.len());
+            let mut last_seq = None;
+            for message in chunk {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(error) => {
+                        let _ = tx.send(Err(format!("reading the log: {error}"))).await;
+                        return;
+                    }
+                };
+                match decode(&message) {
+                    Some(Decoded::Event(event)) => {
+                        last_seq = Some(event.seq);
+                        // The ordered reader never goes back; anything below is applied.
+                        if event.seq >= expected {
+                            events.push(*event);
+                        }
+                    }
+                    Some(Decoded::Unknown { seq, .. } | Decoded::Foreign { seq }) => {
+                        last_seq = Some(seq)
+                    }
+                    None => {}
+                }
+            }
+            let Some(last_seq) = last_seq else { continue };
+            expected = last_seq + 1;
+            let batch = ReadBatch {
+                events,
+                last_seq,
+                caught_up,
+            };
+            if tx.send(Ok(batch)).await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, tokio_util::task::AbortOnDropHandle::new(task))
+}
+
+/// What the holder of a projection knows: records with their stored revisions, the counters
+/// and the checkpoint as stored, and what is folded but not yet written. Valid while it holds
+/// the lease (it is the only writer then); a failed write throws all of it away.
+struct FoldState<R> {
+    /// Key → (record as folded, revision as stored by the last finished flush).
+    cache: HashMap<String, (Option<R>, Option<u64>)>,
+    /// Keys folded since the last flush started.
+    dirty: HashSet<String>,
+    /// Keys being written by the flush in flight (never evicted while it runs).
+    in_flight: HashSet<String>,
+    /// `cache` holds every key of the bucket: a key not in it is absent, no read needed.
+    complete: bool,
+    /// Counters as stored, and their revision.
+    counters: (Counters, Option<u64>),
+    /// Events above this sequence had their counter changes added to `delta`.
+    counted_base: u64,
+    delta: CountDelta,
+    counted_something: bool,
+    /// Checkpoint as stored, and its revision.
+    checkpoint: (u64, Option<u64>),
+    /// Last sequence folded and not yet handed to a flush.
+    pending_seq: Option<u64>,
+    pending_events: usize,
+}
+
+/// One flush: everything a batch writes, with the revisions it expects.
+struct FlushPlan {
+    counters: Option<(Counters, Option<u64>)>,
+    /// Key, serialized record (`None`: delete), expected revision.
+    writes: Vec<(String, Option<Bytes>, Option<u64>)>,
+    checkpoint: (u64, Option<u64>),
+    last_seq: u64,
+    owner: String,
+}
+
+/// What a finished flush stored.
+struct Flushed {
+    counters: Option<(Counters, Option<u64>)>,
+    revisions: Vec<(String, Option<u64>)>,
+    checkpoint: Option<(u64, Option<u64>)>,
+    last_seq: u64,
+}
+
+/// Records kept in memory before clean ones are dropped (bounds memory), and the largest
+/// bucket read into memory whole when a holder starts.
+const CACHE_LIMIT: usize = 200_000;
+
+/// Longest wait for the next entry while reading a bucket into memory.
+const PRELOAD_STALL: Duration = Duration::from_secs(10);
+
+impl<R: Clone + PartialEq + Serialize + serde::de::DeserializeOwned> FoldState<R> {
+    async fn load(stats: &kv::Store, name: &str) -> Result<FoldState<R>, String> {
+        let (counters, counters_revision) = load::<Counters>(stats, &counters_key(name)).await?;
+        let counters = counters.unwrap_or_default();
+        let (checkpoint, checkpoint_revision) =
+            load::<Checkpoint>(stats, &checkpoint_key(name)).await?;
+        Ok(FoldState {
+            cache: HashMap::new(),
+            dirty: HashSet::new(),
+            in_flight: HashSet::new(),
+            complete: false,
+            counted_base: counters.counted_seq,
+            counters: (counters, counters_revision),
+            delta: CountDelta::default(),
+            counted_something: false,
+            checkpoint: (checkpoint.map_or(0, |c| c.applied_seq), checkpoint_revision),
+            pending_seq: None,
+            pending_events: 0,
+        })
+    }
+
+    /// Reads the whole bucket into memory when it holds at most [`CACHE_LIMIT`] entries (one
+    /// ordered pass instead of a read per key), and marks the cache complete.
+    async fn preload(&mut self, records: &kv::Store) -> Result<(), String> {
+        let fail = |e: &dyn std::fmt::Display| format!("preloading the records: {e}");
+        // Fresh stream info: `kv::Store::status` returns what was cached when the handle was
+        // made.
+        let values = records
+            .stream
+            .clone()
+            .info()
+            .await
+            .map_err(|e| fail(&e))?
+            .state
+            .messages;
+        if values > CACHE_LIMIT as u64 {
             return Ok(());
         }
-        let mut events = Vec::with_capacity(batch.len());
-        let mut last_seq = None;
-        for message in batch {
-            let message = message.map_err(|e| fail(format!("reading the log: {e}")))?;
-            match decode(&message) {
-                Some(Decoded::Event(event)) => {
-                    last_seq = Some(event.seq);
-                    events.push(*event);
+        if values > 0 {
+            let mut entries = records
+                .watch_with_history(">")
+                .await
+                .map_err(|e| fail(&e))?;
+            loop {
+                let entry = tokio::time::timeout(PRELOAD_STALL, entries.next())
+                    .await
+                    .map_err(|_| fail(&"no entry within the stall timeout"))?
+                    .ok_or_else(|| fail(&"the bucket reader ended"))?
+                    .map_err(|e| fail(&e))?;
+                let record = match entry.operation {
+                    kv::Operation::Put => Some(
+                        serde_json::from_slice(&entry.value)
+                            .map_err(|e| format!("record {} does not decode: {e}", entry.key))?,
+                    ),
+                    kv::Operation::Delete | kv::Operation::Purge => None,
+                };
+                self.cache.insert(entry.key, (record, Some(entry.revision)));
+                if entry.delta == 0 {
+                    break;
                 }
-                Some(Decoded::Unknown { seq, .. } | Decoded::Foreign { seq }) => {
-                    last_seq = Some(seq)
-                }
-                None => {}
             }
         }
-        let Some(last_seq) = last_seq else { continue };
-        if let Some(first) = events.first() {
-            if first.seq < expected {
-                // The ordered reader never goes back; anything below is already applied.
-                events.retain(|e| e.seq >= expected);
+        self.complete = true;
+        Ok(())
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending_seq.is_some()
+    }
+
+    /// Reads the records of `events` that are not in memory yet.
+    async fn ensure_loaded<P: Projection<Record = R>>(
+        &mut self,
+        records: &kv::Store,
+        events: &[Event],
+        concurrency: usize,
+    ) -> Result<(), String> {
+        if self.cache.len() > CACHE_LIMIT {
+            let keep: HashSet<&String> = self.dirty.iter().chain(&self.in_flight).collect();
+            self.cache.retain(|key, _| keep.contains(key));
+            self.complete = false;
+        }
+        if self.complete {
+            // `fold` knows a key it does not hold is absent.
+            return Ok(());
+        }
+        let missing: BTreeSet<String> = events
+            .iter()
+            .flat_map(P::keys)
+            .filter(|key| !self.cache.contains_key(key))
+            .collect();
+        let loaded: Vec<_> = futures::stream::iter(missing)
+            .map(|key| async move {
+                let result = load::<R>(records, &key).await;
+                (key, result)
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        for (key, result) in loaded {
+            self.cache.insert(key, result?);
+        }
+        Ok(())
+    }
+
+    /// Folds `events` (stream order, every key loaded by `ensure_loaded`) ending at
+    /// `last_seq` into memory.
+    fn fold<P: Projection<Record = R>>(&mut self, events: &[Event], last_seq: u64) {
+        for event in events {
+            for key in P::keys(event) {
+                let (record, _) = match self.cache.get_mut(&key) {
+                    Some(entry) => entry,
+                    None => {
+                        assert!(self.complete, "every touched key was loaded");
+                        self.cache.entry(key.clone()).or_insert((None, None))
+                    }
+                };
+                if record
+                    .as_ref()
+                    .is_some_and(|r| P::applied_seq(r) >= event.seq)
+                {
+                    continue;
+                }
+                let tally_before = P::tally(record.as_ref());
+                let existed = record.is_some();
+                // `apply` stamps every record it returns with the event's sequence, so a record
+                // changes unless it is absent before and after.
+                *record = P::apply(&key, record.take(), event);
+                if event.seq > self.counted_base {
+                    let change = P::tally(record.as_ref()) - tally_before;
+                    self.counted_something |= !change.is_zero();
+                    self.delta += change;
+                }
+                if existed || record.is_some() {
+                    self.dirty.insert(key);
+                }
             }
         }
-        apply_batch_cached::<P>(records, stats, &events, last_seq, lease.owner(), &mut cache)
-            .await
-            .map_err(fail)?;
-        expected = last_seq + 1;
-        progress.send_replace(last_seq);
+        self.pending_seq = Some(last_seq);
+        self.pending_events += events.len().max(1);
+    }
+
+    /// Hands what is folded to a flush. Call only when no flush is in flight: the revisions
+    /// it expects are those the previous flush stored.
+    fn take_plan(&mut self, owner: &str) -> FlushPlan {
+        let last_seq = self.pending_seq.take().expect("something is pending");
+        self.pending_events = 0;
+        // Counters move only when some event changes them: a batch whose every event counts
+        // nothing counts nothing on replay either, so leaving `counted_seq` behind is safe
+        // (and saves a write per batch for projections without counters).
+        let counters =
+            (self.counted_something && last_seq > self.counters.0.counted_seq).then(|| {
+                let (stored, revision) = &self.counters;
+                (
+                    Counters {
+                        counted_seq: last_seq,
+                        total_initialized: stored.total_initialized + self.delta.total_initialized,
+                        share_count: stored.share_count + self.delta.share_count,
+                    },
+                    *revision,
+                )
+            });
+        self.delta = CountDelta::default();
+        self.counted_something = false;
+        self.in_flight = std::mem::take(&mut self.dirty);
+        let writes = self
+            .in_flight
+            .iter()
+            .map(|key| {
+                let (record, revision) = &self.cache[key];
+                let bytes = record.as_ref().map(|r| {
+                    Bytes::from(serde_json::to_vec(r).expect("records serialize to JSON"))
+                });
+                (key.clone(), bytes, *revision)
+            })
+            .collect();
+        FlushPlan {
+            counters,
+            writes,
+            checkpoint: self.checkpoint,
+            last_seq,
+            owner: owner.to_string(),
+        }
+    }
+
+    /// Takes in what a flush stored; returns the sequence now applied.
+    fn finish(&mut self, done: Flushed) -> u64 {
+        if let Some(counters) = done.counters {
+            self.counters = counters;
+        }
+        for (key, revision) in done.revisions {
+            if let Some(entry) = self.cache.get_mut(&key) {
+                entry.1 = revision;
+            }
+        }
+        if let Some(checkpoint) = done.checkpoint {
+            self.checkpoint = checkpoint;
+        }
+        self.in_flight.clear();
+        done.last_seq
     }
 }
 
-/// What the holder of a projection knows it wrote: records with their revisions, the
-/// counters and the checkpoint. Valid while it holds the lease (it is the only writer then);
-/// an entry is dropped when a compare-and-set on it fails, and re-read on next use.
-pub struct WriteCache<R> {
-    records: HashMap<String, (Option<R>, Option<u64>)>,
-    counters: Option<(Counters, Option<u64>)>,
-    checkpoint: Option<(u64, Option<u64>)>,
-}
-
-/// Records kept in a [`WriteCache`] before it starts over (bounds memory).
-const CACHE_LIMIT: usize = 500_000;
-
-impl<R> Default for WriteCache<R> {
-    fn default() -> Self {
-        WriteCache {
-            records: HashMap::new(),
-            counters: None,
-            checkpoint: None,
+/// Writes one plan in the order the module documentation gives: counters, records (up to
+/// `concurrency` at once), checkpoint. A checkpoint moved by someone else is left alone (the
+/// checkpoint only moves forward; a stale writer finishing an old batch changes nothing).
+async fn execute_flush<P: Projection>(
+    records: kv::Store,
+    stats: kv::Store,
+    plan: FlushPlan,
+    concurrency: usize,
+) -> Result<Flushed, String> {
+    let counters = match plan.counters {
+        Some((counters, revision)) => {
+            let stored = write(&stats, &counters_key(P::NAME), Some(&counters), revision).await?;
+            Some((counters, stored))
         }
-    }
+        None => None,
+    };
+    let revisions: Vec<(String, Option<u64>)> = futures::stream::iter(plan.writes)
+        .map(|(key, record, revision)| {
+            let records = &records;
+            async move {
+                let stored = write_bytes(records, &key, record, revision).await?;
+                Ok::<_, String>((key, stored))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    let (stored, revision) = plan.checkpoint;
+    let checkpoint = if stored < plan.last_seq {
+        let checkpoint = Checkpoint {
+            applied_seq: plan.last_seq,
+            instance: plan.owner,
+        };
+        match write(
+            &stats,
+            &checkpoint_key(P::NAME),
+            Some(&checkpoint),
+            revision,
+        )
+        .await
+        {
+            Ok(revision) => Some((plan.last_seq, revision)),
+            Err(error) => {
+                tracing::debug!(projection = P::NAME, %error, "checkpoint moved by another writer");
+                let (stored, revision) =
+                    load::<Checkpoint>(&stats, &checkpoint_key(P::NAME)).await?;
+                Some((stored.map_or(0, |c| c.applied_seq), revision))
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Flushed {
+        counters,
+        revisions,
+        checkpoint,
+        last_seq: plan.last_seq,
+    })
 }
 
 /// Applies `events` (one batch, stream order, ending at `last_seq`) to the records of `P`,
 /// its counters and checkpoint, in the order the module documentation gives, reading
-/// everything from the bucket (no cache; what a stale writer would do).
+/// everything from the bucket first (what a stale writer would do).
 pub async fn apply_batch<P: Projection>(
     records: &kv::Store,
     stats: &kv::Store,
@@ -303,159 +725,11 @@ pub async fn apply_batch<P: Projection>(
     last_seq: u64,
     owner: &str,
 ) -> Result<(), String> {
-    apply_batch_cached::<P>(
-        records,
-        stats,
-        events,
-        last_seq,
-        owner,
-        &mut WriteCache::default(),
-    )
-    .await
-}
-
-/// [`apply_batch`] with the holder's cache.
-pub async fn apply_batch_cached<P: Projection>(
-    records: &kv::Store,
-    stats: &kv::Store,
-    events: &[Event],
-    last_seq: u64,
-    owner: &str,
-    cache: &mut WriteCache<P::Record>,
-) -> Result<(), String> {
-    let mut last_error = String::new();
-    for _ in 0..BATCH_ATTEMPTS {
-        match try_apply_batch::<P>(records, stats, events, last_seq, owner, cache).await {
-            Ok(()) => return Ok(()),
-            Err(error) => last_error = error,
-        }
-    }
-    Err(last_error)
-}
-
-async fn try_apply_batch<P: Projection>(
-    records: &kv::Store,
-    stats: &kv::Store,
-    events: &[Event],
-    last_seq: u64,
-    owner: &str,
-    cache: &mut WriteCache<P::Record>,
-) -> Result<(), String> {
-    if cache.records.len() > CACHE_LIMIT {
-        cache.records.clear();
-    }
-    let counters_key = counters_key(P::NAME);
-    let (counters, counters_revision) = match cache.counters.take() {
-        Some(cached) => cached,
-        None => {
-            let (counters, revision) = load::<Counters>(stats, &counters_key).await?;
-            (counters.unwrap_or_default(), revision)
-        }
-    };
-
-    let keys: BTreeSet<String> = events.iter().flat_map(P::keys).collect();
-    let missing: Vec<&String> = keys
-        .iter()
-        .filter(|k| !cache.records.contains_key(*k))
-        .collect();
-    let loaded =
-        futures::future::join_all(missing.iter().map(|key| load::<P::Record>(records, key))).await;
-    for (key, result) in missing.into_iter().zip(loaded) {
-        cache.records.insert(key.clone(), result?);
-    }
-    let mut state: BTreeMap<String, (Option<P::Record>, Option<u64>)> = keys
-        .iter()
-        .map(|k| (k.clone(), cache.records[k].clone()))
-        .collect();
-
-    let mut delta = CountDelta::default();
-    let mut counted_something = false;
-    let mut changed: BTreeSet<String> = BTreeSet::new();
-    for event in events {
-        for key in P::keys(event) {
-            let (record, _) = state.get_mut(&key).expect("every touched key was loaded");
-            if record
-                .as_ref()
-                .is_some_and(|r| P::applied_seq(r) >= event.seq)
-            {
-                continue;
-            }
-            let after = P::apply(&key, record.clone(), event);
-            if event.seq > counters.counted_seq {
-                let change = P::count(record.as_ref(), after.as_ref());
-                counted_something |= !change.is_zero();
-                delta += change;
-            }
-            if after != *record {
-                changed.insert(key.clone());
-            }
-            *record = after;
-        }
-    }
-
-    // Counters move only when some event changes them: a batch whose every event counts
-    // nothing counts nothing on replay either, so leaving `counted_seq` behind is safe (and
-    // saves a write per batch for projections without counters).
-    let counters = if counted_something && last_seq > counters.counted_seq {
-        let updated = Counters {
-            counted_seq: last_seq,
-            total_initialized: counters.total_initialized + delta.total_initialized,
-            share_count: counters.share_count + delta.share_count,
-        };
-        // A failure leaves the cache without counters: the retry reads them again.
-        let revision = write(stats, &counters_key, Some(&updated), counters_revision).await?;
-        (updated, revision)
-    } else {
-        (counters, counters_revision)
-    };
-    cache.counters = Some(counters);
-
-    let writes = changed.iter().map(|key| {
-        let (record, revision) = &state[key];
-        async move { (key, write(records, key, record.as_ref(), *revision).await) }
-    });
-    let mut failed = None;
-    for (key, result) in futures::future::join_all(writes).await {
-        match result {
-            Ok(revision) => {
-                cache
-                    .records
-                    .insert(key.clone(), (state[key].0.clone(), revision));
-            }
-            Err(error) => {
-                cache.records.remove(key);
-                failed = Some(error);
-            }
-        }
-    }
-    if let Some(error) = failed {
-        return Err(error);
-    }
-
-    // The checkpoint only moves forward: a stale writer finishing an old batch leaves a newer
-    // checkpoint alone.
-    let key = checkpoint_key(P::NAME);
-    let (stored, revision) = match cache.checkpoint.take() {
-        Some(cached) => cached,
-        None => {
-            let (stored, revision) = load::<Checkpoint>(stats, &key).await?;
-            (stored.map_or(0, |c| c.applied_seq), revision)
-        }
-    };
-    if stored < last_seq {
-        let checkpoint = Checkpoint {
-            applied_seq: last_seq,
-            instance: owner.to_string(),
-        };
-        match write(stats, &key, Some(&checkpoint), revision).await {
-            Ok(revision) => cache.checkpoint = Some((last_seq, revision)),
-            Err(error) => {
-                tracing::debug!(projection = P::NAME, %error, "checkpoint moved by another writer");
-            }
-        }
-    } else {
-        cache.checkpoint = Some((stored, revision));
-    }
+    let mut fold = FoldState::<P::Record>::load(stats, P::NAME).await?;
+    fold.ensure_loaded::<P>(records, events, 64).await?;
+    fold.fold::<P>(events, last_seq);
+    let plan = fold.take_plan(owner);
+    execute_flush::<P>(records.clone(), stats.clone(), plan, 64).await?;
     Ok(())
 }
 
@@ -488,7 +762,21 @@ pub async fn write<T: Serialize>(
     record: Option<&T>,
     revision: Option<u64>,
 ) -> Result<Option<u64>, String> {
-    let Some(record) = record else {
+    let bytes = record
+        .map(|r| serde_json::to_vec(r).map(Bytes::from))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    write_bytes(bucket, key, bytes, revision).await
+}
+
+/// [`write`] of a record already serialized.
+pub async fn write_bytes(
+    bucket: &kv::Store,
+    key: &str,
+    bytes: Option<Bytes>,
+    revision: Option<u64>,
+) -> Result<Option<u64>, String> {
+    let Some(bytes) = bytes else {
         return match revision {
             Some(revision) => bucket
                 .delete_expect_revision(key, Some(revision))
@@ -498,7 +786,6 @@ pub async fn write<T: Serialize>(
             None => Ok(None),
         };
     };
-    let bytes = Bytes::from(serde_json::to_vec(record).map_err(|e| e.to_string())?);
     match revision {
         Some(revision) => bucket
             .update(key, bytes, revision)
