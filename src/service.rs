@@ -57,7 +57,7 @@ pub struct GlobalService {
     tracker: TaskTracker,
     background: Vec<tokio::task::JoinHandle<()>>,
     stop_background: CancellationToken,
-    context: ApiContext,
+    context: Arc<ApiContext>,
     progress: Vec<(&'static str, watch::Receiver<u64>)>,
 }
 
@@ -135,7 +135,7 @@ impl GlobalService {
             .allow_burst(std::num::NonZeroU32::new(config.rate_burst.max(1)).expect("non-zero")),
         ));
         let config = Arc::new(config);
-        let context = ApiContext {
+        let context = Arc::new(ApiContext {
             store,
             decider,
             view,
@@ -143,7 +143,7 @@ impl GlobalService {
             config: config.clone(),
             credentials,
             rate_limiter,
-        };
+        });
         let micro = client
             .service_builder()
             .description("Natster global service")
@@ -280,7 +280,7 @@ fn spawn_runner<P: Projection>(
 async fn serve_endpoint(
     op: Op,
     mut endpoint: async_nats::service::endpoint::Endpoint,
-    context: ApiContext,
+    context: Arc<ApiContext>,
     max_request_bytes: usize,
     tracker: TaskTracker,
 ) {

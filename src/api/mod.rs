@@ -116,7 +116,8 @@ impl Caller {
 /// Per-account rate limiter of write ops.
 pub type RateLimiter = governor::DefaultKeyedRateLimiter<String>;
 
-/// What a handler may use; cheap to clone.
+/// What a handler may use; the service shares one behind an `Arc` (a clone copies every
+/// bucket handle).
 #[derive(Clone)]
 pub struct ApiContext {
     pub store: Store,
