@@ -153,6 +153,10 @@ pub struct ServiceArgs {
     /// How long a one-time code stays valid (applies when the codes bucket is created).
     #[arg(long, env = "NATSTER_CODE_TTL", default_value = "5m", value_parser = parse_duration)]
     pub code_ttl: Duration,
+    /// A catalog counts as online until this long after its last heartbeat (whole seconds,
+    /// e.g. 3m or 30s).
+    #[arg(long, env = "NATSTER_ONLINE_TTL", default_value = "3m", value_parser = parse_online_ttl)]
+    pub online_ttl: Duration,
     /// Write requests per second allowed per account.
     #[arg(long, env = "NATSTER_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
@@ -205,6 +209,7 @@ impl ServiceArgs {
             claim_url_base: self.claim_url_base.clone(),
             rate_per_second: self.rate_limit,
             rate_burst: self.rate_burst,
+            online_ttl: self.online_ttl,
             sealer,
             ..ServiceConfig::default()
         })
@@ -262,6 +267,15 @@ pub struct CallArgs {
 }
 
 /// Parses `5s`, `3m`, `1h`, `250ms`.
+/// An online TTL: a duration of whole seconds, at least one (the server's per-message TTL).
+pub fn parse_online_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(text)?;
+    if ttl < Duration::from_secs(1) || ttl.subsec_nanos() != 0 {
+        return Err("the online TTL must be whole seconds, at least 1s".into());
+    }
+    Ok(ttl)
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 5s, 3m, 1h)"))
 }
@@ -281,6 +295,9 @@ mod tests {
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
         assert!(parse_duration("five").is_err());
+        assert_eq!(parse_online_ttl("3m"), Ok(Duration::from_secs(180)));
+        assert!(parse_online_ttl("500ms").is_err());
+        assert!(parse_online_ttl("1500ms").is_err());
     }
 
     #[test]

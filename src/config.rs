@@ -151,6 +151,9 @@ pub struct ServiceConfig {
     pub rate_burst: u32,
     /// Tuning of the projection runners.
     pub runner: crate::projections::runner::RunnerConfig,
+    /// A catalog is online until this long after its last heartbeat (whole seconds, at
+    /// least 1 s: the server's per-message TTL).
+    pub online_ttl: Duration,
     /// Seals access tokens; without it, context ops answer 503.
     pub sealer: Option<std::sync::Arc<crate::seal::Sealer>>,
 }
@@ -175,6 +178,7 @@ impl Default for ServiceConfig {
             rate_per_second: 100,
             rate_burst: 200,
             runner: Default::default(),
+            online_ttl: Duration::from_secs(180),
             sealer: None,
         }
     }

@@ -134,8 +134,20 @@ impl GlobalService {
             )
             .allow_burst(std::num::NonZeroU32::new(config.rate_burst.max(1)).expect("non-zero")),
         ));
+        let feeds = crate::feeds::Feeds::new(client.clone(), store.catalogs.clone());
+        background.push(tokio::spawn(
+            crate::online::projector::OnlineProjector {
+                online: store.online.clone(),
+                records: store.online_records.clone(),
+                stats: store.stats.clone(),
+                feeds: feeds.clone(),
+                takeover_after: config.runner.takeover_after,
+            }
+            .run(stop_background.clone()),
+        ));
         let config = Arc::new(config);
         let context = Arc::new(ApiContext {
+            feeds,
             store,
             decider,
             view,

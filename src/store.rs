@@ -21,6 +21,16 @@ pub const PROJ_ACCOUNT_UPDATES_PREFIX: &str = "natster.projections.account";
 pub const PROJ_STATS_BUCKET: &str = "PROJ_STATS";
 /// One-time codes, each expiring after the code TTL.
 pub const CODES_BUCKET: &str = "NATSTER_CODES";
+/// Heartbeats: the latest per `natster.online.<owner>.<catalog>`, each expiring after the
+/// online TTL.
+pub const ONLINE_STREAM: &str = "NATSTER_ONLINE";
+/// Online projection bucket (key = `<owner>.<catalog>`).
+pub const PROJ_ONLINE_BUCKET: &str = "PROJ_ONLINE";
+/// How long the server keeps the marker it writes when a catalog's heartbeat expires, and the
+/// longest any message stays in `NATSTER_ONLINE`: a projector down for longer than this misses
+/// the expiry.
+pub const ONLINE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 /// Catalog name claims (name → owner), made atomically before a first share is appended.
 pub const NAMES_BUCKET: &str = "NATSTER_NAMES";
 
@@ -73,6 +83,8 @@ pub struct Store {
     pub stats: kv::Store,
     pub codes: kv::Store,
     pub names: kv::Store,
+    pub online: stream::Stream,
+    pub online_records: kv::Store,
 }
 
 impl Store {
@@ -145,8 +157,19 @@ impl Store {
             ),
         )
         .await?;
+        let online = ensure_stream(&js, online_stream_config(config)).await?;
+        let online_records = ensure_bucket(
+            &js,
+            plain(
+                PROJ_ONLINE_BUCKET,
+                "natster online projection: online state and last revision per owner and catalog",
+            ),
+        )
+        .await?;
         Ok(Store {
             js,
+            online,
+            online_records,
             events,
             accounts,
             catalogs,
@@ -176,6 +199,24 @@ pub fn events_stream_config(config: &StoreConfig) -> stream::Config {
     }
 }
 
+/// The configuration of `NATSTER_ONLINE`: the latest heartbeat per catalog, per-message TTL,
+/// and a marker from the server when a heartbeat expires.
+pub fn online_stream_config(config: &StoreConfig) -> stream::Config {
+    stream::Config {
+        name: ONLINE_STREAM.into(),
+        description: Some("natster catalog heartbeats (latest per catalog, expiring)".into()),
+        subjects: vec![format!("{}.>", crate::online::ONLINE_SUBJECT_PREFIX)],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_messages_per_subject: 1,
+        max_age: ONLINE_RETENTION,
+        allow_message_ttl: true,
+        subject_delete_marker_ttl: Some(ONLINE_RETENTION),
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
@@ -192,7 +233,7 @@ async fn ensure_stream(
         Err(create_error) => js
             .get_stream(&config.name)
             .await
-            .map_err(|_| StoreError::new(EVENTS_STREAM, create_error)),
+            .map_err(|_| StoreError::new("stream", format!("{}: {create_error}", config.name))),
     }
 }
 

@@ -212,13 +212,18 @@ pub struct Harness {
 impl Harness {
     /// A world with `users` and one service instance.
     pub async fn start(users: &[&str]) -> Result<Harness> {
-        let tw = TestWorld::start_with(users, |_| Ok(())).await?;
-        let mut harness = Harness {
-            tw,
-            services: vec![],
-        };
+        let mut harness = Harness::without_instances(users).await?;
         harness.add_instance(|_| {}).await?;
         Ok(harness)
+    }
+
+    /// A world with `users` and no service instance yet (see [`Harness::add_instance`]).
+    pub async fn without_instances(users: &[&str]) -> Result<Harness> {
+        let tw = TestWorld::start_with(users, |_| Ok(())).await?;
+        Ok(Harness {
+            tw,
+            services: vec![],
+        })
     }
 
     /// The service configuration tests use, adjusted by `adjust`.

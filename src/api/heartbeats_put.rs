@@ -1,17 +1,32 @@
-//! `heartbeats.put`: a running catalog server says its catalog is online. Only the catalog's
-//! owner may (the caller must be the heartbeat's `account_key`, and the name must be unowned
-//! or the caller's). Replies `{}` when the request has a reply subject.
+//! `heartbeats.put`: a catalog server says its catalog is up (or, with `"offline": true`, that
+//! it stops). Only the catalog's owner may heartbeat it. Reply `{}` when the request has a
+//! reply subject; the original client publishes without one.
 
 use super::{parse_json, ApiContext, ApiError, ApiRequest};
-use crate::model::{validate::catalog_name_problem, Heartbeat};
+use crate::model::validate::catalog_name_problem;
+use crate::online::{online_subject, OFFLINE_HEADER};
+use serde::Deserialize;
 
-/// Validates a heartbeat.
+/// The request as natster catalog servers send it, plus the optional `offline` flag.
+#[derive(Debug, Deserialize)]
+struct HeartbeatRequest {
+    catalog: String,
+    account_key: String,
+    #[serde(default)]
+    revision: i64,
+    #[serde(default)]
+    offline: bool,
+}
+
+/// Checks ownership, records the heartbeat in `NATSTER_ONLINE` (expiring after the online
+/// TTL), and forwards it to the accounts the catalog is shared with.
 pub async fn handle(
     context: &ApiContext,
     request: &ApiRequest<'_>,
 ) -> Result<serde_json::Value, ApiError> {
-    let heartbeat: Heartbeat = parse_json(request.payload, "heartbeat")?;
-    if heartbeat.account_key != request.caller.account {
+    let heartbeat: HeartbeatRequest = parse_json(request.payload, "heartbeat")?;
+    let owner = &request.caller.account;
+    if &heartbeat.account_key != owner {
         return Err(ApiError::forbidden(
             "a heartbeat can only be sent for the caller's own account",
         ));
@@ -19,13 +34,54 @@ pub async fn handle(
     if let Some(problem) = catalog_name_problem(&heartbeat.catalog) {
         return Err(ApiError::bad_request(problem));
     }
-    let owner = context
+    let current_owner = context
         .decider
         .read(|state| state.owner_of(&heartbeat.catalog).map(str::to_string));
-    if owner.is_some_and(|owner| owner != request.caller.account) {
+    if current_owner.is_some_and(|current| &current != owner) {
         return Err(ApiError::forbidden(
             "this catalog is owned by another account",
         ));
+    }
+
+    let payload = serde_json::json!({
+        "catalog": heartbeat.catalog,
+        "account_key": owner,
+        "revision": heartbeat.revision,
+    });
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(
+        "Nats-TTL",
+        context
+            .config
+            .online_ttl
+            .as_secs()
+            .max(1)
+            .to_string()
+            .as_str(),
+    );
+    if heartbeat.offline {
+        headers.insert(OFFLINE_HEADER, "true");
+    }
+    let ack = context
+        .store
+        .js
+        .publish_with_headers(
+            online_subject(owner, &heartbeat.catalog),
+            headers,
+            serde_json::to_vec(&payload)
+                .map_err(|_| ApiError::internal())?
+                .into(),
+        )
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the online stream is not available: {e}")))?;
+    ack.await.map_err(|e| {
+        ApiError::unavailable(format!("the online stream did not take the heartbeat: {e}"))
+    })?;
+
+    if !heartbeat.offline {
+        for account in context.feeds.shared_with(&heartbeat.catalog, owner).await {
+            context.feeds.publish(&account, "heartbeat", &payload).await;
+        }
     }
     Ok(serde_json::json!({}))
 }

@@ -126,6 +126,7 @@ pub struct ApiContext {
     pub config: Arc<ServiceConfig>,
     pub sealer: Option<Arc<Sealer>>,
     pub credentials: Arc<dyn CredentialsProvider>,
+    pub feeds: crate::feeds::Feeds,
     pub rate_limiter: Arc<RateLimiter>,
 }
 

@@ -13,7 +13,10 @@ pub async fn handle(
     let snapshot = context.view.snapshot();
     let reply = StatsReply {
         total_initialized: snapshot.counters(Accounts::NAME).total_initialized.max(0) as u64,
-        running_catalogs: 0,
+        running_catalogs: snapshot
+            .counters(crate::online::projector::NAME)
+            .running_catalogs
+            .max(0) as u64,
         share_count: snapshot.counters(Catalogs::NAME).share_count.max(0) as u64,
     };
     serde_json::to_value(reply).map_err(|_| ApiError::internal())

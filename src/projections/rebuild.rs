@@ -133,6 +133,7 @@ async fn rebuild_leased<P: Projection>(
         counted_seq: last_seq,
         total_initialized: counts.total_initialized,
         share_count: counts.share_count,
+        running_catalogs: 0,
     };
     stats
         .put(

@@ -79,6 +79,13 @@ pub struct Counters {
     pub total_initialized: i64,
     #[serde(default)]
     pub share_count: i64,
+    /// Catalogs online now (the online projection's counter; absent elsewhere).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub running_catalogs: i64,
+}
+
+fn is_zero(value: &i64) -> bool {
+    *value == 0
 }
 
 /// Progress of one projection (`checkpoint.<name>` in `PROJ_STATS`).
@@ -610,6 +617,7 @@ impl<R: Clone + PartialEq + Serialize + serde::de::DeserializeOwned> FoldState<R
                         counted_seq: last_seq,
                         total_initialized: stored.total_initialized + self.delta.total_initialized,
                         share_count: stored.share_count + self.delta.share_count,
+                        running_catalogs: stored.running_catalogs,
                     },
                     *revision,
                 )

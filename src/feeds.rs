@@ -1,0 +1,52 @@
+//! Live feeds: messages the service publishes to the accounts concerned, on
+//! `<ACCOUNT>.natster.global-events.<kind>` (each account imports its own as
+//! `natster.global-events.<kind>`; the export's token position makes sure it gets no other).
+
+use crate::model::CatalogRecord;
+use async_nats::jetstream::kv;
+
+/// Subject of `kind` in `account`'s feed.
+pub fn feed_subject(account: &str, kind: &str) -> String {
+    format!("{account}.natster.global-events.{kind}")
+}
+
+/// Publishes feed messages; cheap to clone.
+#[derive(Clone)]
+pub struct Feeds {
+    client: async_nats::Client,
+    catalogs: kv::Store,
+}
+
+impl Feeds {
+    /// Feeds on `client` (connected in the service account), reading share lists from the
+    /// catalog projection `catalogs`.
+    pub fn new(client: async_nats::Client, catalogs: kv::Store) -> Feeds {
+        Feeds { client, catalogs }
+    }
+
+    /// Publishes `payload` to `account`'s `kind` feed. Feeds are fire-and-forget (core NATS):
+    /// a failure is logged, never returned.
+    pub async fn publish(&self, account: &str, kind: &str, payload: &serde_json::Value) {
+        let bytes = serde_json::to_vec(payload).unwrap_or_default();
+        if let Err(error) = self
+            .client
+            .publish(feed_subject(account, kind), bytes.into())
+            .await
+        {
+            tracing::warn!(kind, %error, "feed message not sent");
+        }
+    }
+
+    /// Accounts `owner`'s catalog `catalog` is actively shared with (none when the catalog is
+    /// unknown, owned by someone else, or the projection cannot be read).
+    pub async fn shared_with(&self, catalog: &str, owner: &str) -> Vec<String> {
+        match crate::projections::runner::load::<CatalogRecord>(&self.catalogs, catalog).await {
+            Ok((Some(record), _)) if record.owner == owner => record.shared_with,
+            Ok(_) => Vec::new(),
+            Err(error) => {
+                tracing::warn!(%error, "share list unavailable; feed goes to the owner only");
+                Vec::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Catalog-online tracking against a real server with real accounts: transitions with a short
+//! TTL, two instances and a restart, notices counted per recipient; spoofed heartbeats.
+
+use anyhow::{ensure, Context, Result};
+use async_nats::jetstream;
+use futures::StreamExt;
+use natster_global::roundtrip::sync;
+use natster_global::testkit::{call, init_data, put_event, seq_of, Harness};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const TTL: Duration = Duration::from_secs(2);
+
+/// One account's feed, live once this returns.
+struct Feed {
+    sub: async_nats::Subscriber,
+}
+
+impl Feed {
+    async fn open(client: &async_nats::Client) -> Result<Feed> {
+        let sub = client.subscribe("natster.global-events.>").await?;
+        sync(client).await?;
+        Ok(Feed { sub })
+    }
+
+    /// The next message: (kind, payload); fails after `within`.
+    async fn next(&mut self, within: Duration) -> Result<(String, Value)> {
+        let message = tokio::time::timeout(within, self.sub.next())
+            .await
+            .context("no feed message in time")?
+            .context("feed closed")?;
+        let kind = message
+            .subject
+            .strip_prefix("natster.global-events.")
+            .context("feed subject")?
+            .to_string();
+        Ok((kind, serde_json::from_slice(&message.payload)?))
+    }
+
+    /// The next message that is not a `heartbeat`.
+    async fn next_notice(&mut self, within: Duration) -> Result<(String, Value)> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (kind, payload) = self.next(left).await?;
+            if kind != "heartbeat" {
+                return Ok((kind, payload));
+            }
+        }
+    }
+}
+
+async fn heartbeat(client: &async_nats::Client, body: Value) -> Result<u16> {
+    Ok(
+        call(client, "heartbeats.put", serde_json::to_vec(&body)?, None)
+            .await?
+            .code,
+    )
+}
+
+/// Waits until the server has replaced the last message on `subject` with its expiry marker.
+async fn wait_for_marker(js: &jetstream::Context, subject: &str) -> Result<()> {
+    let stream = js.get_stream("NATSTER_ONLINE").await?;
+    let started = Instant::now();
+    loop {
+        if let Ok(message) = stream.get_last_raw_message_by_subject(subject).await {
+            if message.headers.get("Nats-Marker-Reason").is_some() {
+                return Ok(());
+            }
+        }
+        ensure!(
+            started.elapsed() < TTL * 10,
+            "no expiry marker on {subject}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn online_state(client: &async_nats::Client) -> Result<(bool, i64)> {
+    let shares = call(client, "my.shares", "", None).await?;
+    let share = &shares.data[0];
+    Ok((
+        share["catalog_online"]
+            .as_bool()
+            .context("catalog_online")?,
+        share["revision"].as_i64().context("revision")?,
+    ))
+}
+
+async fn running(client: &async_nats::Client) -> Result<u64> {
+    call(client, "stats", "", None).await?.data["running_catalogs"]
+        .as_u64()
+        .context("running_catalogs")
+}
+
+#[tokio::test]
+async fn online_offline_online_with_two_instances_and_a_restart() -> Result<()> {
+    let mut h = Harness::without_instances(&["alice", "bob", "carol"]).await?;
+    for _ in 0..2 {
+        h.add_instance(|c| c.online_ttl = TTL).await?;
+    }
+    let (alice, bob, carol) = (
+        h.connect("alice").await?,
+        h.connect("bob").await?,
+        h.connect("carol").await?,
+    );
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let js = h.service_js().await?;
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    call(&bob, "my.shares", "", Some(shared)).await?;
+    let (mut alice_feed, mut bob_feed, mut carol_feed) = (
+        Feed::open(&alice).await?,
+        Feed::open(&bob).await?,
+        Feed::open(&carol).await?,
+    );
+
+    // Online: one notice each to the owner and the share target; the heartbeat itself goes
+    // to the target only.
+    let beat = json!({"catalog": "films", "account_key": a, "revision": 1});
+    assert_eq!(heartbeat(&alice, beat.clone()).await?, 200);
+    let (kind, payload) = bob_feed.next(Duration::from_secs(5)).await?;
+    assert_eq!(kind, "heartbeat");
+    assert_eq!(payload, beat);
+    for feed in [&mut alice_feed, &mut bob_feed] {
+        let (kind, payload) = feed.next_notice(Duration::from_secs(5)).await?;
+        assert_eq!(kind, "catalog_online");
+        assert_eq!(
+            (payload["catalog"].as_str(), payload["account_key"].as_str()),
+            (Some("films"), Some(a.as_str()))
+        );
+        assert_eq!(payload["revision"], 1);
+        assert!(payload["at"].as_str().is_some_and(|at| at.ends_with('Z')));
+    }
+    // A second heartbeat announces nothing new.
+    let beat2 = json!({"catalog": "films", "account_key": a, "revision": 2});
+    assert_eq!(heartbeat(&alice, beat2.clone()).await?, 200);
+    assert_eq!(
+        bob_feed.next(Duration::from_secs(5)).await?,
+        ("heartbeat".into(), beat2)
+    );
+    assert_eq!(online_state(&bob).await?, (true, 2));
+    assert_eq!(running(&carol).await?, 1);
+
+    // One instance stops (gracefully); heartbeats stop: exactly one offline notice each,
+    // within TTL + 10 s of the last heartbeat.
+    let last_beat = Instant::now();
+    h.services.remove(0).stop().await?;
+    for feed in [&mut alice_feed, &mut bob_feed] {
+        let (kind, payload) = feed.next_notice(TTL + Duration::from_secs(10)).await?;
+        assert_eq!(kind, "catalog_offline");
+        assert_eq!(payload["revision"], 2, "the last revision is kept");
+    }
+    assert!(last_beat.elapsed() < TTL + Duration::from_secs(10));
+    assert_eq!(online_state(&bob).await?, (false, 2));
+    assert_eq!(running(&carol).await?, 0);
+    wait_for_marker(&js, &format!("natster.online.{a}.films")).await?;
+
+    // A restarted instance next to the survivor: back online once, then an announced
+    // shutdown gives one offline notice at once.
+    h.add_instance(|c| c.online_ttl = TTL).await?;
+    assert_eq!(
+        heartbeat(
+            &alice,
+            json!({"catalog": "films", "account_key": a, "revision": 3})
+        )
+        .await?,
+        200
+    );
+    for feed in [&mut alice_feed, &mut bob_feed] {
+        let (kind, payload) = feed.next_notice(Duration::from_secs(5)).await?;
+        assert_eq!(
+            (kind.as_str(), &payload["revision"]),
+            ("catalog_online", &json!(3))
+        );
+    }
+    assert_eq!(
+        heartbeat(
+            &alice,
+            json!({"catalog": "films", "account_key": a, "revision": 3, "offline": true})
+        )
+        .await?,
+        200
+    );
+    for feed in [&mut alice_feed, &mut bob_feed] {
+        let (kind, _) = feed.next_notice(Duration::from_secs(5)).await?;
+        assert_eq!(kind, "catalog_offline");
+    }
+    // The offline message expires too; its marker must not announce anything again: the next
+    // notice after it is the next real transition.
+    wait_for_marker(&js, &format!("natster.online.{a}.films")).await?;
+    assert_eq!(
+        heartbeat(
+            &alice,
+            json!({"catalog": "films", "account_key": a, "revision": 4})
+        )
+        .await?,
+        200
+    );
+    for feed in [&mut alice_feed, &mut bob_feed] {
+        let (kind, payload) = feed.next_notice(Duration::from_secs(5)).await?;
+        assert_eq!(
+            (kind.as_str(), &payload["revision"]),
+            ("catalog_online", &json!(4))
+        );
+    }
+    // Carol, with no share, heard nothing at all.
+    assert!(carol_feed.next(Duration::from_millis(200)).await.is_err());
+    h.stop().await
+}
+
+#[tokio::test]
+async fn spoofed_heartbeats_are_refused_and_change_nothing() -> Result<()> {
+    let h = Harness::start(&["alice", "bob"]).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    call(&bob, "my.shares", "", Some(shared)).await?;
+    let mut alice_feed = Feed::open(&alice).await?;
+
+    // Bob claims to be alice, then heartbeats alice's catalog under his own key.
+    assert_eq!(
+        heartbeat(
+            &bob,
+            json!({"catalog": "films", "account_key": a, "revision": 9})
+        )
+        .await?,
+        403
+    );
+    assert_eq!(
+        heartbeat(
+            &bob,
+            json!({"catalog": "films", "account_key": b, "revision": 9})
+        )
+        .await?,
+        403
+    );
+    assert_eq!(
+        heartbeat(
+            &bob,
+            json!({"catalog": "fi.lms", "account_key": b, "revision": 9})
+        )
+        .await?,
+        400
+    );
+    assert_eq!(heartbeat(&bob, json!({"catalog": 5})).await?, 400);
+
+    let js = h.service_js().await?;
+    let online = js
+        .get_stream("NATSTER_ONLINE")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    assert_eq!(online, 0, "nothing recorded");
+    assert_eq!(online_state(&bob).await?, (false, 0));
+    assert_eq!(
+        call(&bob, "stats", "", None).await?.data["running_catalogs"],
+        0
+    );
+    assert!(
+        alice_feed.next(Duration::from_millis(200)).await.is_err(),
+        "no notice"
+    );
+    h.stop().await
+}
