@@ -26,5 +26,6 @@ pub mod reactor;
 pub mod roundtrip;
 pub mod seal;
 pub mod service;
+pub mod share_feed;
 pub mod store;
 pub mod testkit;

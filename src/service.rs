@@ -145,6 +145,23 @@ impl GlobalService {
             }
             .run(stop_background.clone()),
         ));
+        {
+            let (events, feeds, stop) =
+                (store.events.clone(), feeds.clone(), stop_background.clone());
+            let takeover = config.runner.takeover_after;
+            background.push(tokio::spawn(async move {
+                // A broken consumer stream starts over; unacked events are redelivered.
+                while let Err(error) =
+                    crate::share_feed::run(&events, feeds.clone(), takeover, stop.clone()).await
+                {
+                    tracing::warn!(%error, "share feed restarting");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(takeover / 4) => {}
+                    }
+                }
+            }));
+        }
         let config = Arc::new(config);
         let context = Arc::new(ApiContext {
             feeds,

@@ -1,0 +1,94 @@
+//! Feeds reach exactly the intended accounts, once per fact, with two service instances.
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use natster_global::roundtrip::sync;
+use natster_global::testkit::{call, init_data, put_event, seq_of, Harness};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// Every feed message `client` receives, in order.
+async fn feed(client: &async_nats::Client) -> Result<async_nats::Subscriber> {
+    let sub = client.subscribe("natster.global-events.>").await?;
+    sync(client).await?;
+    Ok(sub)
+}
+
+async fn next(sub: &mut async_nats::Subscriber) -> Result<(String, Value)> {
+    let message = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .context("no feed message in time")?
+        .context("feed closed")?;
+    let kind = message
+        .subject
+        .strip_prefix("natster.global-events.")
+        .context("feed subject")?
+        .to_string();
+    Ok((kind, serde_json::from_slice(&message.payload)?))
+}
+
+#[tokio::test]
+async fn each_feed_kind_reaches_exactly_the_intended_accounts_once() -> Result<()> {
+    let mut h = Harness::start(&["alice", "bob", "carol"]).await?;
+    h.add_instance(|_| {}).await?;
+    let (alice, bob, carol) = (
+        h.connect("alice").await?,
+        h.connect("bob").await?,
+        h.connect("carol").await?,
+    );
+    let (a, b, c) = (h.key("alice"), h.key("bob"), h.key("carol"));
+    let (mut alice_feed, mut bob_feed, mut carol_feed) =
+        (feed(&alice).await?, feed(&bob).await?, feed(&carol).await?);
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+
+    // catalog_shared: to the target and the owner.
+    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    let notice = json!({"catalog": "films", "from_account": a, "to_account": b, "seq": shared});
+    for sub in [&mut alice_feed, &mut bob_feed] {
+        assert_eq!(next(sub).await?, ("catalog_shared".into(), notice.clone()));
+    }
+    call(&bob, "my.shares", "", Some(shared)).await?;
+
+    // heartbeat: to the accounts the catalog is shared with; online: to them and the owner.
+    let beat = json!({"catalog": "films", "account_key": a, "revision": 7});
+    assert_eq!(
+        call(&alice, "heartbeats.put", serde_json::to_vec(&beat)?, None)
+            .await?
+            .code,
+        200
+    );
+    let mut bob_got = vec![next(&mut bob_feed).await?, next(&mut bob_feed).await?];
+    bob_got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(bob_got[0].0, "catalog_online");
+    assert_eq!(bob_got[1], ("heartbeat".into(), beat));
+    assert_eq!(next(&mut alice_feed).await?.0, "catalog_online");
+
+    // catalog_unshared: to the target and the owner.
+    let unshared = seq_of(&put_event(&alice, "catalog_unshared", "films", &b, Value::Null).await?)?;
+    let notice = json!({"catalog": "films", "from_account": a, "to_account": b, "seq": unshared});
+    for sub in [&mut alice_feed, &mut bob_feed] {
+        assert_eq!(
+            next(sub).await?,
+            ("catalog_unshared".into(), notice.clone())
+        );
+    }
+
+    // A last fact for carol: anything sent twice or to the wrong account would come first.
+    let last = seq_of(&put_event(&alice, "catalog_shared", "films", &c, Value::Null).await?)?;
+    let notice = json!({"catalog": "films", "from_account": a, "to_account": c, "seq": last});
+    assert_eq!(
+        next(&mut carol_feed).await?,
+        ("catalog_shared".into(), notice.clone())
+    );
+    assert_eq!(
+        next(&mut alice_feed).await?,
+        ("catalog_shared".into(), notice)
+    );
+    // Bob, no longer a target, hears nothing more.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), bob_feed.next())
+            .await
+            .is_err()
+    );
+    h.stop().await
+}
