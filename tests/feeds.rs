@@ -57,7 +57,7 @@ async fn each_feed_kind_reaches_exactly_the_intended_accounts_once() -> Result<(
             .code,
         200
     );
-    let mut bob_got = vec![next(&mut bob_feed).await?, next(&mut bob_feed).await?];
+    let mut bob_got = [next(&mut bob_feed).await?, next(&mut bob_feed).await?];
     bob_got.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(bob_got[0].0, "catalog_online");
     assert_eq!(bob_got[1], ("heartbeat".into(), beat));
