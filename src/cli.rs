@@ -124,6 +124,9 @@ pub struct ServiceArgs {
     /// Requests larger than this many bytes get 413.
     #[arg(long, env = "NATSTER_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
     pub max_request_bytes: usize,
+    /// Requests handled at once, all ops together; more wait in their subscriptions.
+    #[arg(long, env = "NATSTER_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
     /// Bound on finishing in-flight requests after SIGTERM (e.g. 10s).
     #[arg(long, env = "NATSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -197,6 +200,7 @@ impl ServiceArgs {
                 ..StoreConfig::default()
             },
             max_request_bytes: self.max_request_bytes,
+            max_in_flight: self.max_in_flight as usize,
             shutdown_timeout: self.shutdown_timeout,
             web_accounts: self.web_accounts.clone(),
             hub: match (&self.hub_account, &self.hub_catalog) {

@@ -138,6 +138,8 @@ pub struct ServiceConfig {
     pub max_request_bytes: usize,
     /// Queue group shared by all instances.
     pub queue_group: String,
+    /// Requests handled at once (all ops together); more wait in their subscriptions.
+    pub max_in_flight: usize,
     /// Bound on finishing in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
     /// Accounts allowed to claim codes and read contexts (the website).
@@ -171,6 +173,7 @@ impl Default for ServiceConfig {
             store: StoreConfig::default(),
             max_request_bytes: 64 * 1024,
             queue_group: "natster-global".into(),
+            max_in_flight: 1024,
             shutdown_timeout: Duration::from_secs(10),
             web_accounts: vec![],
             hub: None,

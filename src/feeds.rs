@@ -2,8 +2,7 @@
 //! `<ACCOUNT>.natster.global-events.<kind>` (each account imports its own as
 //! `natster.global-events.<kind>`; the export's token position makes sure it gets no other).
 
-use crate::model::CatalogRecord;
-use async_nats::jetstream::kv;
+use crate::decider::Decider;
 
 /// Subject of `kind` in `account`'s feed.
 pub fn feed_subject(account: &str, kind: &str) -> String {
@@ -14,14 +13,14 @@ pub fn feed_subject(account: &str, kind: &str) -> String {
 #[derive(Clone)]
 pub struct Feeds {
     client: async_nats::Client,
-    catalogs: kv::Store,
+    decider: Decider,
 }
 
 impl Feeds {
-    /// Feeds on `client` (connected in the service account), reading share lists from the
-    /// catalog projection `catalogs`.
-    pub fn new(client: async_nats::Client, catalogs: kv::Store) -> Feeds {
-        Feeds { client, catalogs }
+    /// Feeds on `client` (connected in the service account), taking share lists from the
+    /// decider's state (kept current by tailing the log: no read per message).
+    pub fn new(client: async_nats::Client, decider: Decider) -> Feeds {
+        Feeds { client, decider }
     }
 
     /// Publishes `payload` to `account`'s `kind` feed. Feeds are fire-and-forget (core NATS):
@@ -38,15 +37,8 @@ impl Feeds {
     }
 
     /// Accounts `owner`'s catalog `catalog` is actively shared with (none when the catalog is
-    /// unknown, owned by someone else, or the projection cannot be read).
-    pub async fn shared_with(&self, catalog: &str, owner: &str) -> Vec<String> {
-        match crate::projections::runner::load::<CatalogRecord>(&self.catalogs, catalog).await {
-            Ok((Some(record), _)) if record.owner == owner => record.shared_with,
-            Ok(_) => Vec::new(),
-            Err(error) => {
-                tracing::warn!(%error, "share list unavailable; feed goes to the owner only");
-                Vec::new()
-            }
-        }
+    /// unknown or owned by someone else).
+    pub fn shared_with(&self, catalog: &str, owner: &str) -> Vec<String> {
+        self.decider.read(|state| state.shared_with(catalog, owner))
     }
 }

@@ -134,7 +134,7 @@ impl GlobalService {
             )
             .allow_burst(std::num::NonZeroU32::new(config.rate_burst.max(1)).expect("non-zero")),
         ));
-        let feeds = crate::feeds::Feeds::new(client.clone(), store.catalogs.clone());
+        let feeds = crate::feeds::Feeds::new(client.clone(), decider.clone());
         background.push(tokio::spawn(
             crate::online::projector::OnlineProjector {
                 online: store.online.clone(),
@@ -181,6 +181,7 @@ impl GlobalService {
             .await
             .map_err(|e| ServeError::Service(e.to_string()))?;
         let tracker = TaskTracker::new();
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
         let mut endpoint_loops = Vec::new();
         for &op in Op::ALL {
             let endpoint = micro
@@ -195,6 +196,7 @@ impl GlobalService {
                 context.clone(),
                 config.max_request_bytes,
                 tracker.clone(),
+                in_flight.clone(),
             )));
         }
         crate::roundtrip::sync(&client)
@@ -305,17 +307,24 @@ fn spawn_runner<P: Projection>(
     (P::NAME, rx)
 }
 
-/// Takes requests of one op until the endpoint is stopped; each is handled in its own task.
+/// Takes requests of one op until the endpoint is stopped; each is handled in its own task,
+/// at most `in_flight`'s permits at once across all ops (beyond that, requests wait in the
+/// subscription, so a flood cannot grow memory without bound).
 async fn serve_endpoint(
     op: Op,
     mut endpoint: async_nats::service::endpoint::Endpoint,
     context: Arc<ApiContext>,
     max_request_bytes: usize,
     tracker: TaskTracker,
+    in_flight: Arc<tokio::sync::Semaphore>,
 ) {
     while let Some(request) = endpoint.next().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let context = context.clone();
         tracker.spawn(async move {
+            let _permit = permit;
             let result = handle(&context, op, &request.message, max_request_bytes).await;
             let (envelope, headers) = match result {
                 Ok(data) => (Envelope::success(data), async_nats::HeaderMap::new()),

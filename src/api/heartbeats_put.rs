@@ -79,7 +79,7 @@ pub async fn handle(
     })?;
 
     if !heartbeat.offline {
-        for account in context.feeds.shared_with(&heartbeat.catalog, owner).await {
+        for account in context.feeds.shared_with(&heartbeat.catalog, owner) {
             context.feeds.publish(&account, "heartbeat", &payload).await;
         }
     }

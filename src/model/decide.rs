@@ -232,6 +232,16 @@ impl DecisionState {
             .filter(|o| !o.is_empty())
     }
 
+    /// Accounts `owner`'s catalog `name` is actively shared with (none when `owner` does not
+    /// own it).
+    pub fn shared_with(&self, name: &str, owner: &str) -> Vec<String> {
+        self.catalogs
+            .get(name)
+            .filter(|c| c.owner == owner)
+            .map(|c| c.shares.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn pair_last_seq(&self, subject: &EventSubject) -> u64 {
         self.pairs.get(&subject.pair_key()).copied().unwrap_or(0)
     }

@@ -120,6 +120,11 @@ pub fn apply(
         OnlineFact::Offline => (false, record.map_or(0, |r| r.revision)),
     };
     let changed = online != was_online;
+    if !changed && record.is_some_and(|r| r.revision == revision) {
+        // Nothing to record: the steady heartbeat of an online catalog writes nothing. Every
+        // message that changes the record moves `applied_seq`, so skipping is replay-safe.
+        return (record.cloned(), None);
+    }
     let updated = OnlineRecord {
         catalog: message.catalog.clone(),
         account_key: message.owner.clone(),

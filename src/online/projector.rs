@@ -247,8 +247,7 @@ impl OnlineProjector {
         let mut recipients = vec![transition.owner.clone()];
         recipients.extend(
             self.feeds
-                .shared_with(&transition.catalog, &transition.owner)
-                .await,
+                .shared_with(&transition.catalog, &transition.owner),
         );
         let payload = transition.payload();
         for account in recipients {
