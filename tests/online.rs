@@ -87,6 +87,23 @@ async fn online_state(client: &async_nats::Client) -> Result<(bool, i64)> {
     ))
 }
 
+/// Waits until `my.shares` shows `expected`: a notice goes out just before the online record is
+/// written (so a crash can repeat a notice but never lose one).
+async fn wait_online_state(client: &async_nats::Client, expected: (bool, i64)) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let state = online_state(client).await?;
+        if state == expected {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "online state {state:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn running(client: &async_nats::Client) -> Result<u64> {
     call(client, "stats", "", None).await?.data["running_catalogs"]
         .as_u64()
@@ -139,7 +156,7 @@ async fn online_offline_online_with_two_instances_and_a_restart() -> Result<()> 
         bob_feed.next(Duration::from_secs(5)).await?,
         ("heartbeat".into(), beat2)
     );
-    assert_eq!(online_state(&bob).await?, (true, 2));
+    wait_online_state(&bob, (true, 2)).await?;
     assert_eq!(running(&carol).await?, 1);
 
     // One instance stops (gracefully); heartbeats stop: exactly one offline notice each,
@@ -152,7 +169,7 @@ async fn online_offline_online_with_two_instances_and_a_restart() -> Result<()> 
         assert_eq!(payload["revision"], 2, "the last revision is kept");
     }
     assert!(last_beat.elapsed() < TTL + Duration::from_secs(10));
-    assert_eq!(online_state(&bob).await?, (false, 2));
+    wait_online_state(&bob, (false, 2)).await?;
     assert_eq!(running(&carol).await?, 0);
     wait_for_marker(&js, &format!("natster.online.{a}.films")).await?;
 
@@ -264,5 +281,51 @@ async fn spoofed_heartbeats_are_refused_and_change_nothing() -> Result<()> {
         alice_feed.next(Duration::from_millis(200)).await.is_err(),
         "no notice"
     );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn an_expiry_while_no_instance_runs_is_announced_once_after_the_restart() -> Result<()> {
+    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
+    h.add_instance(|c| c.online_ttl = TTL).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let js = h.service_js().await?;
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    call(&bob, "my.shares", "", Some(shared)).await?;
+    let (mut alice_feed, mut bob_feed) = (Feed::open(&alice).await?, Feed::open(&bob).await?);
+    let beat = json!({"catalog": "films", "account_key": a, "revision": 1});
+    assert_eq!(heartbeat(&alice, beat).await?, 200);
+    for feed in [&mut alice_feed, &mut bob_feed] {
+        assert_eq!(
+            feed.next_notice(Duration::from_secs(5)).await?.0,
+            "catalog_online"
+        );
+    }
+
+    // Every instance stops; the heartbeat expires meanwhile.
+    h.services.remove(0).stop().await?;
+    wait_for_marker(&js, &format!("natster.online.{a}.films")).await?;
+
+    // The restarted service announces the expiry once, then the next real transition.
+    h.add_instance(|c| c.online_ttl = TTL).await?;
+    for feed in [&mut alice_feed, &mut bob_feed] {
+        let (kind, payload) = feed.next_notice(Duration::from_secs(10)).await?;
+        assert_eq!(
+            (kind.as_str(), &payload["revision"]),
+            ("catalog_offline", &json!(1))
+        );
+    }
+    wait_online_state(&bob, (false, 1)).await?;
+    let beat = json!({"catalog": "films", "account_key": a, "revision": 2});
+    assert_eq!(heartbeat(&alice, beat).await?, 200);
+    for feed in [&mut alice_feed, &mut bob_feed] {
+        let (kind, payload) = feed.next_notice(Duration::from_secs(5)).await?;
+        assert_eq!(
+            (kind.as_str(), &payload["revision"]),
+            ("catalog_online", &json!(2))
+        );
+    }
     h.stop().await
 }
