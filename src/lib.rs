@@ -20,6 +20,7 @@ pub mod lease;
 pub mod model;
 pub mod natsd;
 pub mod online;
+pub mod pinned;
 pub mod projections;
 pub mod projections_cmd;
 pub mod reactor;

@@ -27,32 +27,19 @@ pub async fn run(
     takeover_after: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let consumer: consumer::PullConsumer = events
-        .get_or_create_consumer(
-            CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                description: Some("natster auto-share of the hub catalog".into()),
-                filter_subject: format!("natster.events.*.*.*.{}", EventType::NatsterInitialized),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                priority_policy: consumer::PriorityPolicy::PinnedClient,
-                priority_groups: vec!["reactor".into()],
-                priority_timeout: takeover_after,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| format!("consumer {CONSUMER}: {e}"))?;
-    let mut messages = consumer
-        .stream()
-        .group("reactor")
-        .max_messages_per_batch(64)
-        .expires(takeover_after / 3)
-        .heartbeat(takeover_after / 10)
-        .messages()
-        .await
-        .map_err(|e| format!("pulling: {e}"))?;
+    let mut messages = crate::pinned::pinned_messages(
+        events,
+        CONSUMER,
+        "natster auto-share of the hub catalog",
+        vec![format!(
+            "natster.events.*.*.*.{}",
+            EventType::NatsterInitialized
+        )],
+        consumer::DeliverPolicy::All,
+        "reactor",
+        takeover_after,
+    )
+    .await?;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -30,36 +30,19 @@ pub async fn run(
     takeover_after: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let consumer: consumer::PullConsumer = events
-        .get_or_create_consumer(
-            CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                description: Some("natster share notices to owners and targets".into()),
-                filter_subjects: [EventType::CatalogShared, EventType::CatalogUnshared]
-                    .iter()
-                    .map(|kind| format!("natster.events.*.*.*.{kind}"))
-                    .collect(),
-                deliver_policy: consumer::DeliverPolicy::New,
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                priority_policy: consumer::PriorityPolicy::PinnedClient,
-                priority_groups: vec!["feeds".into()],
-                priority_timeout: takeover_after,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| format!("consumer {CONSUMER}: {e}"))?;
-    let mut messages = consumer
-        .stream()
-        .group("feeds")
-        .max_messages_per_batch(256)
-        .expires(takeover_after / 3)
-        .heartbeat(takeover_after / 10)
-        .messages()
-        .await
-        .map_err(|e| format!("pulling: {e}"))?;
+    let mut messages = crate::pinned::pinned_messages(
+        events,
+        CONSUMER,
+        "natster share notices to owners and targets",
+        [EventType::CatalogShared, EventType::CatalogUnshared]
+            .iter()
+            .map(|kind| format!("natster.events.*.*.*.{kind}"))
+            .collect(),
+        consumer::DeliverPolicy::New,
+        "feeds",
+        takeover_after,
+    )
+    .await?;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),

@@ -415,3 +415,44 @@ pub async fn dump_bucket(
     }
     Ok(out)
 }
+
+/// An account's feed (its import `natster.global-events.>`), live once opened.
+pub struct FeedReader {
+    sub: async_nats::Subscriber,
+}
+
+impl FeedReader {
+    /// Subscribes and makes sure the server has the subscription before returning.
+    pub async fn open(client: &async_nats::Client) -> Result<FeedReader> {
+        let sub = client.subscribe("natster.global-events.>").await?;
+        sync(client).await?;
+        Ok(FeedReader { sub })
+    }
+
+    /// The next message as (kind, payload); fails after `within`.
+    pub async fn next(&mut self, within: Duration) -> Result<(String, serde_json::Value)> {
+        use futures::StreamExt;
+        let message = tokio::time::timeout(within, self.sub.next())
+            .await
+            .context("no feed message in time")?
+            .context("feed closed")?;
+        let kind = message
+            .subject
+            .strip_prefix("natster.global-events.")
+            .context("feed subject")?
+            .to_string();
+        Ok((kind, serde_json::from_slice(&message.payload)?))
+    }
+
+    /// The next message that is not a `heartbeat`.
+    pub async fn next_notice(&mut self, within: Duration) -> Result<(String, serde_json::Value)> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let (kind, payload) = self.next(left).await?;
+            if kind != "heartbeat" {
+                return Ok((kind, payload));
+            }
+        }
+    }
+}

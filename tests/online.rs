@@ -3,52 +3,11 @@
 
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream;
-use futures::StreamExt;
-use natster_global::roundtrip::sync;
-use natster_global::testkit::{call, init_data, put_event, seq_of, Harness};
+use natster_global::testkit::{call, init_data, put_event, seq_of, FeedReader, Harness};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 const TTL: Duration = Duration::from_secs(2);
-
-/// One account's feed, live once this returns.
-struct Feed {
-    sub: async_nats::Subscriber,
-}
-
-impl Feed {
-    async fn open(client: &async_nats::Client) -> Result<Feed> {
-        let sub = client.subscribe("natster.global-events.>").await?;
-        sync(client).await?;
-        Ok(Feed { sub })
-    }
-
-    /// The next message: (kind, payload); fails after `within`.
-    async fn next(&mut self, within: Duration) -> Result<(String, Value)> {
-        let message = tokio::time::timeout(within, self.sub.next())
-            .await
-            .context("no feed message in time")?
-            .context("feed closed")?;
-        let kind = message
-            .subject
-            .strip_prefix("natster.global-events.")
-            .context("feed subject")?
-            .to_string();
-        Ok((kind, serde_json::from_slice(&message.payload)?))
-    }
-
-    /// The next message that is not a `heartbeat`.
-    async fn next_notice(&mut self, within: Duration) -> Result<(String, Value)> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (kind, payload) = self.next(left).await?;
-            if kind != "heartbeat" {
-                return Ok((kind, payload));
-            }
-        }
-    }
-}
 
 async fn heartbeat(client: &async_nats::Client, body: Value) -> Result<u16> {
     Ok(
@@ -127,9 +86,9 @@ async fn online_offline_online_with_two_instances_and_a_restart() -> Result<()> 
     let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
     call(&bob, "my.shares", "", Some(shared)).await?;
     let (mut alice_feed, mut bob_feed, mut carol_feed) = (
-        Feed::open(&alice).await?,
-        Feed::open(&bob).await?,
-        Feed::open(&carol).await?,
+        FeedReader::open(&alice).await?,
+        FeedReader::open(&bob).await?,
+        FeedReader::open(&carol).await?,
     );
 
     // Online: one notice each to the owner and the share target; the heartbeat itself goes
@@ -234,7 +193,7 @@ async fn spoofed_heartbeats_are_refused_and_change_nothing() -> Result<()> {
     seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
     let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
     call(&bob, "my.shares", "", Some(shared)).await?;
-    let mut alice_feed = Feed::open(&alice).await?;
+    let mut alice_feed = FeedReader::open(&alice).await?;
 
     // Bob claims to be alice, then heartbeats alice's catalog under his own key.
     assert_eq!(
@@ -294,7 +253,10 @@ async fn an_expiry_while_no_instance_runs_is_announced_once_after_the_restart() 
     seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
     let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
     call(&bob, "my.shares", "", Some(shared)).await?;
-    let (mut alice_feed, mut bob_feed) = (Feed::open(&alice).await?, Feed::open(&bob).await?);
+    let (mut alice_feed, mut bob_feed) = (
+        FeedReader::open(&alice).await?,
+        FeedReader::open(&bob).await?,
+    );
     let beat = json!({"catalog": "films", "account_key": a, "revision": 1});
     assert_eq!(heartbeat(&alice, beat).await?, 200);
     for feed in [&mut alice_feed, &mut bob_feed] {

@@ -1,0 +1,48 @@
+//! Durable consumers pinned to one instance at a time (JetStream priority groups, server
+//! 2.11+): every instance pulls, the server delivers to one of them, and another takes over
+//! `takeover_after` after it stops pulling. Used by the reactors whose side effects must happen
+//! once per event (auto-share, share notices).
+
+use async_nats::jetstream::{consumer, stream};
+use std::time::Duration;
+
+/// Opens (creating when missing) durable consumer `name` on `events`, filtered to
+/// `filter_subjects`, pinned within priority group `group`, and returns its message stream.
+/// A new consumer starts at `deliver_policy`; an existing one keeps its position.
+pub async fn pinned_messages(
+    events: &stream::Stream,
+    name: &str,
+    description: &str,
+    filter_subjects: Vec<String>,
+    deliver_policy: consumer::DeliverPolicy,
+    group: &str,
+    takeover_after: Duration,
+) -> Result<consumer::pull::Stream, String> {
+    let consumer: consumer::PullConsumer = events
+        .get_or_create_consumer(
+            name,
+            consumer::pull::Config {
+                durable_name: Some(name.into()),
+                description: Some(description.into()),
+                filter_subjects,
+                deliver_policy,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                priority_policy: consumer::PriorityPolicy::PinnedClient,
+                priority_groups: vec![group.into()],
+                priority_timeout: takeover_after,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer {name}: {e}"))?;
+    consumer
+        .stream()
+        .group(group)
+        .max_messages_per_batch(64)
+        .expires(takeover_after / 3)
+        .heartbeat(takeover_after / 10)
+        .messages()
+        .await
+        .map_err(|e| format!("pulling from {name}: {e}"))
+}
