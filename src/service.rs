@@ -117,16 +117,19 @@ impl GlobalService {
             ),
         ];
         if let Some(hub) = config.hub.clone() {
-            let events = store.events.clone();
-            let decider = decider.clone();
+            let (events, decider) = (store.events.clone(), decider.clone());
             let stop = stop_background.clone();
             let takeover = config.runner.takeover_after;
-            background.push(tokio::spawn(async move {
-                if let Err(error) = crate::reactor::run(&events, decider, hub, takeover, stop).await
-                {
-                    tracing::error!(%error, "auto-share reactor stopped");
-                }
-            }));
+            background.push(spawn_restarting(
+                "auto-share reactor",
+                stop.clone(),
+                takeover / 4,
+                move || {
+                    let (events, decider, hub, stop) =
+                        (events.clone(), decider.clone(), hub.clone(), stop.clone());
+                    async move { crate::reactor::run(&events, decider, hub, takeover, stop).await }
+                },
+            ));
         }
         let rate_limiter = Arc::new(governor::RateLimiter::keyed(
             governor::Quota::per_second(
@@ -146,21 +149,18 @@ impl GlobalService {
             .run(stop_background.clone()),
         ));
         {
-            let (events, feeds, stop) =
-                (store.events.clone(), feeds.clone(), stop_background.clone());
+            let (events, feeds) = (store.events.clone(), feeds.clone());
+            let stop = stop_background.clone();
             let takeover = config.runner.takeover_after;
-            background.push(tokio::spawn(async move {
-                // A broken consumer stream starts over; unacked events are redelivered.
-                while let Err(error) =
-                    crate::share_feed::run(&events, feeds.clone(), takeover, stop.clone()).await
-                {
-                    tracing::warn!(%error, "share feed restarting");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(takeover / 4) => {}
-                    }
-                }
-            }));
+            background.push(spawn_restarting(
+                "share feed",
+                stop.clone(),
+                takeover / 4,
+                move || {
+                    let (events, feeds, stop) = (events.clone(), feeds.clone(), stop.clone());
+                    async move { crate::share_feed::run(&events, feeds, takeover, stop).await }
+                },
+            ));
         }
         let config = Arc::new(config);
         let context = Arc::new(ApiContext {
@@ -284,6 +284,29 @@ impl GlobalService {
             .await
             .is_ok()
     }
+}
+
+/// Runs `task` until `stop` is cancelled, starting it over `pause` after each failure (a broken
+/// consumer stream; unacked events are redelivered to the next run).
+fn spawn_restarting<F, Fut>(
+    what: &'static str,
+    stop: CancellationToken,
+    pause: std::time::Duration,
+    mut task: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    tokio::spawn(async move {
+        while let Err(error) = task().await {
+            tracing::warn!(%error, "{what} restarting");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    })
 }
 
 fn spawn_runner<P: Projection>(
