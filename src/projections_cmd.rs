@@ -36,12 +36,21 @@ pub async fn run(args: &ProjectionsArgs) -> Result<()> {
                         .map_err(anyhow::Error::msg)?,
                 );
             }
+            // The online projection applies the heartbeat stream (absent before a service of
+            // this version has run).
+            if let Ok(online) = js.get_stream(crate::store::ONLINE_STREAM).await {
+                rows.push(
+                    status(&online, &stats, crate::online::projector::NAME)
+                        .await
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 println!(
-                    "{:<10} {:>12} {:>12} {:>10}  applied by",
-                    "projection", "applied_seq", "stream_last", "lag"
+                    "{:<10} {:<15} {:>12} {:>12} {:>10}  applied by",
+                    "projection", "stream", "applied_seq", "stream_last", "lag"
                 );
                 for row in rows {
                     let holder = if row.holder.is_empty() {
@@ -50,8 +59,12 @@ pub async fn run(args: &ProjectionsArgs) -> Result<()> {
                         row.holder
                     };
                     println!(
-                        "{:<10} {:>12} {:>12} {:>10}  {holder}",
-                        row.projection, row.applied_seq, row.stream_last_seq, row.lag_events,
+                        "{:<10} {:<15} {:>12} {:>12} {:>10}  {holder}",
+                        row.projection,
+                        row.stream,
+                        row.applied_seq,
+                        row.stream_last_seq,
+                        row.lag_events,
                     );
                 }
             }

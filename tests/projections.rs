@@ -436,9 +436,15 @@ async fn the_projections_cli_shows_status_and_rebuilds() -> Result<()> {
     );
     let rows: Value = serde_json::from_slice(&status.stdout)?;
     let rows = rows.as_array().context("rows")?;
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 4);
     for row in rows {
-        assert_eq!(row["applied_seq"], seq, "{row}");
+        if row["projection"] == "online" {
+            assert_eq!(row["stream"], "NATSTER_ONLINE", "{row}");
+            assert_eq!(row["applied_seq"], 0, "no heartbeats yet: {row}");
+        } else {
+            assert_eq!(row["stream"], "NATSTER_EVENTS", "{row}");
+            assert_eq!(row["applied_seq"], seq, "{row}");
+        }
         assert_eq!(row["lag_events"], 0);
         assert!(
             !row["holder"].as_str().unwrap_or_default().is_empty(),
@@ -448,7 +454,9 @@ async fn the_projections_cli_shows_status_and_rebuilds() -> Result<()> {
     let table = cli(&["projections", "status"])?;
     let text = String::from_utf8(table.stdout)?;
     assert!(
-        text.contains("accounts") && text.contains("catalogs") && text.contains("oauth"),
+        ["accounts", "catalogs", "oauth", "online", "NATSTER_ONLINE"]
+            .iter()
+            .all(|word| text.contains(word)),
         "{text}"
     );
 

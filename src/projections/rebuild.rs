@@ -164,6 +164,9 @@ async fn rebuild_leased<P: Projection>(
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ProjectionStatus {
     pub projection: String,
+    /// The stream it applies (`NATSTER_EVENTS`, or `NATSTER_ONLINE` for `online`); sequences
+    /// below are that stream's.
+    pub stream: String,
     pub applied_seq: u64,
     pub stream_last_seq: u64,
     pub lag_events: u64,
@@ -173,24 +176,21 @@ pub struct ProjectionStatus {
     pub holder: String,
 }
 
-/// Status of projection `name`.
+/// Status of projection `name`, which applies stream `events`.
 pub async fn status(
     events: &stream::Stream,
     stats: &kv::Store,
     name: &str,
 ) -> Result<ProjectionStatus, String> {
     let mut events = events.clone();
-    let last = events
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .state
-        .last_sequence;
+    let info = events.info().await.map_err(|e| e.to_string())?;
+    let (stream, last) = (info.config.name.clone(), info.state.last_sequence);
     let (checkpoint, _) = runner::load::<Checkpoint>(stats, &checkpoint_key(name)).await?;
     let checkpoint = checkpoint.unwrap_or_default();
     let holder = lease::holder(stats, &lease_key(name)).await;
     Ok(ProjectionStatus {
         projection: name.to_string(),
+        stream,
         applied_seq: checkpoint.applied_seq,
         stream_last_seq: last,
         lag_events: last.saturating_sub(checkpoint.applied_seq),
