@@ -23,16 +23,23 @@ impl Feeds {
         Feeds { client, decider }
     }
 
-    /// Publishes `payload` to `account`'s `kind` feed. Feeds are fire-and-forget (core NATS):
-    /// a failure is logged, never returned.
-    pub async fn publish(&self, account: &str, kind: &str, payload: &serde_json::Value) {
-        let bytes = serde_json::to_vec(payload).unwrap_or_default();
-        if let Err(error) = self
-            .client
-            .publish(feed_subject(account, kind), bytes.into())
-            .await
-        {
-            tracing::warn!(kind, %error, "feed message not sent");
+    /// Publishes `payload` to the `kind` feed of every account in `recipients`. Feeds are
+    /// fire-and-forget (core NATS): a failure is logged, never returned.
+    pub async fn publish(&self, recipients: &[String], kind: &str, payload: &serde_json::Value) {
+        let bytes = bytes::Bytes::from(serde_json::to_vec(payload).unwrap_or_default());
+        self.publish_bytes(recipients, kind, bytes).await;
+    }
+
+    /// [`Feeds::publish`] of a payload already serialized.
+    pub async fn publish_bytes(&self, recipients: &[String], kind: &str, payload: bytes::Bytes) {
+        for account in recipients {
+            if let Err(error) = self
+                .client
+                .publish(feed_subject(account, kind), payload.clone())
+                .await
+            {
+                tracing::warn!(kind, %error, "feed message not sent");
+            }
         }
     }
 

@@ -17,7 +17,7 @@ pub async fn pinned_messages(
     deliver_policy: consumer::DeliverPolicy,
     group: &str,
     takeover_after: Duration,
-) -> Result<consumer::pull::Stream, String> {
+) -> Result<PinnedMessages, String> {
     let consumer: consumer::PullConsumer = events
         .get_or_create_consumer(
             name,
@@ -36,7 +36,7 @@ pub async fn pinned_messages(
         )
         .await
         .map_err(|e| format!("consumer {name}: {e}"))?;
-    consumer
+    let messages = consumer
         .stream()
         .group(group)
         .max_messages_per_batch(64)
@@ -44,5 +44,38 @@ pub async fn pinned_messages(
         .heartbeat(takeover_after / 10)
         .messages()
         .await
-        .map_err(|e| format!("pulling from {name}: {e}"))
+        .map_err(|e| format!("pulling from {name}: {e}"))?;
+    Ok(PinnedMessages {
+        name: name.to_string(),
+        messages,
+    })
+}
+
+/// The messages of a pinned consumer.
+pub struct PinnedMessages {
+    name: String,
+    messages: consumer::pull::Stream,
+}
+
+impl PinnedMessages {
+    /// The next message, or `None` once `shutdown` is cancelled. Pull statuses (another
+    /// instance holds the pin, heartbeats) are skipped; an error means the stream ended.
+    pub async fn next(
+        &mut self,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<async_nats::jetstream::Message>, String> {
+        use futures::StreamExt;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                message = self.messages.next() => match message {
+                    Some(Ok(message)) => return Ok(Some(message)),
+                    Some(Err(error)) => {
+                        tracing::debug!(consumer = %self.name, %error, "pull status");
+                    }
+                    None => return Err(format!("the consumer stream of {} ended", self.name)),
+                },
+            }
+        }
+    }
 }

@@ -12,7 +12,6 @@ use crate::decider::{Decider, ExecuteError};
 use crate::events::{decode, Decoded};
 use crate::model::{Command, EventType, Rejection};
 use async_nats::jetstream::{consumer, stream};
-use futures::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -40,18 +39,7 @@ pub async fn run(
         takeover_after,
     )
     .await?;
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = messages.next() => match message {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "reactor pull status");
-                    continue;
-                }
-                None => return Err("the reactor consumer stream ended".into()),
-            },
-        };
+    while let Some(message) = messages.next(&shutdown).await? {
         let Some(Decoded::Event(event)) = decode(&message) else {
             let _ = message.ack().await;
             continue;
@@ -92,4 +80,5 @@ pub async fn run(
             tracing::warn!(%error, "reactor ack failed; the init will be redelivered");
         }
     }
+    Ok(())
 }

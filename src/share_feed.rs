@@ -11,7 +11,6 @@ use crate::events::{decode, Decoded};
 use crate::feeds::Feeds;
 use crate::model::{EventType, NONE};
 use async_nats::jetstream::{consumer, stream};
-use futures::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -43,31 +42,23 @@ pub async fn run(
         takeover_after,
     )
     .await?;
-    loop {
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = messages.next() => match message {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "share feed pull status");
-                    continue;
-                }
-                None => return Err("the share feed consumer stream ended".into()),
-            },
-        };
+    while let Some(message) = messages.next(&shutdown).await? {
         if let Some(Decoded::Event(event)) = decode(&message) {
             let s = &event.subject;
             if s.target != NONE && s.catalog != NONE {
                 let notice = share_notice(&s.catalog, &s.origin, &s.target, event.seq);
-                let kind = s.event_type.as_str();
-                feeds.publish(&s.target, kind, &notice).await;
+                let mut recipients = vec![s.target.clone()];
                 if s.origin != s.target {
-                    feeds.publish(&s.origin, kind, &notice).await;
+                    recipients.push(s.origin.clone());
                 }
+                feeds
+                    .publish(&recipients, s.event_type.as_str(), &notice)
+                    .await;
             }
         }
         if let Err(error) = message.ack().await {
             tracing::warn!(%error, "share feed ack failed; the notice may repeat");
         }
     }
+    Ok(())
 }

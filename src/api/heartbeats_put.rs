@@ -34,20 +34,27 @@ pub async fn handle(
     if let Some(problem) = catalog_name_problem(&heartbeat.catalog) {
         return Err(ApiError::bad_request(problem));
     }
-    let current_owner = context
-        .decider
-        .read(|state| state.owner_of(&heartbeat.catalog).map(str::to_string));
+    // One look at the decision state: who owns the name, and who it is shared with.
+    let (current_owner, recipients) = context.decider.read(|state| {
+        (
+            state.owner_of(&heartbeat.catalog).map(str::to_string),
+            state.shared_with(&heartbeat.catalog, owner),
+        )
+    });
     if current_owner.is_some_and(|current| &current != owner) {
         return Err(ApiError::forbidden(
             "this catalog is owned by another account",
         ));
     }
 
-    let payload = serde_json::json!({
-        "catalog": heartbeat.catalog,
-        "account_key": owner,
-        "revision": heartbeat.revision,
-    });
+    let payload = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "catalog": heartbeat.catalog,
+            "account_key": owner,
+            "revision": heartbeat.revision,
+        }))
+        .map_err(|_| ApiError::internal())?,
+    );
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
         "Nats-TTL",
@@ -68,9 +75,7 @@ pub async fn handle(
         .publish_with_headers(
             online_subject(owner, &heartbeat.catalog),
             headers,
-            serde_json::to_vec(&payload)
-                .map_err(|_| ApiError::internal())?
-                .into(),
+            payload.clone(),
         )
         .await
         .map_err(|e| ApiError::unavailable(format!("the online stream is not available: {e}")))?;
@@ -79,9 +84,10 @@ pub async fn handle(
     })?;
 
     if !heartbeat.offline {
-        for account in context.feeds.shared_with(&heartbeat.catalog, owner) {
-            context.feeds.publish(&account, "heartbeat", &payload).await;
-        }
+        context
+            .feeds
+            .publish_bytes(&recipients, "heartbeat", payload)
+            .await;
     }
     Ok(serde_json::json!({}))
 }

@@ -249,12 +249,9 @@ impl OnlineProjector {
             self.feeds
                 .shared_with(&transition.catalog, &transition.owner),
         );
-        let payload = transition.payload();
-        for account in recipients {
-            self.feeds
-                .publish(&account, transition.kind(), &payload)
-                .await;
-        }
+        self.feeds
+            .publish(&recipients, transition.kind(), &transition.payload())
+            .await;
     }
 }
 
