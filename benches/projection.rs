@@ -139,7 +139,7 @@ async fn our_projector(js: &jetstream::Context, n: usize) -> Result<(f64, f64)> 
                 records,
                 stats,
                 runner::RunnerConfig::default(),
-                tx,
+                runner::Progress::new(tx),
                 stop,
             )
             .await

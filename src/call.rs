@@ -15,12 +15,14 @@ pub const EXIT_UNREACHABLE: i32 = 5;
 
 /// Sends the request and prints the outcome; returns the process exit code.
 pub async fn run(args: &CallArgs) -> i32 {
-    let client = match args
-        .connect
-        .nats_config("natster-global-call")
-        .connect_once()
-        .await
-    {
+    let config = match args.connect.nats_config("natster-global-call") {
+        Ok(config) => config,
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            return EXIT_UNREACHABLE;
+        }
+    };
+    let client = match config.connect_once().await {
         Ok(client) => client,
         Err(error) => {
             eprintln!("error: {error}");

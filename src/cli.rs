@@ -3,7 +3,7 @@
 
 use crate::config::{NatsAuth, NatsConfig, ServiceConfig};
 use crate::store::StoreConfig;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,16 +14,15 @@ pub struct Cli {
     /// Log format on stderr (verbosity from RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "NATSTER_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// TOML file with settings (keys are the long flag names, e.g. `max-in-flight = 512`);
+    /// flags and environment variables take precedence over it.
+    #[arg(long, global = true, env = "NATSTER_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::telemetry::logging::LogFormat;
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -68,26 +67,56 @@ pub enum ProjectionsAction {
     },
 }
 
+/// Server URL when neither a flag, the environment nor a context names one.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
 /// Connection flags shared by `serve` and `call`.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// User credentials file (JWT + seed).
+    /// NATS server URL(s), comma-separated [default: the context's, else nats://127.0.0.1:4222].
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// User credentials file (JWT + seed) [default: the context's].
     #[arg(long, env = "NATS_CREDS")]
     pub creds: Option<PathBuf>,
+    /// A `nats` CLI context (~/.config/nats/context/NAME.json) to take the URL and creds from.
+    #[arg(long, env = "NATS_CONTEXT")]
+    pub context: Option<String>,
     /// Accept credential files that group or others can read.
     #[arg(long, env = "NATSTER_ALLOW_INSECURE_FILES")]
     pub allow_insecure_files: bool,
 }
 
 impl ConnectArgs {
-    /// The connection settings; `USER_JWT` + `USER_SEED` (the original's variables) are used
-    /// when no creds file is given.
-    pub fn nats_config(&self, name: &str) -> NatsConfig {
+    /// The connection settings: flags and environment first, then the context named by
+    /// `--context`/`NATS_CONTEXT`; `USER_JWT` + `USER_SEED` (the original's variables) are
+    /// used when no creds file is given either way.
+    pub fn nats_config(&self, name: &str) -> Result<NatsConfig, String> {
+        let context = match &self.context {
+            Some(context) => {
+                let dir = crate::nats_context::config_dir()
+                    .ok_or("--context: no HOME or XDG_CONFIG_HOME to find nats contexts in")?;
+                Some(crate::nats_context::load(&dir, context).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        Ok(self.nats_config_with(name, context.unwrap_or_default()))
+    }
+
+    /// [`ConnectArgs::nats_config`] with the context already loaded.
+    pub fn nats_config_with(
+        &self,
+        name: &str,
+        context: crate::nats_context::NatsContext,
+    ) -> NatsConfig {
+        let creds = self.creds.clone().or(context.creds);
+        let url = self
+            .nats_url
+            .clone()
+            .or(context.url)
+            .unwrap_or_else(|| DEFAULT_NATS_URL.to_string());
         let auth = match (
-            &self.creds,
+            &creds,
             std::env::var("USER_JWT"),
             std::env::var("USER_SEED"),
         ) {
@@ -98,7 +127,7 @@ impl ConnectArgs {
             _ => NatsAuth::None,
         };
         NatsConfig {
-            url: self.nats_url.clone(),
+            url,
             auth,
             name: name.to_string(),
             allow_insecure_files: self.allow_insecure_files,
@@ -118,6 +147,12 @@ pub struct ServeArgs {
 /// Service behaviour flags shared by `serve` and `dev`.
 #[derive(Debug, Clone, Args)]
 pub struct ServiceArgs {
+    /// Address of the HTTP endpoints /metrics, /healthz and /readyz (port 0: any free port).
+    #[arg(long, env = "NATSTER_HTTP_ADDR", default_value = "127.0.0.1:9464")]
+    pub http_addr: std::net::SocketAddr,
+    /// /readyz fails while a projection lags more than this many stream sequences.
+    #[arg(long, env = "NATSTER_READY_MAX_LAG", default_value_t = 10_000)]
+    pub ready_max_lag: u64,
     /// Replicas of streams and buckets created by the service (3 in a cluster).
     #[arg(long, env = "NATSTER_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub replicas: u8,
@@ -214,6 +249,7 @@ impl ServiceArgs {
             rate_per_second: self.rate_limit,
             rate_burst: self.rate_burst,
             online_ttl: self.online_ttl,
+            ready_max_lag: self.ready_max_lag,
             sealer,
             ..ServiceConfig::default()
         })
@@ -270,7 +306,6 @@ pub struct CallArgs {
     pub timeout: Duration,
 }
 
-/// Parses `5s`, `3m`, `1h`, `250ms`.
 /// An online TTL: a duration of whole seconds, at least one (the server's per-message TTL).
 pub fn parse_online_ttl(text: &str) -> Result<Duration, String> {
     let ttl = parse_duration(text)?;
@@ -280,6 +315,7 @@ pub fn parse_online_ttl(text: &str) -> Result<Duration, String> {
     Ok(ttl)
 }
 
+/// Parses `5s`, `3m`, `1h`, `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 5s, 3m, 1h)"))
 }
@@ -302,6 +338,41 @@ mod tests {
         assert_eq!(parse_online_ttl("3m"), Ok(Duration::from_secs(180)));
         assert!(parse_online_ttl("500ms").is_err());
         assert!(parse_online_ttl("1500ms").is_err());
+    }
+
+    #[test]
+    fn explicit_connection_settings_beat_the_context() {
+        let context = crate::nats_context::NatsContext {
+            name: "prod".into(),
+            url: Some("nats://from-context:4222".into()),
+            creds: Some("/ctx.creds".into()),
+        };
+        let mut args = ConnectArgs {
+            nats_url: None,
+            creds: None,
+            context: Some("prod".into()),
+            allow_insecure_files: false,
+        };
+        let from_context = args.nats_config_with("t", context.clone());
+        assert_eq!(from_context.url, "nats://from-context:4222");
+        assert!(
+            matches!(from_context.auth, NatsAuth::CredsFile(ref p) if p.to_str() == Some("/ctx.creds"))
+        );
+        args.nats_url = Some("nats://flag:4222".into());
+        args.creds = Some("/flag.creds".into());
+        let explicit = args.nats_config_with("t", context);
+        assert_eq!(explicit.url, "nats://flag:4222");
+        assert!(
+            matches!(explicit.auth, NatsAuth::CredsFile(ref p) if p.to_str() == Some("/flag.creds"))
+        );
+        let none = ConnectArgs {
+            nats_url: None,
+            creds: None,
+            context: None,
+            allow_insecure_files: false,
+        }
+        .nats_config_with("t", Default::default());
+        assert_eq!(none.url, DEFAULT_NATS_URL);
     }
 
     #[test]

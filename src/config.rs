@@ -156,6 +156,8 @@ pub struct ServiceConfig {
     /// A catalog is online until this long after its last heartbeat (whole seconds, at
     /// least 1 s: the server's per-message TTL).
     pub online_ttl: Duration,
+    /// `/readyz` fails while a projection lags more than this many stream sequences.
+    pub ready_max_lag: u64,
     /// Seals access tokens; without it, context ops answer 503.
     pub sealer: Option<std::sync::Arc<crate::seal::Sealer>>,
 }
@@ -182,6 +184,7 @@ impl Default for ServiceConfig {
             rate_burst: 200,
             runner: Default::default(),
             online_ttl: Duration::from_secs(180),
+            ready_max_lag: 10_000,
             sealer: None,
         }
     }

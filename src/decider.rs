@@ -9,6 +9,7 @@
 
 use crate::events::{decode, Decoded};
 use crate::model::{decide, Command, Decision, DecisionState, Rejection};
+use crate::telemetry::metrics::{EventType, Metrics, RejectionLabels};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -47,11 +48,13 @@ pub struct Appended {
 #[derive(Clone)]
 pub struct Decider {
     js: jetstream::Context,
+    events: stream::Stream,
     names: jetstream::kv::Store,
     state: Arc<RwLock<DecisionState>>,
     folded: watch::Receiver<u64>,
     /// Counts conflicts (for metrics and tests).
     conflicts: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Metrics,
 }
 
 impl Decider {
@@ -61,6 +64,7 @@ impl Decider {
         js: jetstream::Context,
         events: &stream::Stream,
         names: jetstream::kv::Store,
+        metrics: Metrics,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Decider, ExecuteError> {
         let unavailable = |e: &dyn std::fmt::Display| ExecuteError::Unavailable(e.to_string());
@@ -131,10 +135,12 @@ impl Decider {
         });
         let decider = Decider {
             js,
+            events: events.clone(),
             names,
             state,
             folded,
             conflicts: Arc::default(),
+            metrics,
         };
         decider
             .wait_folded(last_at_start, Duration::from_secs(120))
@@ -175,9 +181,53 @@ impl Decider {
         command: &Command,
         msg_id: Option<&str>,
     ) -> Result<Appended, ExecuteError> {
+        let event_type = EventType {
+            r#type: command.event_type().as_str(),
+        };
+        let result = self.execute_counted(command, msg_id, &event_type).await;
+        match &result {
+            Ok(appended) if !appended.duplicate => {
+                self.metrics
+                    .events_appended
+                    .get_or_create(&event_type)
+                    .inc();
+            }
+            Ok(_) => {}
+            Err(ExecuteError::Rejected(rejection)) => {
+                self.metrics
+                    .rejections
+                    .get_or_create(&RejectionLabels {
+                        r#type: event_type.r#type,
+                        reason: rejection.reason(),
+                    })
+                    .inc();
+            }
+            Err(ExecuteError::Unavailable(_)) => {}
+        }
+        result
+    }
+
+    async fn execute_counted(
+        &self,
+        command: &Command,
+        msg_id: Option<&str>,
+        event_type: &EventType,
+    ) -> Result<Appended, ExecuteError> {
         let mut last_error = String::new();
+        let mut confirmed = false;
         for _ in 0..MAX_ATTEMPTS {
-            let decision = self.read(|state| decide(state, command))?;
+            let decision = match self.read(|state| decide(state, command)) {
+                Ok(decision) => decision,
+                // A refusal is not guarded by the server as an append is: before refusing,
+                // make sure the state holds every event acknowledged so far (a caller's own
+                // previous append may not have reached this instance's tail yet).
+                Err(_) if !confirmed => {
+                    confirmed = true;
+                    self.catch_up_to_log_end().await?;
+                    continue;
+                }
+                Err(rejection) => return Err(rejection.into()),
+            };
             if let Some(name) = &decision.claim {
                 self.claim(name, &decision.subject.origin).await?;
             }
@@ -186,6 +236,10 @@ impl Decider {
                 Err(AppendError::Conflict { actual_last_seq }) => {
                     self.conflicts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics
+                        .append_conflicts
+                        .get_or_create(event_type)
+                        .inc();
                     self.wait_folded(actual_last_seq, CATCH_UP_TIMEOUT).await?;
                 }
                 Err(AppendError::Other(error)) => {
@@ -197,6 +251,19 @@ impl Decider {
         Err(ExecuteError::Unavailable(format!(
             "gave up after {MAX_ATTEMPTS} attempts: {last_error}"
         )))
+    }
+
+    /// Waits until the state has folded everything the log holds now.
+    async fn catch_up_to_log_end(&self) -> Result<(), ExecuteError> {
+        let last = self
+            .events
+            .clone()
+            .info()
+            .await
+            .map_err(|e| ExecuteError::Unavailable(e.to_string()))?
+            .state
+            .last_sequence;
+        self.wait_folded(last, CATCH_UP_TIMEOUT).await
     }
 
     /// Claims catalog `name` for `owner`: an atomic create, so of two accounts racing for an

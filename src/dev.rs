@@ -39,7 +39,6 @@ pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<(
         name: "natster-global-dev".into(),
         allow_insecure_files: false,
     };
-    let client = nats.connect_once().await?;
     let mut config = args
         .service
         .service_config(false)
@@ -59,16 +58,29 @@ pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<(
             crate::seal::Sealer::from_file(&world.xkey_path()).map_err(|e| anyhow::anyhow!(e))?,
         ));
     }
-    let service = crate::service::GlobalService::start(client, config).await?;
-    print_instructions(&world, &server.url());
-    tokio::select! {
-        _ = shutdown => {}
-        result = wait_for_exit(&mut server) => {
-            result?;
+    let http_addr = args.service.http_addr;
+    let url = server.url();
+    let server_exited = async {
+        if let Err(error) = wait_for_exit(&mut server).await {
+            eprintln!("{error}");
         }
-    }
-    eprintln!("stopping the service, then nats-server");
-    service.stop().await?;
+    };
+    let stop = async {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = server_exited => {}
+        }
+        eprintln!("stopping the service, then nats-server");
+    };
+    crate::service::run_with_http(
+        http_addr,
+        config,
+        Default::default(),
+        || async move { nats.connect_once().await },
+        || print_instructions(&world, &url, http_addr),
+        stop,
+    )
+    .await?;
     server.stop(Duration::from_secs(10)).await;
     eprintln!("stopped");
     Ok(())
@@ -82,7 +94,7 @@ async fn wait_for_exit(server: &mut NatsServer) -> Result<()> {
     anyhow::bail!("nats-server exited unexpectedly:\n{}", server.log_text())
 }
 
-fn print_instructions(world: &World, url: &str) {
+fn print_instructions(world: &World, url: &str, http_addr: std::net::SocketAddr) {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "natster-global".into());
@@ -103,6 +115,7 @@ fn print_instructions(world: &World, url: &str) {
             creds.display()
         );
     }
+    println!("Metrics: http://{http_addr}/metrics  health: /healthz  readiness: /readyz");
     println!("Press Ctrl-C to stop.");
 }
 

@@ -3,6 +3,8 @@
 //! `natster.global-events.<kind>`; the export's token position makes sure it gets no other).
 
 use crate::decider::Decider;
+use crate::telemetry::metrics::FeedLabels;
+use prometheus_client::metrics::{counter::Counter, family::Family};
 
 /// Subject of `kind` in `account`'s feed.
 pub fn feed_subject(account: &str, kind: &str) -> String {
@@ -14,24 +16,45 @@ pub fn feed_subject(account: &str, kind: &str) -> String {
 pub struct Feeds {
     client: async_nats::Client,
     decider: Decider,
+    sent: Family<FeedLabels, Counter>,
 }
 
 impl Feeds {
     /// Feeds on `client` (connected in the service account), taking share lists from the
     /// decider's state (kept current by tailing the log: no read per message).
-    pub fn new(client: async_nats::Client, decider: Decider) -> Feeds {
-        Feeds { client, decider }
+    /// `sent` counts messages by kind, one per recipient.
+    pub fn new(
+        client: async_nats::Client,
+        decider: Decider,
+        sent: Family<FeedLabels, Counter>,
+    ) -> Feeds {
+        Feeds {
+            client,
+            decider,
+            sent,
+        }
     }
 
     /// Publishes `payload` to the `kind` feed of every account in `recipients`. Feeds are
     /// fire-and-forget (core NATS): a failure is logged, never returned.
-    pub async fn publish(&self, recipients: &[String], kind: &str, payload: &serde_json::Value) {
+    pub async fn publish(
+        &self,
+        recipients: &[String],
+        kind: &'static str,
+        payload: &serde_json::Value,
+    ) {
         let bytes = bytes::Bytes::from(serde_json::to_vec(payload).unwrap_or_default());
         self.publish_bytes(recipients, kind, bytes).await;
     }
 
     /// [`Feeds::publish`] of a payload already serialized.
-    pub async fn publish_bytes(&self, recipients: &[String], kind: &str, payload: bytes::Bytes) {
+    pub async fn publish_bytes(
+        &self,
+        recipients: &[String],
+        kind: &'static str,
+        payload: bytes::Bytes,
+    ) {
+        let sent = self.sent.get_or_create(&FeedLabels { kind }).clone();
         for account in recipients {
             if let Err(error) = self
                 .client
@@ -39,6 +62,8 @@ impl Feeds {
                 .await
             {
                 tracing::warn!(kind, %error, "feed message not sent");
+            } else {
+                sent.inc();
             }
         }
     }

@@ -2,34 +2,54 @@
 //! The `natster-global` binary: parses the command line and runs a subcommand.
 
 use anyhow::Result;
-use clap::Parser;
 use natster_global::bootstrap::World;
-use natster_global::cli::{Cli, Command, LogFormat};
-use tracing_subscriber::EnvFilter;
+use natster_global::cli::Command;
+use natster_global::config_file::{self, Parsed};
+
+/// Exit code for an invalid setting (as clap uses for usage errors).
+const EXIT_BAD_SETTING: i32 = 2;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = match config_file::parse(std::env::args_os().collect()) {
+        Ok(Parsed::Run(cli)) => *cli,
+        Ok(Parsed::Display(text)) => {
+            print!("{text}");
+            return Ok(());
+        }
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            std::process::exit(EXIT_BAD_SETTING);
+        }
+    };
     // The CLI client prints replies; only problems belong on its stderr.
     let default_level = match cli.command {
         Command::Call(_) => "warn",
         _ => "info",
     };
-    init_logging(cli.log_format, default_level);
+    natster_global::telemetry::logging::init(cli.log_format, default_level);
     match cli.command {
         Command::Serve(args) => {
-            let config = match args
+            let settings = args
                 .service
                 .service_config(args.connect.allow_insecure_files)
-            {
-                Ok(config) => config,
+                .and_then(|config| Ok((config, args.connect.nats_config("natster-global")?)));
+            let (config, nats) = match settings {
+                Ok(settings) => settings,
                 Err(problem) => {
                     eprintln!("error: {problem}");
-                    std::process::exit(2);
+                    std::process::exit(EXIT_BAD_SETTING);
                 }
             };
-            let client = args.connect.nats_config("natster-global").connect().await?;
-            natster_global::service::run(client, config, shutdown_signal()).await?;
+            natster_global::service::run_with_http(
+                args.service.http_addr,
+                config,
+                Default::default(),
+                || async move { nats.connect().await },
+                || {},
+                shutdown_signal(),
+            )
+            .await?;
         }
         Command::Bootstrap(args) => {
             let index = World::generate(&args.out, &args.users)?
@@ -50,18 +70,6 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn init_logging(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -18,6 +18,7 @@ pub async fn run(args: &ProjectionsArgs) -> Result<()> {
     };
     let client = connect
         .nats_config("natster-global-projections")
+        .map_err(anyhow::Error::msg)?
         .connect_once()
         .await?;
     let js = jetstream::new(client);

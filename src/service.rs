@@ -12,6 +12,8 @@ use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, runner, view::StatsView, Projection,
 };
 use crate::store::{Store, StoreError};
+use crate::telemetry::probe::ProbedProjection;
+use crate::telemetry::{Phase, Probe, Telemetry};
 use async_nats::service::ServiceExt;
 use futures::StreamExt;
 use std::future::Future;
@@ -34,6 +36,8 @@ pub enum ServeError {
     Drain(String),
     #[error("starting: {0}")]
     Start(String),
+    #[error("shutdown did not finish within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// Runs the service on `client` until `shutdown` completes, then stops it gracefully
@@ -48,6 +52,57 @@ pub async fn run(
     service.stop().await
 }
 
+/// The whole `serve` command: HTTP endpoints on `http_addr` first (live at once, ready once
+/// serving), then the connection made by `connect`, then the service, until `shutdown`
+/// completes; then a graceful stop (the HTTP endpoints answer until the very end).
+/// `on_serving` is called once the service takes requests.
+pub async fn run_with_http<C, CF>(
+    http_addr: std::net::SocketAddr,
+    config: ServiceConfig,
+    extras: Extras,
+    connect: C,
+    on_serving: impl FnOnce(),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError>
+where
+    C: FnOnce() -> CF,
+    CF: Future<Output = Result<async_nats::Client, crate::config::ConnectError>>,
+{
+    let telemetry = extras
+        .telemetry
+        .clone()
+        .unwrap_or_else(|| Arc::new(Telemetry::new(config.ready_max_lag)));
+    let http_stop = CancellationToken::new();
+    let http = crate::telemetry::http::serve(
+        &http_addr.to_string(),
+        telemetry.clone(),
+        http_stop.clone().cancelled_owned(),
+    )
+    .await
+    .map_err(|e| ServeError::Start(e.to_string()))?;
+    let result = async {
+        let client = connect()
+            .await
+            .map_err(|e| ServeError::Start(e.to_string()))?;
+        let service = GlobalService::start_with(
+            client,
+            config,
+            Extras {
+                telemetry: Some(telemetry),
+                ..extras
+            },
+        )
+        .await?;
+        on_serving();
+        shutdown.await;
+        service.stop().await
+    }
+    .await;
+    http_stop.cancel();
+    let _ = http.task.await;
+    result
+}
+
 /// A started service instance.
 pub struct GlobalService {
     client: async_nats::Client,
@@ -59,6 +114,16 @@ pub struct GlobalService {
     stop_background: CancellationToken,
     context: Arc<ApiContext>,
     progress: Vec<(&'static str, watch::Receiver<u64>)>,
+    telemetry: Arc<Telemetry>,
+}
+
+/// Optional parts of a service start.
+#[derive(Default)]
+pub struct Extras {
+    /// Serves `context.get` credentials (default: [`NoCredentials`]).
+    pub credentials: Option<Arc<dyn CredentialsProvider>>,
+    /// Metrics and readiness shared with HTTP endpoints started earlier (default: fresh).
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 impl GlobalService {
@@ -69,15 +134,23 @@ impl GlobalService {
         client: async_nats::Client,
         config: ServiceConfig,
     ) -> Result<GlobalService, ServeError> {
-        Self::start_with(client, config, Arc::new(NoCredentials)).await
+        Self::start_with(client, config, Extras::default()).await
     }
 
-    /// [`GlobalService::start`] with a credentials provider for `context.get`.
+    /// [`GlobalService::start`] with a credentials provider for `context.get` and telemetry
+    /// made before the connection (so its HTTP endpoints could answer during start-up).
     pub async fn start_with(
         client: async_nats::Client,
         config: ServiceConfig,
-        credentials: Arc<dyn CredentialsProvider>,
+        extras: Extras,
     ) -> Result<GlobalService, ServeError> {
+        let credentials = extras
+            .credentials
+            .unwrap_or_else(|| Arc::new(NoCredentials));
+        let telemetry = extras
+            .telemetry
+            .unwrap_or_else(|| Arc::new(Telemetry::new(config.ready_max_lag)));
+        let metrics = telemetry.metrics.clone();
         let js = async_nats::jetstream::new(client.clone());
         let store = Store::ensure(js.clone(), &config.store).await?;
         let stop_background = CancellationToken::new();
@@ -85,6 +158,7 @@ impl GlobalService {
             js.clone(),
             &store.events,
             store.names.clone(),
+            metrics.clone(),
             stop_background.clone(),
         )
         .await
@@ -98,6 +172,7 @@ impl GlobalService {
                 &store,
                 store.accounts.clone(),
                 &config,
+                &metrics,
                 &stop_background,
                 &mut background,
             ),
@@ -105,6 +180,7 @@ impl GlobalService {
                 &store,
                 store.catalogs.clone(),
                 &config,
+                &metrics,
                 &stop_background,
                 &mut background,
             ),
@@ -112,6 +188,7 @@ impl GlobalService {
                 &store,
                 store.oauth.clone(),
                 &config,
+                &metrics,
                 &stop_background,
                 &mut background,
             ),
@@ -137,7 +214,11 @@ impl GlobalService {
             )
             .allow_burst(std::num::NonZeroU32::new(config.rate_burst.max(1)).expect("non-zero")),
         ));
-        let feeds = crate::feeds::Feeds::new(client.clone(), decider.clone());
+        let feeds = crate::feeds::Feeds::new(
+            client.clone(),
+            decider.clone(),
+            metrics.feed_messages_sent.clone(),
+        );
         background.push(tokio::spawn(
             crate::online::projector::OnlineProjector {
                 online: store.online.clone(),
@@ -145,6 +226,7 @@ impl GlobalService {
                 stats: store.stats.clone(),
                 feeds: feeds.clone(),
                 takeover_after: config.runner.takeover_after,
+                applied: metrics.projection_applied(crate::online::projector::NAME),
             }
             .run(stop_background.clone()),
         ));
@@ -163,6 +245,23 @@ impl GlobalService {
             ));
         }
         let config = Arc::new(config);
+        let store_codes = store.codes.clone();
+        let probe = Probe {
+            client: client.clone(),
+            view: view.clone(),
+            projections: [Accounts::NAME, Catalogs::NAME, OAuthIndex::NAME]
+                .into_iter()
+                .map(|name| ProbedProjection {
+                    name,
+                    stream: store.events.clone(),
+                })
+                .chain(std::iter::once(ProbedProjection {
+                    name: crate::online::projector::NAME,
+                    stream: store.online.clone(),
+                }))
+                .collect(),
+        };
+        telemetry.install_probe(probe);
         let context = Arc::new(ApiContext {
             feeds,
             store,
@@ -172,6 +271,13 @@ impl GlobalService {
             config: config.clone(),
             credentials,
             rate_limiter,
+            metrics: metrics.clone(),
+            codes: crate::api::otc_expiry::CodeExpiry::start(
+                store_codes,
+                config.store.code_ttl,
+                metrics.codes_expired.clone(),
+                stop_background.clone(),
+            ),
         });
         let micro = client
             .service_builder()
@@ -197,11 +303,13 @@ impl GlobalService {
                 config.max_request_bytes,
                 tracker.clone(),
                 in_flight.clone(),
+                client.clone(),
             )));
         }
         crate::roundtrip::sync(&client)
             .await
             .map_err(|e| ServeError::Service(e.to_string()))?;
+        telemetry.set_phase(Phase::Serving);
         tracing::info!(ops = Op::ALL.len(), "serving");
         Ok(GlobalService {
             client,
@@ -213,14 +321,37 @@ impl GlobalService {
             stop_background,
             context,
             progress,
+            telemetry,
         })
     }
 
-    /// Stops gracefully: the endpoints unsubscribe (no new requests reach this instance;
-    /// requests already delivered to it are still answered), in-flight requests finish within
-    /// `shutdown_timeout`, and the connection is drained. Returns once all of that is done.
+    /// Stops gracefully, within `shutdown_timeout` in all: readiness turns off, the endpoints
+    /// unsubscribe (no new requests reach this instance; requests already delivered to it are
+    /// still answered), in-flight requests finish, the projection runners finish and
+    /// checkpoint the batch in hand and hand their leases on, and the connection is drained
+    /// (every reply is flushed to the server). Past the bound, what is left is abandoned and
+    /// [`ServeError::Timeout`] returned; nothing acknowledged is lost either way (unacked log
+    /// messages are applied again by the next holder).
     pub async fn stop(self) -> Result<(), ServeError> {
         tracing::info!("stopping: no new requests, finishing in-flight ones");
+        self.telemetry.set_phase(Phase::Stopping);
+        let bound = self.config.shutdown_timeout;
+        let background: Vec<_> = self.background.iter().map(|t| t.abort_handle()).collect();
+        let client = self.client.clone();
+        match tokio::time::timeout(bound, self.stop_in_order()).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(timeout = ?bound, "shutdown did not finish in time; abandoning the rest");
+                for task in background {
+                    task.abort();
+                }
+                let _ = client.drain().await;
+                Err(ServeError::Timeout(bound))
+            }
+        }
+    }
+
+    async fn stop_in_order(self) -> Result<(), ServeError> {
         self.micro
             .stop()
             .await
@@ -234,12 +365,7 @@ impl GlobalService {
             tracing::warn!(%error, "could not confirm the endpoints were unsubscribed");
         }
         self.tracker.close();
-        if tokio::time::timeout(self.config.shutdown_timeout, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(timeout = ?self.config.shutdown_timeout, "in-flight requests did not finish in time");
-        }
+        self.tracker.wait().await;
         self.stop_background.cancel();
         for task in self.background {
             let _ = task.await;
@@ -268,6 +394,11 @@ impl GlobalService {
         let _ = self.micro.stop().await;
         let _ = crate::roundtrip::sync(&self.client).await;
         let _ = self.client.drain().await;
+    }
+
+    /// Metrics and readiness of this instance.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
     }
 
     /// The handlers' shared context (store, decider, view).
@@ -313,16 +444,19 @@ fn spawn_runner<P: Projection>(
     store: &Store,
     records: async_nats::jetstream::kv::Store,
     config: &ServiceConfig,
+    metrics: &crate::telemetry::Metrics,
     stop: &CancellationToken,
     background: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> (&'static str, watch::Receiver<u64>) {
     let (tx, rx) = watch::channel(0);
+    let progress = runner::Progress::new(tx).counting(metrics.projection_applied(P::NAME));
     let events = store.events.clone();
     let stats = store.stats.clone();
     let runner_config = config.runner.clone();
     let stop = stop.clone();
     background.push(tokio::spawn(async move {
-        if let Err(error) = runner::run::<P>(&events, records, stats, runner_config, tx, stop).await
+        if let Err(error) =
+            runner::run::<P>(&events, records, stats, runner_config, progress, stop).await
         {
             tracing::error!(%error, "projection runner stopped");
         }
@@ -333,6 +467,9 @@ fn spawn_runner<P: Projection>(
 /// Takes requests of one op until the endpoint is stopped; each is handled in its own task,
 /// at most `in_flight`'s permits at once across all ops (beyond that, requests wait in the
 /// subscription, so a flood cannot grow memory without bound).
+///
+/// Every request runs in a `request` span (op, caller account, reply code), is counted in the
+/// Prometheus metrics, and in the `$SRV.STATS` of its endpoint (errors included).
 async fn serve_endpoint(
     op: Op,
     mut endpoint: async_nats::service::endpoint::Endpoint,
@@ -340,37 +477,90 @@ async fn serve_endpoint(
     max_request_bytes: usize,
     tracker: TaskTracker,
     in_flight: Arc<tokio::sync::Semaphore>,
+    client: async_nats::Client,
 ) {
+    use tracing::Instrument;
     while let Some(request) = endpoint.next().await {
+        let received = std::time::Instant::now();
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let context = context.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let result = handle(&context, op, &request.message, max_request_bytes).await;
-            let (envelope, headers) = match result {
-                Ok(data) => (Envelope::success(data), async_nats::HeaderMap::new()),
-                Err(error) => {
-                    tracing::info!(op = op.name(), code = error.code, reason = %error.message, "request rejected");
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(envelope::SERVICE_ERROR_HEADER, error.message.as_str());
-                    headers.insert(
-                        envelope::SERVICE_ERROR_CODE_HEADER,
-                        error.code.to_string().as_str(),
-                    );
-                    (Envelope::failure(&error), headers)
-                }
-            };
-            if request.message.reply.is_some() {
-                if let Err(error) = request
-                    .respond_with_headers(Ok(envelope.to_bytes()), headers)
-                    .await
-                {
-                    tracing::warn!(op = op.name(), %error, "reply could not be sent");
-                }
+        let (context, client) = (context.clone(), client.clone());
+        let span = tracing::info_span!(
+            "request",
+            op = op.name(),
+            caller = tracing::field::Empty,
+            code = tracing::field::Empty,
+        );
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                let result = handle(&context, op, &request.message, max_request_bytes).await;
+                let code = match &result {
+                    Ok(_) => 200,
+                    Err(error) => error.code,
+                };
+                tracing::Span::current().record("code", code);
+                answer(&client, request, op, result).await;
+                context
+                    .metrics
+                    .observe_request(op.name(), code, received.elapsed());
             }
-        });
+            .instrument(span),
+        );
+    }
+}
+
+/// Subject for the empty error reply the micro-service library sends when it counts an error
+/// (nobody subscribes to it; see [`answer`]).
+const DISCARDED_REPLY: &str = "_natster.discarded-reply";
+
+/// Sends the envelope (when the request has a reply subject).
+///
+/// An error is also recorded in the endpoint's `$SRV.STATS` (`num_errors`, `last_error`): the
+/// library counts an error only when it sends the reply itself, and then with an empty body,
+/// so the envelope goes out first and the library's empty reply is sent where nobody listens.
+async fn answer(
+    client: &async_nats::Client,
+    mut request: async_nats::service::Request,
+    op: Op,
+    result: Result<serde_json::Value, ApiError>,
+) {
+    let Some(reply) = request.message.reply.clone() else {
+        return;
+    };
+    match result {
+        Ok(data) => {
+            tracing::debug!("answered");
+            if let Err(error) = request
+                .respond(Ok(Envelope::success(data).to_bytes()))
+                .await
+            {
+                tracing::warn!(op = op.name(), %error, "reply could not be sent");
+            }
+        }
+        Err(error) => {
+            tracing::info!(reason = %error.message, "request rejected");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(envelope::SERVICE_ERROR_HEADER, error.message.as_str());
+            headers.insert(
+                envelope::SERVICE_ERROR_CODE_HEADER,
+                error.code.to_string().as_str(),
+            );
+            let sent = client
+                .publish_with_headers(reply, headers, Envelope::failure(&error).to_bytes())
+                .await;
+            if let Err(error) = sent {
+                tracing::warn!(op = op.name(), %error, "reply could not be sent");
+            }
+            request.message.reply = Some(DISCARDED_REPLY.into());
+            let _ = request
+                .respond(Err(async_nats::service::error::Error {
+                    status: error.message.clone(),
+                    code: error.code.into(),
+                }))
+                .await;
+        }
     }
 }
 
@@ -381,6 +571,7 @@ async fn handle(
     max_request_bytes: usize,
 ) -> Result<serde_json::Value, ApiError> {
     let caller = Caller::from_subject(&message.subject)?;
+    tracing::Span::current().record("caller", caller.account.as_str());
     if message.payload.len() > max_request_bytes {
         return Err(ApiError::too_large(max_request_bytes));
     }

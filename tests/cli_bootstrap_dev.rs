@@ -99,7 +99,14 @@ async fn dev_runs_the_stack_prints_working_commands_and_stops_cleanly() -> Resul
     let port = free_port()?;
     let mut dev = KillOnDrop(Some(
         natster_global()
-            .args(["dev", "--port", &port.to_string(), "--dir"])
+            .args([
+                "dev",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--port",
+                &port.to_string(),
+                "--dir",
+            ])
             .arg(dir.path().join("stack"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -24,6 +24,7 @@ pub async fn handle(
     context: &ApiContext,
     request: &ApiRequest<'_>,
 ) -> Result<serde_json::Value, ApiError> {
+    context.metrics.heartbeats_received.inc();
     let heartbeat: HeartbeatRequest = parse_json(request.payload, "heartbeat")?;
     let owner = &request.caller.account;
     if &heartbeat.account_key != owner {

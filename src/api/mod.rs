@@ -11,6 +11,7 @@ pub mod events_put;
 pub mod heartbeats_put;
 pub mod my_shares;
 pub mod otc_claim;
+pub mod otc_expiry;
 pub mod otc_generate;
 pub mod stats;
 pub mod whoami;
@@ -128,6 +129,9 @@ pub struct ApiContext {
     pub credentials: Arc<dyn CredentialsProvider>,
     pub feeds: crate::feeds::Feeds,
     pub rate_limiter: Arc<RateLimiter>,
+    pub metrics: crate::telemetry::Metrics,
+    /// Counts issued codes that expire unclaimed.
+    pub codes: otc_expiry::CodeExpiry,
 }
 
 impl ApiContext {

@@ -58,5 +58,6 @@ pub async fn handle(
         .decider
         .execute(&command, Some(&format!("otc:{code_hash}")))
         .await?;
+    context.metrics.codes_claimed.inc();
     serde_json::to_value(stored.without_token()).map_err(|_| ApiError::internal())
 }

@@ -43,6 +43,8 @@ pub async fn handle(
             tracing::error!(%error, "storing a one-time code failed");
             ApiError::unavailable("one-time codes cannot be stored right now; retry shortly")
         })?;
+    context.metrics.codes_issued.inc();
+    context.codes.issued(code.clone());
     let ttl = context.config.store.code_ttl;
     let reply = OtcGenerateReply {
         claim_url: format!("{}{code}", context.config.claim_url_base),

@@ -92,6 +92,20 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The type of the event this command appends.
+    pub fn event_type(&self) -> super::EventType {
+        use super::EventType;
+        match self {
+            Command::Initialize { .. } => EventType::NatsterInitialized,
+            Command::Share { .. } | Command::AutoShare { .. } => EventType::CatalogShared,
+            Command::Unshare { .. } => EventType::CatalogUnshared,
+            Command::Import { .. } => EventType::CatalogImported,
+            Command::BindContext { .. } => EventType::ContextBound,
+        }
+    }
+}
+
 /// How the append must be guarded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expectation {

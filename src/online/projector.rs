@@ -35,6 +35,8 @@ pub struct OnlineProjector {
     pub stats: kv::Store,
     pub feeds: Feeds,
     pub takeover_after: Duration,
+    /// Counts stream messages applied.
+    pub applied: prometheus_client::metrics::counter::Counter,
 }
 
 impl OnlineProjector {
@@ -239,6 +241,7 @@ impl OnlineProjector {
         } else {
             state.checkpoint = Some((stored, revision));
         }
+        self.applied.inc_by(messages.len() as u64);
         Ok(())
     }
 

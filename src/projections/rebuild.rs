@@ -52,9 +52,76 @@ pub async fn rebuild<P: Projection>(
     // compare-and-set and in log order, so they can only carry records forward, and the next
     // holder re-applies everything after the rebuilt checkpoint as no-ops.
     lease.seize().await?;
+    report_progress(stats, P::NAME, 0, 0, true).await;
+    let mut last = (0, 0);
+    let mut progress = |done: u64, total: u64| {
+        last = (done, total);
+        progress(done, total);
+    };
     let result = rebuild_leased::<P>(events, records, stats, &mut progress).await;
+    report_progress(stats, P::NAME, last.0, last.1, false).await;
     lease.release().await;
     result
+}
+
+/// `rebuild.<projection>` in `PROJ_STATS`: how far the running (or last) rebuild got, so that
+/// every service instance can export it while `projections rebuild` runs in another process.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RebuildProgress {
+    pub running: bool,
+    /// Log messages replayed, of `total`.
+    pub done: u64,
+    pub total: u64,
+    /// When this record was written (Unix milliseconds): a running rebuild refreshes it
+    /// every second, so a stale one is a rebuild that died.
+    pub updated_unix_ms: u64,
+}
+
+/// How often a running rebuild writes its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// A running rebuild not heard of for this long is taken for dead.
+const REBUILD_STALE_MS: u64 = 30_000;
+
+impl RebuildProgress {
+    /// Running and heard of recently.
+    pub fn is_running(&self) -> bool {
+        self.running && unix_ms().saturating_sub(self.updated_unix_ms) < REBUILD_STALE_MS
+    }
+
+    /// Share replayed, 0 to 1 (1 for an empty log).
+    pub fn ratio(&self) -> f64 {
+        if self.total == 0 {
+            return if self.running { 0.0 } else { 1.0 };
+        }
+        (self.done as f64 / self.total as f64).min(1.0)
+    }
+}
+
+/// Key of a projection's rebuild progress.
+pub fn rebuild_key(name: &str) -> String {
+    format!("rebuild.{name}")
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Writes a rebuild progress record; a failure only costs the dashboards an update.
+async fn report_progress(stats: &kv::Store, name: &str, done: u64, total: u64, running: bool) {
+    let record = RebuildProgress {
+        running,
+        done,
+        total,
+        updated_unix_ms: unix_ms(),
+    };
+    let bytes = serde_json::to_vec(&record).expect("progress serializes");
+    if let Err(error) = stats.put(rebuild_key(name), bytes.into()).await {
+        tracing::debug!(%error, "writing rebuild progress");
+    }
 }
 
 async fn rebuild_leased<P: Projection>(
@@ -70,6 +137,7 @@ async fn rebuild_leased<P: Projection>(
     let mut rebuilt: BTreeMap<String, P::Record> = BTreeMap::new();
     let mut counts = super::CountDelta::default();
     let mut replayed = 0u64;
+    let mut reported = std::time::Instant::now();
     if last_seq > 0 {
         let consumer = events
             .create_consumer(consumer::pull::OrderedConfig {
@@ -94,6 +162,10 @@ async fn rebuild_leased<P: Projection>(
                 counts += fold::<P>(&mut rebuilt, &chunk);
                 chunk.clear();
                 progress(replayed, total);
+                if reported.elapsed() >= PROGRESS_EVERY {
+                    report_progress(stats, P::NAME, replayed, total, true).await;
+                    reported = std::time::Instant::now();
+                }
             }
             if seq == last_seq {
                 break;

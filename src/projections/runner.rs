@@ -70,6 +70,41 @@ impl Default for RunnerConfig {
     }
 }
 
+/// Where a runner reports how far it got: the last applied sequence (for read-your-writes
+/// waits) and the number of log messages applied (for metrics).
+pub struct Progress {
+    applied: watch::Sender<u64>,
+    events: prometheus_client::metrics::counter::Counter,
+}
+
+impl Progress {
+    /// Reports applied sequences to `applied`, counting into a counter of its own.
+    pub fn new(applied: watch::Sender<u64>) -> Progress {
+        Progress {
+            applied,
+            events: Default::default(),
+        }
+    }
+
+    /// Also counts applied log messages into `events`.
+    pub fn counting(mut self, events: prometheus_client::metrics::counter::Counter) -> Progress {
+        self.events = events;
+        self
+    }
+
+    /// Finishes a flush in `fold` and reports it.
+    fn finish<R: Clone + PartialEq + Serialize + serde::de::DeserializeOwned>(
+        &self,
+        fold: &mut FoldState<R>,
+        done: Flushed,
+    ) {
+        let before = fold.checkpoint.0;
+        let seq = fold.finish(done);
+        self.events.inc_by(seq.saturating_sub(before));
+        self.applied.send_replace(seq);
+    }
+}
+
 /// Counters of one projection (`counters.<name>` in `PROJ_STATS`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -152,7 +187,7 @@ pub async fn run<P: Projection>(
     records: kv::Store,
     stats: kv::Store,
     config: RunnerConfig,
-    progress: watch::Sender<u64>,
+    progress: Progress,
     shutdown: CancellationToken,
 ) -> Result<(), RunnerError> {
     let mut lease = Lease::new(
@@ -198,7 +233,7 @@ async fn lead<P: Projection>(
     records: &kv::Store,
     stats: &kv::Store,
     config: &RunnerConfig,
-    progress: &watch::Sender<u64>,
+    progress: &Progress,
     shutdown: &CancellationToken,
     lease: &mut Lease,
 ) -> Result<(), RunnerError> {
@@ -249,7 +284,7 @@ async fn pipeline<P: Projection>(
     records: &kv::Store,
     stats: &kv::Store,
     config: &RunnerConfig,
-    progress: &watch::Sender<u64>,
+    progress: &Progress,
     shutdown: &CancellationToken,
     lease: &mut Lease,
     flushing: &mut Option<Flushing>,
@@ -302,19 +337,19 @@ async fn pipeline<P: Projection>(
                 // Finish the batch in hand: the flush in flight, then what is folded.
                 if let Some(flush) = flushing.take() {
                     let done = flush.await.map_err(|e| e.to_string())??;
-                    progress.send_replace(fold.finish(done));
+                    progress.finish(&mut fold, done);
                 }
                 if fold.has_pending() && lease.is_held() {
                     let plan = fold.take_plan(lease.owner());
                     let done = execute_flush::<P>(records.clone(), stats.clone(), plan, config.write_concurrency).await?;
-                    progress.send_replace(fold.finish(done));
+                    progress.finish(&mut fold, done);
                 }
                 return Ok(());
             }
             done = async { flushing.as_mut().expect("guarded").await }, if flushing.is_some() => {
                 *flushing = None;
                 let done = done.map_err(|e| e.to_string())??;
-                progress.send_replace(fold.finish(done));
+                progress.finish(&mut fold, done);
             }
             _ = tokio::time::sleep_until(pending_since + config.max_linger),
                 if flushing.is_none() && fold.has_pending() => {}

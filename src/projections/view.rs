@@ -10,10 +10,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Counters and checkpoints by projection name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsSnapshot {
     pub counters: BTreeMap<String, Counters>,
     pub checkpoints: BTreeMap<String, u64>,
+    /// Progress of the running or last rebuild, by projection.
+    pub rebuilds: BTreeMap<String, super::rebuild::RebuildProgress>,
 }
 
 impl StatsSnapshot {
@@ -32,6 +34,10 @@ impl StatsSnapshot {
             if let Ok(checkpoint) = serde_json::from_slice::<Checkpoint>(value) {
                 let applied = self.checkpoints.entry(name.to_string()).or_default();
                 *applied = (*applied).max(checkpoint.applied_seq);
+            }
+        } else if let Some(name) = key.strip_prefix("rebuild.") {
+            if let Ok(progress) = serde_json::from_slice(value) {
+                self.rebuilds.insert(name.to_string(), progress);
             }
         } else if let Some(name) = key.strip_prefix("counters.") {
             if let Ok(counters) = serde_json::from_slice::<Counters>(value) {

@@ -1,0 +1,343 @@
+//! The service's Prometheus metrics, named by Prometheus rules: `natster_` prefix, base units
+//! (seconds), `_total` on counters (added by the encoder), and labels from small fixed sets
+//! (op, code, event type, reason, projection, feed kind) — never account keys, catalog names
+//! or codes.
+//!
+//! Handles are cheap clones of the same series: a module that counts something keeps its own
+//! handle (a `Counter` or a `Family`) and increments it without locking anything else.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+/// Request latency buckets, in seconds: from 50 µs (a cached read) to 5 s (a contended append
+/// that waits for its state to catch up).
+pub const REQUEST_DURATION_BUCKETS: [f64; 15] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    5.0,
+];
+
+/// The read models (label `projection`).
+pub const PROJECTIONS: [&str; 4] = ["accounts", "catalogs", "oauth", "online"];
+
+/// The feed message kinds (label `kind`).
+pub const FEED_KINDS: [&str; 5] = [
+    "heartbeat",
+    "catalog_online",
+    "catalog_offline",
+    "catalog_shared",
+    "catalog_unshared",
+];
+
+/// `op` and reply `code` of a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub op: &'static str,
+    pub code: u16,
+}
+
+/// An event type (`natster_initialized`, …), as label `type`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventType {
+    pub r#type: &'static str,
+}
+
+/// Why a command was refused, by event type.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub r#type: &'static str,
+    pub reason: &'static str,
+}
+
+/// A read model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProjectionLabels {
+    pub projection: &'static str,
+}
+
+/// A feed message kind (`heartbeat`, `catalog_online`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedLabels {
+    pub kind: &'static str,
+}
+
+/// The build, as `natster_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    service: &'static str,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Every series the service exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub events_appended: Family<EventType, Counter>,
+    pub rejections: Family<RejectionLabels, Counter>,
+    pub append_conflicts: Family<EventType, Counter>,
+    pub projection_events_applied: Family<ProjectionLabels, Counter>,
+    pub projection_applied_sequence: Family<ProjectionLabels, Gauge>,
+    pub projection_lag_events: Family<ProjectionLabels, Gauge>,
+    pub projection_lag_seconds: Family<ProjectionLabels, FloatGauge>,
+    pub projection_rebuild_in_progress: Family<ProjectionLabels, Gauge>,
+    pub projection_rebuild_progress_ratio: Family<ProjectionLabels, FloatGauge>,
+    pub catalogs_online: Gauge,
+    pub accounts_initialized: Gauge,
+    pub shares_active: Gauge,
+    pub codes_issued: Counter,
+    pub codes_claimed: Counter,
+    pub codes_expired: Counter,
+    pub heartbeats_received: Counter,
+    pub feed_messages_sent: Family<FeedLabels, Counter>,
+    pub nats_connected: Gauge,
+    pub nats_reconnects: Counter,
+    pub ready: Gauge,
+}
+
+fn request_histogram() -> Histogram {
+    Histogram::new(REQUEST_DURATION_BUCKETS)
+}
+
+impl Metrics {
+    /// Creates every series and registers it in a new registry (prefix `natster`).
+    pub fn new() -> (Metrics, Registry) {
+        let mut registry = Registry::with_prefix("natster");
+        let metrics = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(request_histogram),
+            events_appended: Family::default(),
+            rejections: Family::default(),
+            append_conflicts: Family::default(),
+            projection_events_applied: Family::default(),
+            projection_applied_sequence: Family::default(),
+            projection_lag_events: Family::default(),
+            projection_lag_seconds: Family::default(),
+            projection_rebuild_in_progress: Family::default(),
+            projection_rebuild_progress_ratio: Family::default(),
+            catalogs_online: Gauge::default(),
+            accounts_initialized: Gauge::default(),
+            shares_active: Gauge::default(),
+            codes_issued: Counter::default(),
+            codes_claimed: Counter::default(),
+            codes_expired: Counter::default(),
+            heartbeats_received: Counter::default(),
+            feed_messages_sent: Family::default(),
+            nats_connected: Gauge::default(),
+            nats_reconnects: Counter::default(),
+            ready: Gauge::default(),
+        };
+        registry.register(
+            "build",
+            "The running build (value 1)",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                service: crate::service::SERVICE_NAME,
+            }),
+        );
+        let m = metrics.clone();
+        registry.register(
+            "requests",
+            "Requests answered, by op and reply code",
+            m.requests,
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from receiving a request to sending its reply, by op and reply code",
+            Unit::Seconds,
+            m.request_duration,
+        );
+        registry.register(
+            "events_appended",
+            "Events appended to the log, by event type (retries recognised as duplicates excluded)",
+            m.events_appended,
+        );
+        registry.register(
+            "rejections",
+            "Commands refused by a rule, by event type and reason",
+            m.rejections,
+        );
+        registry.register(
+            "append_conflicts",
+            "Appends refused because another append won the race (the decision was re-run), by event type",
+            m.append_conflicts,
+        );
+        registry.register(
+            "projection_events_applied",
+            "Log messages applied by this instance, by projection",
+            m.projection_events_applied,
+        );
+        registry.register(
+            "projection_applied_sequence",
+            "Last stream sequence applied, by projection (from its checkpoint)",
+            m.projection_applied_sequence,
+        );
+        registry.register(
+            "projection_lag_events",
+            "Stream sequences not yet applied, by projection",
+            m.projection_lag_events,
+        );
+        registry.register_with_unit(
+            "projection_lag",
+            "Age of the oldest message not yet applied (0 when caught up), by projection",
+            Unit::Seconds,
+            m.projection_lag_seconds,
+        );
+        registry.register(
+            "projection_rebuild_in_progress",
+            "1 while `projections rebuild` replays the projection",
+            m.projection_rebuild_in_progress,
+        );
+        registry.register(
+            "projection_rebuild_progress_ratio",
+            "Share of the log replayed by the running or last rebuild (0 to 1)",
+            m.projection_rebuild_progress_ratio,
+        );
+        registry.register("catalogs_online", "Catalogs online now", m.catalogs_online);
+        registry.register(
+            "accounts_initialized",
+            "Accounts that initialised Natster",
+            m.accounts_initialized,
+        );
+        registry.register("shares_active", "Catalog shares in force", m.shares_active);
+        registry.register(
+            "codes_issued",
+            "One-time codes issued by this instance",
+            m.codes_issued,
+        );
+        registry.register(
+            "codes_claimed",
+            "One-time codes claimed through this instance",
+            m.codes_claimed,
+        );
+        registry.register(
+            "codes_expired",
+            "One-time codes issued by this instance that expired unclaimed",
+            m.codes_expired,
+        );
+        registry.register(
+            "heartbeats_received",
+            "Catalog heartbeats received (with or without a reply subject)",
+            m.heartbeats_received,
+        );
+        registry.register(
+            "feed_messages_sent",
+            "Feed messages published, one per recipient, by kind",
+            m.feed_messages_sent,
+        );
+        registry.register(
+            "nats_connected",
+            "1 while the connection to NATS is up",
+            m.nats_connected,
+        );
+        registry.register(
+            "nats_reconnects",
+            "Reconnections to NATS since start",
+            m.nats_reconnects,
+        );
+        registry.register("ready", "1 while /readyz answers 200", m.ready);
+        metrics.start_series_at_zero();
+        (metrics, registry)
+    }
+
+    /// Creates every series whose labels are known in advance, at zero: a series that exists
+    /// from the start makes `rate()` and alert rules work before the first event of its kind.
+    fn start_series_at_zero(&self) {
+        use crate::model::EventType as Kind;
+        for kind in Kind::ALL {
+            let r#type = kind.as_str();
+            let _ = self.events_appended.get_or_create(&EventType { r#type });
+            let _ = self.append_conflicts.get_or_create(&EventType { r#type });
+            for reason in ["bad_request", "forbidden", "not_found", "conflict"] {
+                let _ = self
+                    .rejections
+                    .get_or_create(&RejectionLabels { r#type, reason });
+            }
+        }
+        for projection in PROJECTIONS {
+            let labels = ProjectionLabels { projection };
+            let _ = self.projection_events_applied.get_or_create(&labels);
+            let _ = self.projection_applied_sequence.get_or_create(&labels);
+            let _ = self.projection_lag_events.get_or_create(&labels);
+            let _ = self.projection_lag_seconds.get_or_create(&labels);
+            let _ = self.projection_rebuild_in_progress.get_or_create(&labels);
+            let _ = self
+                .projection_rebuild_progress_ratio
+                .get_or_create(&labels);
+        }
+        for kind in FEED_KINDS {
+            let _ = self.feed_messages_sent.get_or_create(&FeedLabels { kind });
+        }
+        for op in crate::api::Op::ALL {
+            let labels = RequestLabels {
+                op: op.name(),
+                code: 200,
+            };
+            let _ = self.requests.get_or_create(&labels);
+            let _ = self.request_duration.get_or_create(&labels);
+        }
+    }
+
+    /// Counts one answered request and its duration.
+    pub fn observe_request(&self, op: &'static str, code: u16, elapsed: std::time::Duration) {
+        let labels = RequestLabels { op, code };
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The applied-events counter of `projection`.
+    pub fn projection_applied(&self, projection: &'static str) -> Counter {
+        self.projection_events_applied
+            .get_or_create(&ProjectionLabels { projection })
+            .clone()
+    }
+}
+
+/// Renders `registry` in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)
+        .expect("writing to a String cannot fail");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_rules() {
+        let (metrics, registry) = Metrics::new();
+        metrics.observe_request("whoami", 200, std::time::Duration::from_micros(300));
+        metrics
+            .events_appended
+            .get_or_create(&EventType {
+                r#type: "catalog_shared",
+            })
+            .inc();
+        let text = encode(&registry);
+        assert!(text.contains("natster_build_info{"), "{text}");
+        assert!(text.contains("natster_requests_total{op=\"whoami\",code=\"200\"} 1"));
+        assert!(text.contains(
+            "natster_request_duration_seconds_bucket{le=\"0.0005\",op=\"whoami\",code=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "natster_request_duration_seconds_bucket{le=\"0.00025\",op=\"whoami\",code=\"200\"} 0"
+        ));
+        assert!(text.contains("natster_events_appended_total{type=\"catalog_shared\"} 1"));
+        assert!(
+            text.contains("# TYPE natster_projection_lag_seconds gauge"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,404 @@
+//! The operator's view of a running service: metrics, liveness and readiness, and `$SRV`
+//! discovery, against a real server with real accounts.
+
+use anyhow::{Context, Result};
+use natster_global::lease::Lease;
+use natster_global::projections::{catalogs::Catalogs, rebuild, runner};
+use natster_global::store::{Store, StoreConfig};
+use natster_global::testkit::{
+    call, http_get, init_data, metric_value, put_event, seq_of, Harness,
+};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+async fn metrics(addr: SocketAddr) -> Result<String> {
+    let (status, body) = http_get(addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "/metrics answered {status}");
+    Ok(body)
+}
+
+/// Polls `/metrics` until `series` has `value` (gauges mirror state that settles
+/// asynchronously, such as a projection applying an event).
+async fn await_metric(addr: SocketAddr, series: &str, value: f64) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let text = metrics(addr).await?;
+        if metric_value(&text, series) == Some(value) {
+            return Ok(text);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{series} never became {value}; last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    metric_value(text, series).unwrap_or_else(|| panic!("{series} is not exported:\n{text}"))
+}
+
+#[tokio::test]
+async fn metrics_count_requests_events_rejections_and_mirror_the_read_models() -> Result<()> {
+    let h = Harness::start(&["alice", "bob"]).await?;
+    let http = h.serve_http(0).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b) = (h.key("alice"), h.key("bob"));
+
+    let (status, body) = http_get(http, "/healthz").await?;
+    assert_eq!((status, body.as_str()), (200, r#"{"alive":true}"#));
+    let (status, body) = http_get(http, "/readyz").await?;
+    assert_eq!(status, 200, "{body}");
+    let ready: Value = serde_json::from_str(&body)?;
+    assert_eq!(ready["ready"], true);
+    let names: Vec<&str> = ready["projections"]
+        .as_array()
+        .context("projections")?
+        .iter()
+        .filter_map(|p| p["projection"].as_str())
+        .collect();
+    assert_eq!(names, ["accounts", "catalogs", "oauth", "online"]);
+
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    seq_of(&put_event(&bob, "natster_initialized", "none", "none", init_data(&b)).await?)?;
+    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    // A rule refuses these: already initialised (409), bob does not own `films` (409 too).
+    assert_eq!(
+        put_event(&alice, "natster_initialized", "none", "none", init_data(&a))
+            .await?
+            .code,
+        409
+    );
+    assert_eq!(
+        put_event(&bob, "catalog_shared", "films", &a, Value::Null)
+            .await?
+            .code,
+        409
+    );
+    assert_eq!(
+        call(&alice, "events.put", "{not json", None).await?.code,
+        400
+    );
+    assert_eq!(call(&alice, "whoami", "", Some(shared)).await?.code, 200);
+    let heartbeat = json!({"catalog": "films", "account_key": a, "revision": 1});
+    assert_eq!(
+        call(
+            &alice,
+            "heartbeats.put",
+            serde_json::to_vec(&heartbeat)?,
+            None
+        )
+        .await?
+        .code,
+        200
+    );
+
+    let text = await_metric(
+        http,
+        r#"natster_projection_lag_events{projection="catalogs"}"#,
+        0.0,
+    )
+    .await?;
+    let text = if metric_value(&text, "natster_catalogs_online") == Some(1.0) {
+        text
+    } else {
+        await_metric(http, "natster_catalogs_online", 1.0).await?
+    };
+    let text = if metric_value(&text, "natster_accounts_initialized") == Some(2.0) {
+        text
+    } else {
+        await_metric(http, "natster_accounts_initialized", 2.0).await?
+    };
+    let cases = [
+        (r#"natster_requests_total{op="events.put",code="200"}"#, 3.0),
+        (r#"natster_requests_total{op="events.put",code="409"}"#, 2.0),
+        (r#"natster_requests_total{op="events.put",code="400"}"#, 1.0),
+        (r#"natster_requests_total{op="whoami",code="200"}"#, 1.0),
+        (
+            r#"natster_request_duration_seconds_count{op="events.put",code="200"}"#,
+            3.0,
+        ),
+        (
+            r#"natster_events_appended_total{type="natster_initialized"}"#,
+            2.0,
+        ),
+        (
+            r#"natster_events_appended_total{type="catalog_shared"}"#,
+            1.0,
+        ),
+        (
+            r#"natster_rejections_total{type="natster_initialized",reason="conflict"}"#,
+            1.0,
+        ),
+        (
+            r#"natster_rejections_total{type="catalog_shared",reason="conflict"}"#,
+            1.0,
+        ),
+        ("natster_heartbeats_received_total", 1.0),
+        (
+            r#"natster_feed_messages_sent_total{kind="catalog_online"}"#,
+            2.0,
+        ),
+        ("natster_shares_active", 1.0),
+        (
+            r#"natster_projection_applied_sequence{projection="accounts"}"#,
+            shared as f64,
+        ),
+        (
+            r#"natster_projection_lag_seconds{projection="accounts"}"#,
+            0.0,
+        ),
+        ("natster_nats_connected", 1.0),
+        ("natster_nats_reconnects_total", 0.0),
+        ("natster_ready", 1.0),
+    ];
+    for (series, expected) in cases {
+        assert_eq!(value(&text, series), expected, "{series}");
+    }
+    assert!(
+        value(
+            &text,
+            r#"natster_projection_events_applied_total{projection="accounts"}"#
+        ) >= shared as f64
+    );
+    assert!(text.contains(r#"natster_build_info{version=""#), "{text}");
+    // Sub-millisecond buckets, and no account key anywhere in the labels.
+    assert!(text.contains(
+        r#"natster_request_duration_seconds_bucket{le="0.00025",op="whoami",code="200"}"#
+    ));
+    assert!(!text.contains(&a) && !text.contains(&b) && !text.contains("films"));
+
+    // Stopping: readiness goes first.
+    let service = h.services.into_iter().next().context("one instance")?;
+    let telemetry = service.telemetry().clone();
+    service.stop().await?;
+    let (status, body) = http_get(http, "/readyz").await?;
+    assert_eq!(status, 503);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body)?["reason"],
+        "shutting down"
+    );
+    assert_eq!(
+        telemetry.phase(),
+        natster_global::telemetry::Phase::Stopping
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_projection_lag_and_rebuilds_are_exported() -> Result<()> {
+    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
+    let js = h.service_js().await?;
+    let store = Store::ensure(js.clone(), &StoreConfig::default()).await?;
+    let stats = store.stats.clone();
+    // Another holder keeps the catalogs projection: events pile up behind it.
+    let mut blocker = Lease::new(
+        stats.clone(),
+        runner::lease_key("catalogs"),
+        "test-blocker".into(),
+        Duration::from_secs(120),
+    );
+    blocker.seize().await.map_err(anyhow::Error::msg)?;
+    h.add_instance(|config| config.ready_max_lag = 2).await?;
+    let http = h.serve_http(0).await?;
+    let alice = h.connect("alice").await?;
+    let a = h.key("alice");
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    for catalog in ["a", "b", "c"] {
+        seq_of(
+            &put_event(
+                &alice,
+                "catalog_shared",
+                catalog,
+                &h.key("bob"),
+                Value::Null,
+            )
+            .await?,
+        )?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (status, body) = http_get(http, "/readyz").await?;
+        if status == 503 {
+            break body;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never unready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let unready: Value = serde_json::from_str(&body)?;
+    assert_eq!(unready["ready"], false);
+    assert!(
+        unready["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("projection catalogs lags"),
+        "{unready}"
+    );
+    let text = metrics(http).await?;
+    assert!(
+        value(
+            &text,
+            r#"natster_projection_lag_events{projection="catalogs"}"#
+        ) >= 3.0
+    );
+    assert!(
+        value(
+            &text,
+            r#"natster_projection_lag_seconds{projection="catalogs"}"#
+        ) >= 0.0
+    );
+    assert_eq!(value(&text, "natster_ready"), 0.0);
+
+    // The holder goes away; the service's runner takes over and the service is ready again.
+    blocker.release().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_get(http, "/readyz").await?;
+        if status == 200 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A rebuild, run as `projections rebuild` would, shows up on every instance's metrics.
+    let events = js.get_stream("NATSTER_EVENTS").await?;
+    let catalogs = js.get_key_value("PROJ_CATALOG").await?;
+    let handle = tokio::runtime::Handle::current();
+    let mut seen_running = false;
+    rebuild::rebuild::<Catalogs>(&events, &catalogs, &stats, |_, _| {
+        if !seen_running {
+            seen_running = tokio::task::block_in_place(|| {
+                handle.block_on(await_metric(
+                    http,
+                    r#"natster_projection_rebuild_in_progress{projection="catalogs"}"#,
+                    1.0,
+                ))
+            })
+            .is_ok();
+        }
+    })
+    .await
+    .map_err(anyhow::Error::msg)?;
+    assert!(seen_running, "the rebuild was exported as in progress");
+    await_metric(
+        http,
+        r#"natster_projection_rebuild_in_progress{projection="catalogs"}"#,
+        0.0,
+    )
+    .await?;
+    await_metric(
+        http,
+        r#"natster_projection_rebuild_progress_ratio{projection="catalogs"}"#,
+        1.0,
+    )
+    .await?;
+    h.stop().await
+}
+
+#[tokio::test]
+async fn discovery_answers_ping_info_and_stats_through_imports() -> Result<()> {
+    let mut h = Harness::start(&["alice"]).await?;
+    h.add_instance(|_| {}).await?;
+    let alice = h.connect("alice").await?;
+    let a = h.key("alice");
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    assert_eq!(call(&alice, "events.put", "[]", None).await?.code, 400);
+    assert_eq!(call(&alice, "whoami", "", None).await?.code, 200);
+
+    // Every instance answers; alice sees them through her account's discovery import.
+    let infos = gather(&alice, "$SRV.INFO.natster-global", 2).await?;
+    let mut ids = Vec::new();
+    for info in &infos {
+        assert_eq!(info["type"], "io.nats.micro.v1.info_response");
+        assert_eq!(info["name"], "natster-global");
+        assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+        let endpoints = info["endpoints"].as_array().context("endpoints")?;
+        let mut subjects: Vec<&str> = endpoints
+            .iter()
+            .filter_map(|e| e["subject"].as_str())
+            .collect();
+        subjects.sort();
+        assert_eq!(
+            subjects,
+            [
+                "*.natster.global.catalogs.validatename",
+                "*.natster.global.context.get",
+                "*.natster.global.events.put",
+                "*.natster.global.heartbeats.put",
+                "*.natster.global.my.shares",
+                "*.natster.global.otc.claim",
+                "*.natster.global.otc.generate",
+                "*.natster.global.stats",
+                "*.natster.global.whoami",
+            ]
+        );
+        assert!(endpoints
+            .iter()
+            .all(|e| e["queue_group"] == "natster-global"));
+        ids.push(info["id"].as_str().context("id")?.to_string());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "one answer per instance");
+    let pings = gather(&alice, "$SRV.PING.natster-global", 2).await?;
+    assert!(pings
+        .iter()
+        .all(|p| p["type"] == "io.nats.micro.v1.ping_response"));
+
+    // The queue group spread the three requests; together the instances saw them all, the
+    // refused one counted as an error with its reason.
+    let stats = gather(&alice, "$SRV.STATS.natster-global", 2).await?;
+    let endpoint_total = |name: &str, field: &str| -> u64 {
+        stats
+            .iter()
+            .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+            .filter(|e| e["name"] == name)
+            .map(|e| e[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(endpoint_total("events_put", "num_requests"), 2);
+    assert_eq!(endpoint_total("events_put", "num_errors"), 1);
+    assert_eq!(endpoint_total("whoami", "num_requests"), 1);
+    assert_eq!(endpoint_total("whoami", "num_errors"), 0);
+    let last_error = stats
+        .iter()
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == "events_put" && e["num_errors"] == 1)
+        .context("the instance that refused")?;
+    assert!(
+        last_error["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("400:"),
+        "{last_error}"
+    );
+    h.stop().await
+}
+
+/// Sends one discovery request and collects `expected` replies.
+async fn gather(client: &async_nats::Client, subject: &str, expected: usize) -> Result<Vec<Value>> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    natster_global::roundtrip::sync(client).await?;
+    client
+        .publish_with_reply(subject.to_string(), inbox, "".into())
+        .await?;
+    let mut out = Vec::new();
+    while out.len() < expected {
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .with_context(|| format!("{subject}: {} of {expected} replies", out.len()))?
+            .context("subscription ended")?;
+        out.push(serde_json::from_slice(&reply.payload)?);
+    }
+    Ok(out)
+}
