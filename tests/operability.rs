@@ -402,3 +402,96 @@ async fn gather(client: &async_nats::Client, subject: &str, expected: usize) -> 
     }
     Ok(out)
 }
+
+#[tokio::test]
+async fn one_time_codes_are_counted_issued_claimed_and_expired() -> Result<()> {
+    let mut h = Harness::without_instances(&["alice"]).await?;
+    h.add_instance(|config| config.store.code_ttl = Duration::from_secs(2))
+        .await?;
+    let http = h.serve_http(0).await?;
+    let (alice, web) = (
+        h.connect("alice").await?,
+        h.connect(natster_global::bootstrap::WEB).await?,
+    );
+    let a = h.key("alice");
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let context = serde_json::to_vec(&json!({
+        "account_name": "alice", "account_public_key": a, "access_token": "t"
+    }))?;
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let generated = call(&alice, "otc.generate", context.clone(), None).await?;
+        assert_eq!(generated.code, 200, "{generated:?}");
+        codes.push(generated.data["code"].as_str().context("code")?.to_string());
+    }
+    let claim = json!({"code": codes[0], "oauth_id": "github|1"});
+    assert_eq!(
+        call(&web, "otc.claim", serde_json::to_vec(&claim)?, None)
+            .await?
+            .code,
+        200
+    );
+    // The unclaimed code runs out; the claimed one is not counted as expired.
+    let text = await_metric(http, "natster_codes_expired_total", 1.0).await?;
+    assert_eq!(value(&text, "natster_codes_issued_total"), 2.0);
+    assert_eq!(value(&text, "natster_codes_claimed_total"), 1.0);
+    let claim = json!({"code": codes[1], "oauth_id": "github|1"});
+    assert_eq!(
+        call(&web, "otc.claim", serde_json::to_vec(&claim)?, None)
+            .await?
+            .code,
+        404
+    );
+    // An absence can only be seen by waiting past when it would have shown: a claimed code
+    // wrongly taken for expired would be counted one look (1 s) after the other one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        value(&metrics(http).await?, "natster_codes_expired_total"),
+        1.0,
+        "the claimed code never counts as expired"
+    );
+    h.stop().await
+}
+
+#[tokio::test]
+async fn losing_nats_makes_the_service_unready_until_it_reconnects() -> Result<()> {
+    let mut h = Harness::start(&["alice"]).await?;
+    let http = h.serve_http(0).await?;
+    assert_eq!(http_get(http, "/readyz").await?.0, 200);
+    h.tw.server.stop(Duration::from_secs(5)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (status, body) = http_get(http, "/readyz").await?;
+        if status == 503 {
+            break body;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "still ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body.contains("not connected to NATS"), "{body}");
+    assert_eq!(value(&metrics(http).await?, "natster_nats_connected"), 0.0);
+    assert_eq!(http_get(http, "/healthz").await?.0, 200, "alive all along");
+
+    h.tw.server.restart().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(http, "/readyz").await?;
+        if status == 200 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never ready again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = metrics(http).await?;
+    assert_eq!(value(&text, "natster_nats_connected"), 1.0);
+    assert_eq!(value(&text, "natster_nats_reconnects_total"), 1.0);
+    let alice = h.connect("alice").await?;
+    assert_eq!(call(&alice, "whoami", "", None).await?.code, 404);
+    h.stop().await
+}

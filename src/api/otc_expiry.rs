@@ -2,13 +2,15 @@
 //!
 //! The server expires codes on its own (the bucket's max age), so nothing happens in the
 //! service when one runs out. Each instance remembers the codes it issued until just after
-//! their expiry and then looks once: a code whose last entry is the claim's delete was
-//! claimed (by any instance); a code that is gone altogether expired. Memory holds only the
-//! codes issued within one TTL; codes issued before a restart are not counted.
+//! their expiry and looks at them in the bucket (see [`watch`]): a claim, by any instance,
+//! leaves a delete marker; a code that is gone without one expired. Memory holds only the
+//! codes issued within one TTL; codes issued before a restart are not counted. The TTL must
+//! exceed about 1.4 s (the look after it comes 1 s late).
 
 use async_nats::jetstream::kv;
 use prometheus_client::metrics::counter::Counter;
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -52,34 +54,57 @@ async fn watch(
     mut received: mpsc::UnboundedReceiver<String>,
     stop: CancellationToken,
 ) {
-    // Deadlines grow with issue time (one TTL for all), so the queue stays ordered.
-    let mut pending: VecDeque<(Instant, String, u8)> = VecDeque::new();
+    // A claim leaves a delete marker that itself ages out one TTL after the claim, so a code
+    // claimed soon after issue looks, past its TTL, just like one that expired. Hence two
+    // looks: shortly before the TTL (a claimed code shows its delete marker; it is done with),
+    // and just after it (a code still unclaimed at the first look and gone now expired, since a
+    // claim between the looks leaves a marker that outlives the second look).
+    let early = (ttl / 4).min(Duration::from_secs(5));
+    let mut pending: BinaryHeap<Reverse<(Instant, Look, String)>> = BinaryHeap::new();
     loop {
-        let next = pending.front().map(|(at, _, _)| *at);
+        let next = pending.peek().map(|Reverse((at, _, _))| *at);
         tokio::select! {
             _ = stop.cancelled() => return,
             code = received.recv() => match code {
-                Some(code) => pending.push_back((Instant::now() + ttl + MARGIN, code, 0)),
+                Some(code) => pending.push(Reverse((Instant::now() + ttl - early, Look::BeforeTtl, code))),
                 None => return,
             },
             _ = sleep_until(next), if next.is_some() => {
-                let (_, code, looks) = pending.pop_front().expect("guarded");
-                match codes.entry(&code).await {
-                    Ok(None) => {
+                let Reverse((_, look, code)) = pending.pop().expect("guarded");
+                let entry = match codes.entry(&code).await {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        tracing::debug!(%error, "looking at an issued code");
+                        continue;
+                    }
+                };
+                let unclaimed = entry.as_ref().is_some_and(|e| e.operation == kv::Operation::Put);
+                match (look, unclaimed, entry.is_none()) {
+                    (Look::BeforeTtl, true, _) => pending.push(Reverse((
+                        Instant::now() + early + MARGIN,
+                        Look::AfterTtl(0),
+                        code,
+                    ))),
+                    (Look::AfterTtl(_), _, true) => {
                         expired.inc();
                     }
-                    Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
-                        if looks + 1 < LOOKS {
-                            // Retried after the others due now; order is kept closely enough.
-                            pending.push_back((Instant::now() + MARGIN, code, looks + 1));
-                        }
+                    (Look::AfterTtl(n), true, _) if n + 1 < LOOKS => {
+                        // The server expires on a timer of its own; look again shortly.
+                        pending.push(Reverse((Instant::now() + MARGIN, Look::AfterTtl(n + 1), code)));
                     }
-                    Ok(Some(_)) => {} // claimed
-                    Err(error) => tracing::debug!(%error, "looking at an issued code"),
+                    _ => {} // claimed, or gave up
                 }
             }
         }
     }
+}
+
+/// Which look at a code is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Look {
+    BeforeTtl,
+    /// After the TTL, with the number of earlier looks after it.
+    AfterTtl(u8),
 }
 
 async fn sleep_until(at: Option<Instant>) {
