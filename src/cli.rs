@@ -37,6 +37,16 @@ pub enum Command {
     Call(CallArgs),
     /// Inspect or rebuild the read models (connects as the service account).
     Projections(ProjectionsArgs),
+    /// Write the JSON Schemas of the wire contract (generated from the code).
+    Schemas(SchemasArgs),
+}
+
+/// `schemas` flags.
+#[derive(Debug, Clone, Args)]
+pub struct SchemasArgs {
+    /// Directory to write into.
+    #[arg(long, default_value = "schemas")]
+    pub out: PathBuf,
 }
 
 /// `projections` flags.
@@ -295,15 +305,30 @@ pub struct DevArgs {
 /// `call` flags.
 #[derive(Debug, Clone, Args)]
 pub struct CallArgs {
-    /// The op, e.g. `whoami`.
+    /// The op (events.put, heartbeats.put, stats, my.shares, otc.generate, otc.claim, whoami,
+    /// context.get, catalogs.validatename), or `watch` to follow the feed.
     pub op: String,
-    /// Request payload (JSON or a raw string, as the op takes it); empty when omitted.
+    /// The request: JSON for events.put, heartbeats.put, otc.generate and otc.claim; the raw
+    /// OAuth id or catalog name for context.get and catalogs.validatename; nothing otherwise.
     pub payload: Option<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// How long to wait for the reply.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// `json`, or `table` for my.shares and stats.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    pub output: OutputFormat,
+    /// Read-your-writes: reads wait until the service has applied this sequence.
+    #[arg(long)]
+    pub min_seq: Option<u64>,
+}
+
+/// How `call` prints replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Json,
+    Table,
 }
 
 /// An online TTL: a duration of whole seconds, at least one (the server's per-message TTL).

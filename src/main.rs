@@ -64,6 +64,11 @@ async fn main() -> Result<()> {
         }
         Command::Dev(args) => natster_global::dev::run(&args, shutdown_signal()).await?,
         Command::Projections(args) => natster_global::projections_cmd::run(&args).await?,
+        Command::Schemas(args) => {
+            for name in natster_global::contract::write_all(&args.out)? {
+                println!("{}", args.out.join(name).display());
+            }
+        }
         Command::Call(args) => {
             let code = natster_global::call::run(&args).await;
             std::process::exit(code);

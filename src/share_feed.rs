@@ -19,7 +19,13 @@ pub const CONSUMER: &str = "feed-shares";
 
 /// The notice of a share event: `{"catalog","from_account","to_account","seq"}`.
 pub fn share_notice(catalog: &str, from: &str, to: &str, seq: u64) -> serde_json::Value {
-    serde_json::json!({"catalog": catalog, "from_account": from, "to_account": to, "seq": seq})
+    serde_json::to_value(crate::model::ShareNotice {
+        catalog: catalog.to_string(),
+        from_account: from.to_string(),
+        to_account: to.to_string(),
+        seq,
+    })
+    .expect("a notice serializes")
 }
 
 /// Runs until `shutdown` is cancelled.

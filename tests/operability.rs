@@ -35,6 +35,22 @@ async fn await_metric(addr: SocketAddr, series: &str, value: f64) -> Result<Stri
     }
 }
 
+/// Polls `/readyz` until it answers `status`; returns the body.
+async fn await_readyz(addr: SocketAddr, status: u16, within: Duration) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (answered, body) = http_get(addr, "/readyz").await?;
+        if answered == status {
+            return Ok(body);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {status}; last: {answered} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn value(text: &str, series: &str) -> f64 {
     metric_value(text, series).unwrap_or_else(|| panic!("{series} is not exported:\n{text}"))
 }
@@ -217,18 +233,7 @@ async fn readiness_follows_projection_lag_and_rebuilds_are_exported() -> Result<
             .await?,
         )?;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let body = loop {
-        let (status, body) = http_get(http, "/readyz").await?;
-        if status == 503 {
-            break body;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "never unready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let body = await_readyz(http, 503, Duration::from_secs(15)).await?;
     let unready: Value = serde_json::from_str(&body)?;
     assert_eq!(unready["ready"], false);
     assert!(
@@ -255,18 +260,7 @@ async fn readiness_follows_projection_lag_and_rebuilds_are_exported() -> Result<
 
     // The holder goes away; the service's runner takes over and the service is ready again.
     blocker.release().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = http_get(http, "/readyz").await?;
-        if status == 200 {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "never ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_readyz(http, 200, Duration::from_secs(20)).await?;
 
     // A rebuild, run as `projections rebuild` would, shows up on every instance's metrics.
     let events = js.get_stream("NATSTER_EVENTS").await?;
@@ -459,35 +453,13 @@ async fn losing_nats_makes_the_service_unready_until_it_reconnects() -> Result<(
     let http = h.serve_http(0).await?;
     assert_eq!(http_get(http, "/readyz").await?.0, 200);
     h.tw.server.stop(Duration::from_secs(5)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    let body = loop {
-        let (status, body) = http_get(http, "/readyz").await?;
-        if status == 503 {
-            break body;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "still ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let body = await_readyz(http, 503, Duration::from_secs(15)).await?;
     assert!(body.contains("not connected to NATS"), "{body}");
     assert_eq!(value(&metrics(http).await?, "natster_nats_connected"), 0.0);
     assert_eq!(http_get(http, "/healthz").await?.0, 200, "alive all along");
 
     h.tw.server.restart().await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = http_get(http, "/readyz").await?;
-        if status == 200 {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "never ready again: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    await_readyz(http, 200, Duration::from_secs(30)).await?;
     let text = metrics(http).await?;
     assert_eq!(value(&text, "natster_nats_connected"), 1.0);
     assert_eq!(value(&text, "natster_nats_reconnects_total"), 1.0);

@@ -1,18 +1,7 @@
 //! `events.put`: append an event decided against current state. Reply `{"seq": N}`.
 
 use super::{parse_json, ApiContext, ApiError, ApiRequest};
-use crate::model::{Command, EventType, InitData};
-use serde::Deserialize;
-
-/// The request as natster clients send it.
-#[derive(Debug, Deserialize)]
-struct EventsPutRequest {
-    catalog: String,
-    target: String,
-    event_type: String,
-    #[serde(default)]
-    data: Option<serde_json::Value>,
-}
+use crate::model::{Command, EventType, EventsPutRequest, InitData};
 
 /// Parses, decides, appends.
 pub async fn handle(

@@ -4,19 +4,8 @@
 
 use super::{parse_json, ApiContext, ApiError, ApiRequest};
 use crate::model::validate::catalog_name_problem;
+use crate::model::HeartbeatRequest;
 use crate::online::{online_subject, OFFLINE_HEADER};
-use serde::Deserialize;
-
-/// The request as natster catalog servers send it, plus the optional `offline` flag.
-#[derive(Debug, Deserialize)]
-struct HeartbeatRequest {
-    catalog: String,
-    account_key: String,
-    #[serde(default)]
-    revision: i64,
-    #[serde(default)]
-    offline: bool,
-}
 
 /// Checks ownership, records the heartbeat in `NATSTER_ONLINE` (expiring after the online
 /// TTL), and forwards it to the accounts the catalog is shared with.

@@ -125,7 +125,7 @@ impl EventSubject {
 }
 
 /// Payload of `natster_initialized`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InitData {
     #[serde(default)]
     pub account_id: String,
@@ -137,7 +137,7 @@ pub struct InitData {
 
 /// A natster CLI context, as `otc.generate` receives it. `access_token` is sealed (see
 /// `crate::seal`) before it is stored anywhere, and emptied before it is returned.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NatsterContext {
     #[serde(default)]
     pub team_id: String,
@@ -168,7 +168,7 @@ impl NatsterContext {
 }
 
 /// Payload of `context_bound`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ContextBoundData {
     pub oauth_id: String,
     pub bound_context: NatsterContext,

@@ -93,12 +93,13 @@ impl Transition {
                     .ok()
             })
             .unwrap_or_default();
-        serde_json::json!({
-            "catalog": self.catalog,
-            "account_key": self.owner,
-            "revision": self.revision,
-            "at": at,
+        serde_json::to_value(crate::model::OnlineNotice {
+            catalog: self.catalog.clone(),
+            account_key: self.owner.clone(),
+            revision: self.revision,
+            at,
         })
+        .expect("a notice serializes")
     }
 }
 
