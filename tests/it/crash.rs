@@ -29,7 +29,14 @@ fn spawn_serve(tw: &TestWorld) -> Result<Child> {
         None => Stdio::null(),
     };
     Ok(Command::new(env!("CARGO_BIN_EXE_natster-global"))
-        .args(["serve", "--nats-url", &tw.server.url(), "--creds"])
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--nats-url",
+            &tw.server.url(),
+            "--creds",
+        ])
         .arg(tw.world.creds_path(NATSTER))
         .env_remove("USER_JWT")
         .env(

@@ -191,7 +191,13 @@ fn spawn_serve(
 ) -> Result<std::process::Child> {
     let mut command = Command::new(env!("CARGO_BIN_EXE_natster-global"));
     command
-        .args(["serve", "--nats-url", &tw.server.url()])
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--nats-url",
+            &tw.server.url(),
+        ])
         .env_remove("NATS_CREDS")
         .env_remove("USER_JWT")
         .env_remove("USER_SEED")
@@ -284,7 +290,14 @@ async fn serve_refuses_a_creds_file_others_can_read() -> Result<()> {
     let creds = tw.world.creds_path(NATSTER);
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644))?;
     let output = Command::new(env!("CARGO_BIN_EXE_natster-global"))
-        .args(["serve", "--nats-url", &tw.server.url(), "--creds"])
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--nats-url",
+            &tw.server.url(),
+            "--creds",
+        ])
         .arg(&creds)
         .env_remove("USER_JWT")
         .output()?;

@@ -1,0 +1,21 @@
+//! Every integration test in one binary (one link instead of one per file), against real
+//! nats-servers with real JWT accounts. Each module is one area of the product.
+
+mod api_ops;
+mod call;
+mod cli_bootstrap_dev;
+mod client;
+mod cluster;
+mod compat;
+mod contract;
+mod crash;
+mod decentralized_auth;
+mod feeds;
+mod online;
+mod operability;
+mod ops_kit;
+mod own_record;
+mod process;
+mod projections;
+mod races;
+mod serve;
