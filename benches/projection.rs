@@ -9,6 +9,8 @@
 //!
 //! `cargo bench --bench projection` runs the full sizes; without `--bench` (as `cargo test
 //! --all-targets` runs it) it is a quick smoke run that checks every path works.
+//! `APPENDS_ONLY=N cargo bench --bench projection` measures only the append path, with N
+//! requests (long enough to watch both processes' CPU while it runs).
 
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream::{self, consumer, kv};
@@ -292,6 +294,27 @@ async fn main() -> Result<()> {
             appends: 400,
         }
     };
+    if let Some(n) = std::env::var("APPENDS_ONLY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        let sizes = Sizes {
+            appends: n,
+            ..sizes
+        };
+        let server = PlainServer::start().await?;
+        let client = server.connect().await?;
+        let service = GlobalService::start(client.clone(), ServiceConfig::default()).await?;
+        let appends = service_appends(&client, sizes.appends).await?;
+        let raw_publish =
+            raw_guarded_publish(&jetstream::new(client.clone()), sizes.appends).await?;
+        service.stop().await?;
+        println!(
+            "events.put {appends:.0}/s, raw guarded publish {raw_publish:.0}/s: {:.2}×",
+            appends / raw_publish
+        );
+        return Ok(());
+    }
     let server = PlainServer::start().await?;
     let client = server.connect().await?;
     let js = jetstream::new(client.clone());
