@@ -8,6 +8,10 @@
 //! `cargo bench --bench heartbeats` runs 100 000 distinct catalogs; without `--bench` (as
 //! `cargo test --all-targets` runs it) it is a quick smoke run that checks every path works.
 
+/// The allocator the product binary uses (see `src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream;
 use futures::{StreamExt, TryStreamExt};

@@ -12,6 +12,10 @@
 //! `APPENDS_ONLY=N cargo bench --bench projection` measures only the append path, with N
 //! requests (long enough to watch both processes' CPU while it runs).
 
+/// The allocator the product binary uses (see `src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream::{self, consumer, kv};
 use futures::{StreamExt, TryStreamExt};

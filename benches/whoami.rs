@@ -4,6 +4,10 @@
 //! `cargo bench --bench whoami` runs the full measurement; without `--bench` (as `cargo test
 //! --all-targets` runs it) it does a short smoke run that checks both paths answer.
 
+/// The allocator the product binary uses (see `src/main.rs`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{ensure, Result};
 use futures::StreamExt;
 use natster_global::bootstrap::NATSTER;
