@@ -173,6 +173,30 @@ async fn a_session_with_call() -> Result<()> {
     );
     let who: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     assert_eq!(who["account_key"], b.as_str());
+    // Named explicitly, by flag or by NATS_CONTEXT, a context beats the selected one.
+    std::fs::write(
+        contexts.join("alice.json"),
+        serde_json::json!({"url":alice.url,"creds":alice.creds}).to_string(),
+    )?;
+    for named in [
+        natster_global(home.path())
+            .args(["call", "whoami", "--context", "alice"])
+            .output()
+            .await?,
+        natster_global(home.path())
+            .args(["call", "whoami"])
+            .env("NATS_CONTEXT", "alice")
+            .output()
+            .await?,
+    ] {
+        assert!(
+            named.status.success(),
+            "{}",
+            String::from_utf8_lossy(&named.stderr)
+        );
+        let who: serde_json::Value = serde_json::from_slice(&named.stdout)?;
+        assert_eq!(who["account_key"], a.as_str());
+    }
     h.stop().await
 }
 
