@@ -1,6 +1,7 @@
 //! `otc.claim` (web accounts only): consume a one-time code and bind its context to an OAuth
 //! identity with a `context_bound` event. A code is consumed atomically (delete at its
 //! revision), so two claims of one code cannot both succeed; a used or expired code is 404.
+//! The reply waits (up to 2 s) until `context.get` can read the binding.
 
 use super::{parse_json, ApiContext, ApiError, ApiRequest};
 use crate::model::{Command, ContextBoundData, NatsterContext, OtcClaimRequest};
@@ -54,10 +55,20 @@ pub async fn handle(
         },
     };
     let code_hash = data_encoding::BASE64URL_NOPAD.encode(&Sha256::digest(claim.code.as_bytes()));
-    context
+    let appended = context
         .decider
         .execute(&command, Some(&format!("otc:{code_hash}")))
         .await?;
     context.metrics.codes_claimed.inc();
+    // The website asks for the bound context right after claiming: answer once the OAuth
+    // index holds it (bounded; past the bound the claim stands and the read retries).
+    let _ = context
+        .view
+        .wait_applied(
+            &[<crate::projections::oauth::OAuthIndex as crate::projections::Projection>::NAME],
+            appended.seq,
+            super::MIN_SEQ_WAIT,
+        )
+        .await;
     serde_json::to_value(stored.without_token()).map_err(|_| ApiError::internal())
 }

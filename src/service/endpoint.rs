@@ -2,9 +2,42 @@
 //! reply envelope, and the request's span and metrics.
 
 use crate::api::{self, envelope, ApiContext, ApiError, ApiRequest, Caller, Envelope, Op};
+use futures::future::{FutureExt, Shared};
 use futures::StreamExt;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
+
+/// The end of one caller's previous `events.put`: resolves when its task drops the sender.
+type Turn = Shared<oneshot::Receiver<()>>;
+
+/// Per caller, the last `events.put` taken and whether its task still runs.
+#[derive(Default)]
+struct CallerOrder {
+    last: HashMap<String, (Turn, Weak<()>)>,
+}
+
+impl CallerOrder {
+    /// Takes the next turn of the caller of `subject`: the turn to wait for (the caller's
+    /// previous request, if still running) and this request's own turn, ended by dropping
+    /// the returned sender and `Arc`.
+    fn take(&mut self, subject: &str) -> (Option<Turn>, oneshot::Sender<()>, Arc<()>) {
+        if self.last.len() >= 4096 {
+            self.last
+                .retain(|_, (_, running)| running.strong_count() > 0);
+        }
+        let caller = subject.split('.').next().unwrap_or_default().to_string();
+        let (done, finished) = oneshot::channel();
+        let running = Arc::new(());
+        let previous = self
+            .last
+            .insert(caller, (finished.shared(), Arc::downgrade(&running)))
+            .filter(|(_, running)| running.strong_count() > 0)
+            .map(|(turn, _)| turn);
+        (previous, done, running)
+    }
+}
 
 /// Takes requests of one op until the endpoint is stopped; each is handled in its own task,
 /// at most `in_flight`'s permits at once across all ops (beyond that, requests wait in the
@@ -12,6 +45,11 @@ use tokio_util::task::TaskTracker;
 ///
 /// Every request runs in a `request` span (op, caller account, reply code), is counted in the
 /// Prometheus metrics, and in the `$SRV.STATS` of its endpoint (errors included).
+///
+/// Ordering: one caller's `events.put` requests are decided in the order they arrived (each
+/// waits for the caller's previous one), as the original service handled them; the original
+/// clients publish events without waiting for a reply, so an init and the share that follows
+/// it must not overtake each other. Different callers never wait for each other.
 pub(super) async fn serve_endpoint(
     op: Op,
     mut endpoint: async_nats::service::endpoint::Endpoint,
@@ -22,11 +60,13 @@ pub(super) async fn serve_endpoint(
     client: async_nats::Client,
 ) {
     use tracing::Instrument;
+    let mut order = CallerOrder::default();
     while let Some(request) = endpoint.next().await {
         let received = std::time::Instant::now();
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        let turn = (op == Op::EventsPut).then(|| order.take(&request.message.subject));
         let (context, client) = (context.clone(), client.clone());
         let span = tracing::info_span!(
             "request",
@@ -37,6 +77,15 @@ pub(super) async fn serve_endpoint(
         tracker.spawn(
             async move {
                 let _permit = permit;
+                let _turn = match turn {
+                    Some((previous, done, running)) => {
+                        if let Some(previous) = previous {
+                            let _ = previous.await;
+                        }
+                        Some((done, running))
+                    }
+                    None => None,
+                };
                 let result = handle(&context, op, &request.message, max_request_bytes).await;
                 let code = match &result {
                     Ok(_) => 200,
