@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 struct Serve {
     child: Option<Child>,
     lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Serve {
@@ -52,7 +53,7 @@ impl Serve {
         let stderr = child.stderr.take().context("stderr")?;
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().expect("lines").push(line);
             }
@@ -60,7 +61,15 @@ impl Serve {
         Ok(Serve {
             child: Some(child),
             lines,
+            reader: Some(reader),
         })
+    }
+
+    /// Waits until every line the exited process wrote has been collected (its stderr closed).
+    async fn all_lines_read(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+        }
     }
 
     fn text(&self) -> String {
@@ -132,8 +141,7 @@ impl Serve {
     /// Runs to completion (for invalid settings) and returns exit code and stderr.
     async fn finish(mut self) -> Result<(Option<i32>, String)> {
         let status = self.wait_exit(Duration::from_secs(20)).await?;
-        // The reader thread may still be copying the last lines.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.all_lines_read().await;
         Ok((status.code(), self.text()))
     }
 }
@@ -287,7 +295,7 @@ async fn logs_hold_no_secrets_and_one_span_per_request() -> Result<()> {
     assert_eq!(again.code, 404);
     serve.signal("TERM")?;
     assert!(serve.wait_exit(Duration::from_secs(15)).await?.success());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    serve.all_lines_read().await;
 
     let logs = serve.text();
     let creds = std::fs::read_to_string(tw.world.creds_path(NATSTER))?;
@@ -385,7 +393,7 @@ async fn sigterm_under_load_answers_every_request_it_took_and_exits_0() -> Resul
     for worker in load {
         worker.await?;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    serve.all_lines_read().await;
 
     eprintln!(
         "replies {} no-responders {} unanswered {} stopped in {took:?}",
