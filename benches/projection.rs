@@ -10,7 +10,12 @@
 //! `cargo bench --bench projection` runs the full sizes; without `--bench` (as `cargo test
 //! --all-targets` runs it) it is a quick smoke run that checks every path works.
 //! `APPENDS_ONLY=N cargo bench --bench projection` measures only the append path, with N
-//! requests (long enough to watch both processes' CPU while it runs).
+//! requests (long enough to watch both processes' CPU while it runs), and how many messages
+//! each request stored in every stream; `PROJECTOR_ONLY=N` runs N rounds of only the raw read
+//! and our projector (`TIMELINE=1` also prints when each flush of the projector finished).
+//! Every line reports the CPU it cost, in µs per event or request, of this process and of
+//! nats-server: on a small machine both share the cores, so CPU per operation is what decides
+//! the rates.
 
 /// The allocator the product binary uses (see `src/main.rs`).
 #[global_allocator]
@@ -30,8 +35,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const IN_FLIGHT: usize = 64;
-/// Rounds of the raw read and of our projector (medians are reported).
-const ROUNDS: usize = 3;
+/// Alternating rounds of the raw read and of our projector (medians are reported).
+const ROUNDS: usize = 5;
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -152,7 +157,18 @@ async fn our_projector(js: &jetstream::Context, n: usize) -> Result<(f64, f64)> 
         })
     };
     let started = Instant::now();
-    rx.wait_for(|seq| *seq >= n as u64).await?;
+    let mut timeline = Vec::new();
+    loop {
+        let seq = *rx.borrow_and_update();
+        timeline.push((started.elapsed().as_millis(), seq));
+        if seq >= n as u64 {
+            break;
+        }
+        rx.changed().await?;
+    }
+    if std::env::var("TIMELINE").is_ok() {
+        println!("{timeline:?}");
+    }
     let elapsed = started.elapsed();
     stop.cancel();
     task.await??;
@@ -170,6 +186,34 @@ async fn bucket_writes(js: &jetstream::Context, stream: &str) -> Result<u64> {
         .await?
         .state
         .last_sequence)
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat` ("self" for this one).
+fn cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
+        .split(' ')
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// Last sequence of every stream, by name.
+async fn stream_writes(js: &jetstream::Context) -> Result<std::collections::BTreeMap<String, u64>> {
+    let mut names = js.stream_names();
+    let mut out = std::collections::BTreeMap::new();
+    while let Some(name) = names.try_next().await? {
+        let last = js
+            .get_stream(&name)
+            .await?
+            .info()
+            .await?
+            .state
+            .last_sequence;
+        out.insert(name, last);
+    }
+    Ok(out)
 }
 
 /// Puts of distinct keys, `IN_FLIGHT` acks outstanding.
@@ -280,6 +324,152 @@ async fn raw_guarded_publish(js: &jetstream::Context, n: usize) -> Result<f64> {
     Ok(rate(n, started.elapsed()))
 }
 
+/// CPU time used by this process (the benchmark client and, where it runs, the service) and
+/// by the server, to report what each operation costs on a machine where both share the cores.
+struct CpuMeter {
+    server_pid: String,
+}
+
+/// CPU per operation, in microseconds.
+#[derive(Clone, Copy)]
+struct CpuPerOp {
+    here: f64,
+    server: f64,
+}
+
+impl std::fmt::Display for CpuPerOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.1} + {:.1}", self.here, self.server)
+    }
+}
+
+impl CpuMeter {
+    fn new(server: &PlainServer) -> Result<CpuMeter> {
+        Ok(CpuMeter {
+            server_pid: server.server.pid().context("server pid")?.to_string(),
+        })
+    }
+
+    /// Runs `work` (which does `n` operations) and returns its result and the CPU per operation.
+    async fn measure<T>(
+        &self,
+        n: usize,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<(T, CpuPerOp)> {
+        let (here, server) = (cpu_seconds("self")?, cpu_seconds(&self.server_pid)?);
+        let result = work.await?;
+        let per = |seconds: f64| seconds * 1e6 / n as f64;
+        Ok((
+            result,
+            CpuPerOp {
+                here: per(cpu_seconds("self")? - here),
+                server: per(cpu_seconds(&self.server_pid)? - server),
+            },
+        ))
+    }
+}
+
+/// One round of the projection comparison.
+struct Round {
+    raw: f64,
+    raw_cpu: CpuPerOp,
+    ours: f64,
+    ours_cpu: CpuPerOp,
+    writes_per_event: f64,
+}
+
+/// Alternating rounds of the raw read and our projector over the same log.
+async fn projection_rounds(
+    js: &jetstream::Context,
+    meter: &CpuMeter,
+    events: usize,
+    rounds: usize,
+) -> Result<Vec<Round>> {
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let (raw, raw_cpu) = meter
+            .measure(events, raw_pull_ack(js, events, round))
+            .await?;
+        let ((ours, writes_per_event), ours_cpu) =
+            meter.measure(events, our_projector(js, events)).await?;
+        out.push(Round {
+            raw,
+            raw_cpu,
+            ours,
+            ours_cpu,
+            writes_per_event,
+        });
+    }
+    Ok(out)
+}
+
+/// The append path: `events.put` through a running service, then raw guarded publishes, on
+/// a fresh server; also how many messages each request stored, stream by stream.
+struct Appends {
+    service: f64,
+    service_cpu: CpuPerOp,
+    stored: Vec<(String, f64)>,
+    raw: f64,
+    raw_cpu: CpuPerOp,
+}
+
+async fn appends(n: usize) -> Result<Appends> {
+    let server = PlainServer::start().await?;
+    let meter = CpuMeter::new(&server)?;
+    let client = server.connect().await?;
+    let js = jetstream::new(client.clone());
+    let service = GlobalService::start(client.clone(), ServiceConfig::default())
+        .await
+        .context("service")?;
+    let before = stream_writes(&js).await?;
+    let (rate, service_cpu) = meter.measure(n, service_appends(&client, n)).await?;
+    let stored = stream_writes(&js)
+        .await?
+        .into_iter()
+        .map(|(name, last)| {
+            let delta = last - before.get(&name).copied().unwrap_or(0);
+            (name, delta as f64 / n as f64)
+        })
+        .filter(|(_, per)| *per > 0.0)
+        .collect();
+    let (raw, raw_cpu) = meter.measure(n, raw_guarded_publish(&js, n)).await?;
+    service.stop().await?;
+    Ok(Appends {
+        service: rate,
+        service_cpu,
+        stored,
+        raw,
+        raw_cpu,
+    })
+}
+
+fn print_appends(a: &Appends) {
+    let stored: Vec<String> = a
+        .stored
+        .iter()
+        .map(|(name, per)| format!("{name} {per:.2}"))
+        .collect();
+    println!(
+        "| raw guarded publish, {IN_FLIGHT} in flight | {:.0} | | {} |",
+        a.raw, a.raw_cpu
+    );
+    println!(
+        "| `events.put` through the service, {IN_FLIGHT} in flight | {:.0} | {:.2}× raw publish | {} |",
+        a.service,
+        a.service / a.raw,
+        a.service_cpu
+    );
+    println!(
+        "messages stored per events.put: {:.2} ({})",
+        a.stored.iter().map(|(_, per)| per).sum::<f64>(),
+        stored.join(", ")
+    );
+}
+
+fn env_number(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|n| n.parse().ok())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
@@ -298,74 +488,75 @@ async fn main() -> Result<()> {
             appends: 400,
         }
     };
-    if let Some(n) = std::env::var("APPENDS_ONLY")
-        .ok()
-        .and_then(|n| n.parse().ok())
-    {
-        let sizes = Sizes {
-            appends: n,
-            ..sizes
-        };
-        let server = PlainServer::start().await?;
-        let client = server.connect().await?;
-        let service = GlobalService::start(client.clone(), ServiceConfig::default()).await?;
-        let appends = service_appends(&client, sizes.appends).await?;
-        let raw_publish =
-            raw_guarded_publish(&jetstream::new(client.clone()), sizes.appends).await?;
-        service.stop().await?;
-        println!(
-            "events.put {appends:.0}/s, raw guarded publish {raw_publish:.0}/s: {:.2}×",
-            appends / raw_publish
-        );
+    println!("CPU columns: µs per event or request, this process + nats-server");
+    if let Some(n) = env_number("APPENDS_ONLY") {
+        println!("| measurement | per second | ratio | CPU µs |");
+        println!("|---|---|---|---|");
+        print_appends(&appends(n).await?);
         return Ok(());
     }
     let server = PlainServer::start().await?;
+    let meter = CpuMeter::new(&server)?;
     let client = server.connect().await?;
     let js = jetstream::new(client.clone());
     Store::ensure(js.clone(), &StoreConfig::default()).await?;
     publish_log(&js, &mixed_event_log(sizes.accounts, 20_000, sizes.events)).await?;
 
-    // The read ceiling and our projector vary from run to run on a small machine: both are
-    // measured in alternating rounds and the medians compared.
-    let mut raws = Vec::new();
-    let mut runs = Vec::new();
-    for round in 0..ROUNDS {
-        raws.push(raw_pull_ack(&js, sizes.events, round).await?);
-        runs.push(our_projector(&js, sizes.events).await?);
+    if let Some(rounds) = env_number("PROJECTOR_ONLY") {
+        for r in projection_rounds(&js, &meter, sizes.events, rounds).await? {
+            println!(
+                "raw pull+ack {:.0}/s (CPU {}), our projector {:.0}/s (CPU {}, {:.3} writes/event): {:.2}×",
+                r.raw, r.raw_cpu, r.ours, r.ours_cpu, r.writes_per_event, r.ours / r.raw
+            );
+        }
+        return Ok(());
     }
-    let raw = median(raws);
-    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (ours, writes_per_event) = runs[runs.len() / 2];
-    let original = original_algorithm(&js, sizes.original).await?;
-    let puts = raw_kv_puts(&js, sizes.events).await?;
-    let ceiling = raw.min(puts / writes_per_event);
 
-    // The append path, on a fresh server so the projection benchmark's log does not weigh in.
-    let server2 = PlainServer::start().await?;
-    let client2 = server2.connect().await?;
-    let service = GlobalService::start(client2.clone(), ServiceConfig::default())
-        .await
-        .context("service")?;
-    let appends = service_appends(&client2, sizes.appends).await?;
-    let raw_publish = raw_guarded_publish(&jetstream::new(client2.clone()), sizes.appends).await?;
-    service.stop().await?;
+    let (puts, puts_cpu) = meter
+        .measure(sizes.events, raw_kv_puts(&js, sizes.events))
+        .await?;
+    // The machine's speed drifts from second to second (the server and this process share two
+    // cores with whatever else runs): the raw read and our projector are measured in
+    // alternating rounds, and each round's ratio is taken against that round's ceiling.
+    let rounds = projection_rounds(&js, &meter, sizes.events, ROUNDS).await?;
+    let ceiling_of = |r: &Round| r.raw.min(puts / r.writes_per_event);
+    let ratios: Vec<f64> = rounds.iter().map(|r| r.ours / ceiling_of(r)).collect();
+    let ratio = median(ratios.clone());
+    let (low, high) = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
+    let raw = median(rounds.iter().map(|r| r.raw).collect());
+    let ours = median(rounds.iter().map(|r| r.ours).collect());
+    let writes_per_event = median(rounds.iter().map(|r| r.writes_per_event).collect());
+    let ceiling = median(rounds.iter().map(ceiling_of).collect());
+    let cpu_median = |f: fn(&Round) -> CpuPerOp| CpuPerOp {
+        here: median(rounds.iter().map(|r| f(r).here).collect()),
+        server: median(rounds.iter().map(|r| f(r).server).collect()),
+    };
+    let (original, original_cpu) = meter
+        .measure(sizes.original, original_algorithm(&js, sizes.original))
+        .await?;
+    let appends = appends(sizes.appends).await?;
 
     println!(
-        "| measurement ({} events, {} accounts) | events/s | ratio |",
+        "| measurement ({} events, {} accounts) | events/s | ratio | CPU µs |",
         sizes.events, sizes.accounts
     );
-    println!("|---|---|---|");
-    println!("| raw JetStream pull + ack (median of {ROUNDS}) | {raw:.0} | |");
-    println!("| original algorithm (fetch 1, get, put, ack) | {original:.0} | |");
-    println!("| raw KV put, {IN_FLIGHT} in flight | {puts:.0} | |");
-    println!("| ceiling = min(raw pull+ack, KV puts ÷ {writes_per_event:.3} writes/event) | {ceiling:.0} | |");
+    println!("|---|---|---|---|");
     println!(
-        "| our projector (accounts, median of {ROUNDS}) | {ours:.0} | {:.1}× original, {:.2}× ceiling |",
-        ours / original,
-        ours / ceiling
+        "| raw JetStream pull + ack (median of {ROUNDS}) | {raw:.0} | | {} |",
+        cpu_median(|r| r.raw_cpu)
     );
-    println!("| raw guarded publish, {IN_FLIGHT} in flight | {raw_publish:.0} | |");
-    println!("| `events.put` through the service, {IN_FLIGHT} in flight | {appends:.0} | {:.2}× raw publish |", appends / raw_publish);
+    println!("| original algorithm (fetch 1, get, put, ack) | {original:.0} | | {original_cpu} |");
+    println!("| raw KV put, {IN_FLIGHT} in flight | {puts:.0} | | {puts_cpu} |");
+    println!("| ceiling = min(raw pull+ack, KV puts ÷ {writes_per_event:.3} writes/event) | {ceiling:.0} | | |");
+    println!(
+        "| our projector (accounts, median of {ROUNDS}) | {ours:.0} | {:.1}× original, {ratio:.2}× ceiling (rounds {low:.2}–{high:.2}) | {} |",
+        ours / original,
+        cpu_median(|r| r.ours_cpu)
+    );
+    print_appends(&appends);
     println!("KV writes per event: {writes_per_event:.3}");
     Ok(())
 }

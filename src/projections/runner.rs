@@ -48,8 +48,11 @@ const BATCH_ATTEMPTS: usize = 8;
 /// Tuning of a runner.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
-    /// Most events folded into one flush (and read from the log in one chunk).
-    pub batch_size: usize,
+    /// Most distinct records one flush writes. This bounds a batch's memory: folded events
+    /// are dropped at once, the records they touched are kept until written. Under a backlog
+    /// a flush waits for this many touched records (or `max_linger`), so every record is
+    /// written once for as many events as possible.
+    pub max_batch_records: usize,
     /// Record reads and writes in flight at once.
     pub write_concurrency: usize,
     /// Under a backlog, the longest a folded event waits for its flush (caught up, a flush
@@ -62,9 +65,9 @@ pub struct RunnerConfig {
 impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
-            batch_size: 65_536,
+            max_batch_records: 65_536,
             write_concurrency: 64,
-            max_linger: Duration::from_millis(500),
+            max_linger: Duration::from_secs(1),
             takeover_after: Duration::from_secs(5),
         }
     }
@@ -309,12 +312,13 @@ async fn pipeline<P: Projection>(
     let mut renew = tokio::time::interval(config.takeover_after / 4);
     renew.tick().await;
     // Whether the last message read was the log's last; while it is not, a flush waits for
-    // more events (up to `batch_size` or `max_linger`) so that each write covers more of them.
+    // more events (up to `max_batch_records` touched records or `max_linger`) so that each
+    // write covers more of them.
     let mut caught_up = true;
     let mut pending_since = tokio::time::Instant::now();
     loop {
         let due = caught_up
-            || fold.pending_events >= config.batch_size
+            || fold.dirty.len() >= config.max_batch_records
             || pending_since.elapsed() >= config.max_linger;
         if flushing.is_none() && fold.has_pending() && due {
             if !lease.is_held() {
@@ -330,7 +334,7 @@ async fn pipeline<P: Projection>(
                 config.write_concurrency,
             )));
         }
-        let accepting = fold.pending_events < config.batch_size;
+        let accepting = fold.dirty.len() < config.max_batch_records;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -466,7 +470,6 @@ struct FoldState<R> {
     checkpoint: (u64, Option<u64>),
     /// Last sequence folded and not yet handed to a flush.
     pending_seq: Option<u64>,
-    pending_events: usize,
 }
 
 /// One flush: everything a batch writes, with the revisions it expects.
@@ -511,7 +514,6 @@ impl<R: Clone + PartialEq + Serialize + serde::de::DeserializeOwned> FoldState<R
             counted_something: false,
             checkpoint: (checkpoint.map_or(0, |c| c.applied_seq), checkpoint_revision),
             pending_seq: None,
-            pending_events: 0,
         })
     }
 
@@ -633,14 +635,12 @@ impl<R: Clone + PartialEq + Serialize + serde::de::DeserializeOwned> FoldState<R
             }
         }
         self.pending_seq = Some(last_seq);
-        self.pending_events += events.len().max(1);
     }
 
     /// Hands what is folded to a flush. Call only when no flush is in flight: the revisions
     /// it expects are those the previous flush stored.
     fn take_plan(&mut self, owner: &str) -> FlushPlan {
         let last_seq = self.pending_seq.take().expect("something is pending");
-        self.pending_events = 0;
         // Counters move only when some event changes them: a batch whose every event counts
         // nothing counts nothing on replay either, so leaving `counted_seq` behind is safe
         // (and saves a write per batch for projections without counters).
