@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const IN_FLIGHT: usize = 64;
+/// Readers of the event log in a running service: the decision state and three projections.
+const LOG_READERS: usize = 4;
 /// Alternating rounds of the raw read and of our projector (medians are reported).
 const ROUNDS: usize = 5;
 
@@ -285,6 +287,46 @@ async fn service_appends(client: &async_nats::Client, n: usize) -> Result<f64> {
     Ok(rate(requests.len(), started.elapsed()))
 }
 
+/// Core NATS request/reply to a responder in this process that answers at once: the hop every
+/// `events.put` makes before any JetStream work.
+async fn raw_request_reply(client: &async_nats::Client, n: usize) -> Result<f64> {
+    let mut requests = client.subscribe("bench.echo").await?;
+    let responder = client.clone();
+    let echo = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                if responder
+                    .publish(reply, "{\"code\":200}".into())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    // The subscription is live once a request round-trips.
+    client.request("bench.echo", "".into()).await?;
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|_| {
+            let client = client.clone();
+            async move {
+                client
+                    .request("bench.echo", "{}".into())
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let rate = rate(n, started.elapsed());
+    echo.abort();
+    Ok(rate)
+}
+
 /// Raw publishes with the same headers: a message id and an expected last sequence on a
 /// wildcard filter.
 async fn raw_guarded_publish(js: &jetstream::Context, n: usize) -> Result<f64> {
@@ -411,6 +453,8 @@ struct Appends {
     stored: Vec<(String, f64)>,
     raw: f64,
     raw_cpu: CpuPerOp,
+    echo: f64,
+    echo_cpu: CpuPerOp,
 }
 
 async fn appends(n: usize) -> Result<Appends> {
@@ -433,8 +477,11 @@ async fn appends(n: usize) -> Result<Appends> {
         .filter(|(_, per)| *per > 0.0)
         .collect();
     let (raw, raw_cpu) = meter.measure(n, raw_guarded_publish(&js, n)).await?;
+    let (echo, echo_cpu) = meter.measure(n, raw_request_reply(&client, n)).await?;
     service.stop().await?;
     Ok(Appends {
+        echo,
+        echo_cpu,
         service: rate,
         service_cpu,
         stored,
@@ -452,6 +499,10 @@ fn print_appends(a: &Appends) {
     println!(
         "| raw guarded publish, {IN_FLIGHT} in flight | {:.0} | | {} |",
         a.raw, a.raw_cpu
+    );
+    println!(
+        "| core request/reply to an instant responder, {IN_FLIGHT} in flight | {:.0} | | {} |",
+        a.echo, a.echo_cpu
     );
     println!(
         "| `events.put` through the service, {IN_FLIGHT} in flight | {:.0} | {:.2}× raw publish | {} |",
@@ -558,5 +609,20 @@ async fn main() -> Result<()> {
     );
     print_appends(&appends);
     println!("KV writes per event: {writes_per_event:.3}");
+    // What one events.put must cost at least, priced with this run's raw operations: the
+    // event's guarded publish, every other stored message as a raw KV put, the request/reply
+    // hop, and every reader of the log at what our projector spends per event.
+    let total = |c: CpuPerOp| c.here + c.server;
+    let stored: f64 = appends.stored.iter().map(|(_, per)| per).sum();
+    let floor = total(appends.raw_cpu)
+        + (stored - 1.0) * total(puts_cpu)
+        + total(appends.echo_cpu)
+        + LOG_READERS as f64 * total(cpu_median(|r| r.ours_cpu));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = cores as f64 * 1e6 / floor;
+    println!(
+        "events.put floor from its parts: {floor:.0} µs of CPU per request → at most {most:.0}/s on {cores} cores = {:.2}× raw publish",
+        most / appends.raw
+    );
     Ok(())
 }
