@@ -4,6 +4,7 @@
 //! [`run`] is the testable entry point (as in mini-redis): give it a connected client, a
 //! config, and a future that completes when the service should stop.
 
+mod background;
 mod endpoint;
 
 use crate::api::{ApiContext, Op};
@@ -11,7 +12,7 @@ use crate::config::ServiceConfig;
 use crate::credentials::{CredentialsProvider, NoCredentials};
 use crate::decider::Decider;
 use crate::projections::{
-    accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, runner, view::StatsView, Projection,
+    accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, view::StatsView, Projection,
 };
 use crate::store::{Store, StoreError};
 use crate::telemetry::probe::ProbedProjection;
@@ -167,101 +168,25 @@ impl GlobalService {
         let view = StatsView::start(store.stats.clone(), stop_background.clone())
             .await
             .map_err(ServeError::Start)?;
-        let mut background = Vec::new();
-        let progress = vec![
-            spawn_runner::<Accounts>(
-                &store,
-                store.accounts.clone(),
-                &config,
-                &metrics,
-                &stop_background,
-                &mut background,
-            ),
-            spawn_runner::<Catalogs>(
-                &store,
-                store.catalogs.clone(),
-                &config,
-                &metrics,
-                &stop_background,
-                &mut background,
-            ),
-            spawn_runner::<OAuthIndex>(
-                &store,
-                store.oauth.clone(),
-                &config,
-                &metrics,
-                &stop_background,
-                &mut background,
-            ),
-        ];
-        if let Some(hub) = config.hub.clone() {
-            let (events, decider) = (store.events.clone(), decider.clone());
-            let stop = stop_background.clone();
-            let takeover = config.runner.takeover_after;
-            background.push(spawn_restarting(
-                "auto-share reactor",
-                stop.clone(),
-                takeover / 4,
-                move || {
-                    let (events, decider, hub, stop) =
-                        (events.clone(), decider.clone(), hub.clone(), stop.clone());
-                    async move { crate::reactor::run(&events, decider, hub, takeover, stop).await }
-                },
-            ));
-        }
-        let rate_limiter = Arc::new(governor::RateLimiter::keyed(
-            governor::Quota::per_second(
-                std::num::NonZeroU32::new(config.rate_per_second.max(1)).expect("non-zero"),
-            )
-            .allow_burst(std::num::NonZeroU32::new(config.rate_burst.max(1)).expect("non-zero")),
-        ));
         let feeds = crate::feeds::Feeds::new(
             client.clone(),
             decider.clone(),
             metrics.feed_messages_sent.clone(),
         );
-        background.push(tokio::spawn(
-            crate::online::projector::OnlineProjector {
-                online: store.online.clone(),
-                records: store.online_records.clone(),
-                stats: store.stats.clone(),
-                feeds: feeds.clone(),
-                takeover_after: config.runner.takeover_after,
-                applied: metrics.projection_applied(crate::online::projector::NAME),
-            }
-            .run(stop_background.clone()),
-        ));
-        {
-            let (events, feeds) = (store.events.clone(), feeds.clone());
-            let stop = stop_background.clone();
-            let takeover = config.runner.takeover_after;
-            background.push(spawn_restarting(
-                "share feed",
-                stop.clone(),
-                takeover / 4,
-                move || {
-                    let (events, feeds, stop) = (events.clone(), feeds.clone(), stop.clone());
-                    async move { crate::share_feed::run(&events, feeds, takeover, stop).await }
-                },
-            ));
-        }
+        let background::Started {
+            tasks: background,
+            progress,
+        } = background::spawn_all(
+            &store,
+            &decider,
+            &feeds,
+            &config,
+            &metrics,
+            &stop_background,
+        );
         let config = Arc::new(config);
         let store_codes = store.codes.clone();
-        let probe = Probe {
-            client: client.clone(),
-            view: view.clone(),
-            projections: [Accounts::NAME, Catalogs::NAME, OAuthIndex::NAME]
-                .into_iter()
-                .map(|name| ProbedProjection {
-                    name,
-                    stream: store.events.clone(),
-                })
-                .chain(std::iter::once(ProbedProjection {
-                    name: crate::online::projector::NAME,
-                    stream: store.online.clone(),
-                }))
-                .collect(),
-        };
+        let probe = probe_of(&client, &view, &store);
         telemetry.install_probe(probe);
         let context = Arc::new(ApiContext {
             feeds,
@@ -271,7 +196,7 @@ impl GlobalService {
             sealer: config.sealer.clone(),
             config: config.clone(),
             credentials,
-            rate_limiter,
+            rate_limiter: rate_limiter(&config),
             metrics: metrics.clone(),
             codes: crate::api::otc_expiry::CodeExpiry::start(
                 store_codes,
@@ -288,25 +213,7 @@ impl GlobalService {
             .await
             .map_err(|e| ServeError::Service(e.to_string()))?;
         let tracker = TaskTracker::new();
-        let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
-        let mut endpoint_loops = Vec::new();
-        for &op in Op::ALL {
-            let endpoint = micro
-                .endpoint_builder()
-                .name(op.name().replace('.', "_"))
-                .add(op.service_subject())
-                .await
-                .map_err(|e| ServeError::Service(e.to_string()))?;
-            endpoint_loops.push(tokio::spawn(endpoint::serve_endpoint(
-                op,
-                endpoint,
-                context.clone(),
-                config.max_request_bytes,
-                tracker.clone(),
-                in_flight.clone(),
-                client.clone(),
-            )));
-        }
+        let endpoint_loops = serve_endpoints(&micro, &context, &config, &tracker, &client).await?;
         crate::roundtrip::sync(&client)
             .await
             .map_err(|e| ServeError::Service(e.to_string()))?;
@@ -418,49 +325,63 @@ impl GlobalService {
     }
 }
 
-/// Runs `task` until `stop` is cancelled, starting it over `pause` after each failure (a broken
-/// consumer stream; unacked events are redelivered to the next run).
-fn spawn_restarting<F, Fut>(
-    what: &'static str,
-    stop: CancellationToken,
-    pause: std::time::Duration,
-    mut task: F,
-) -> tokio::task::JoinHandle<()>
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
-{
-    tokio::spawn(async move {
-        while let Err(error) = task().await {
-            tracing::warn!(%error, "{what} restarting");
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(pause) => {}
-            }
-        }
-    })
+/// What `/readyz` and the projection gauges look at: the three log projections and the online
+/// projection, each with the stream it applies.
+fn probe_of(client: &async_nats::Client, view: &StatsView, store: &Store) -> Probe {
+    Probe {
+        client: client.clone(),
+        view: view.clone(),
+        projections: [Accounts::NAME, Catalogs::NAME, OAuthIndex::NAME]
+            .into_iter()
+            .map(|name| ProbedProjection {
+                name,
+                stream: store.events.clone(),
+            })
+            .chain(std::iter::once(ProbedProjection {
+                name: crate::online::projector::NAME,
+                stream: store.online.clone(),
+            }))
+            .collect(),
+    }
 }
 
-fn spawn_runner<P: Projection>(
-    store: &Store,
-    records: async_nats::jetstream::kv::Store,
+/// One token bucket per caller account: `rate_per_second`, bursts up to `rate_burst`.
+fn rate_limiter(config: &ServiceConfig) -> Arc<crate::api::RateLimiter> {
+    Arc::new(governor::RateLimiter::keyed(
+        governor::Quota::per_second(
+            std::num::NonZeroU32::new(config.rate_per_second.max(1)).expect("non-zero"),
+        )
+        .allow_burst(std::num::NonZeroU32::new(config.rate_burst.max(1)).expect("non-zero")),
+    ))
+}
+
+/// Adds one endpoint per op to `micro` (all in the service's queue group) and spawns the loop
+/// that serves each; at most `max_in_flight` requests are handled at once across all of them.
+async fn serve_endpoints(
+    micro: &async_nats::service::Service,
+    context: &Arc<ApiContext>,
     config: &ServiceConfig,
-    metrics: &crate::telemetry::Metrics,
-    stop: &CancellationToken,
-    background: &mut Vec<tokio::task::JoinHandle<()>>,
-) -> (&'static str, watch::Receiver<u64>) {
-    let (tx, rx) = watch::channel(0);
-    let progress = runner::Progress::new(tx).counting(metrics.projection_applied(P::NAME));
-    let events = store.events.clone();
-    let stats = store.stats.clone();
-    let runner_config = config.runner.clone();
-    let stop = stop.clone();
-    background.push(tokio::spawn(async move {
-        if let Err(error) =
-            runner::run::<P>(&events, records, stats, runner_config, progress, stop).await
-        {
-            tracing::error!(%error, "projection runner stopped");
-        }
-    }));
-    (P::NAME, rx)
+    tracker: &TaskTracker,
+    client: &async_nats::Client,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ServeError> {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
+    let mut loops = Vec::new();
+    for &op in Op::ALL {
+        let endpoint = micro
+            .endpoint_builder()
+            .name(op.name().replace('.', "_"))
+            .add(op.service_subject())
+            .await
+            .map_err(|e| ServeError::Service(e.to_string()))?;
+        loops.push(tokio::spawn(endpoint::serve_endpoint(
+            op,
+            endpoint,
+            context.clone(),
+            config.max_request_bytes,
+            tracker.clone(),
+            in_flight.clone(),
+            client.clone(),
+        )));
+    }
+    Ok(loops)
 }
