@@ -86,6 +86,23 @@ async fn raw_pull_ack(js: &jetstream::Context, n: usize, round: usize) -> Result
     Ok(rate(n, started.elapsed()))
 }
 
+/// Reads the log with an ordered consumer and decodes every event, as each reader of the log
+/// in the service does before its own work.
+async fn raw_ordered_read(js: &jetstream::Context, n: usize) -> Result<f64> {
+    let stream = js.get_stream("NATSTER_EVENTS").await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await?;
+    let started = Instant::now();
+    let mut messages = consumer.messages().await?.take(n);
+    let mut decoded = 0;
+    while let Some(message) = messages.next().await {
+        decoded += decode(&message.map_err(anyhow::Error::msg)?).is_some() as usize;
+    }
+    ensure!(decoded == n, "{decoded} of {n} messages decoded");
+    Ok(rate(n, started.elapsed()))
+}
+
 /// The original service's projector: fetch one, get, put (unconditionally), ack.
 async fn original_algorithm(js: &jetstream::Context, n: usize) -> Result<f64> {
     let stream = js.get_stream("NATSTER_EVENTS").await?;
@@ -587,6 +604,9 @@ async fn main() -> Result<()> {
         here: median(rounds.iter().map(|r| f(r).here).collect()),
         server: median(rounds.iter().map(|r| f(r).server).collect()),
     };
+    let (ordered, ordered_cpu) = meter
+        .measure(sizes.events, raw_ordered_read(&js, sizes.events))
+        .await?;
     let (original, original_cpu) = meter
         .measure(sizes.original, original_algorithm(&js, sizes.original))
         .await?;
@@ -601,6 +621,7 @@ async fn main() -> Result<()> {
         "| raw JetStream pull + ack (median of {ROUNDS}) | {raw:.0} | | {} |",
         cpu_median(|r| r.raw_cpu)
     );
+    println!("| ordered read + decode (no acks) | {ordered:.0} | | {ordered_cpu} |");
     println!("| original algorithm (fetch 1, get, put, ack) | {original:.0} | | {original_cpu} |");
     println!("| raw KV put, {IN_FLIGHT} in flight | {puts:.0} | | {puts_cpu} |");
     println!("| ceiling = min(raw pull+ack, KV puts ÷ {writes_per_event:.3} writes/event) | {ceiling:.0} | | |");
@@ -613,13 +634,13 @@ async fn main() -> Result<()> {
     println!("KV writes per event: {writes_per_event:.3}");
     // What one events.put must cost at least, priced with this run's raw operations: the
     // event's guarded publish, every other stored message as a raw KV put, the request/reply
-    // hop, and every reader of the log at what our projector spends per event.
+    // hop, and every reader of the log at the cost of reading and decoding an event.
     let total = |c: CpuPerOp| c.here + c.server;
     let stored: f64 = appends.stored.iter().map(|(_, per)| per).sum();
     let floor = total(appends.raw_cpu)
         + (stored - 1.0) * total(puts_cpu)
         + total(appends.echo_cpu)
-        + LOG_READERS as f64 * total(cpu_median(|r| r.ours_cpu));
+        + LOG_READERS as f64 * total(ordered_cpu);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let most = cores as f64 * 1e6 / floor;
     println!(
