@@ -1,5 +1,5 @@
 //! Projections and the reactor with several instances: failover, stale writers, rebuild,
-//! adoption of an original-layout log, auto-share exactly once.
+//! adoption of an original-layout log, auto-share exactly once, batching of a backlog.
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
@@ -484,4 +484,98 @@ async fn the_projections_cli_shows_status_and_rebuilds() -> Result<()> {
         json!([])
     );
     h.stop().await
+}
+
+/// Runs the accounts projection over the whole log from empty buckets with `config`; returns
+/// how many record writes it made and the bucket it left.
+async fn project_backlog(
+    js: &jetstream::Context,
+    events: u64,
+    config: runner::RunnerConfig,
+) -> Result<(u64, BTreeMap<String, Vec<u8>>)> {
+    use natster_global::store::{Store, StoreConfig};
+    for bucket in [Accounts::BUCKET, "PROJ_STATS"] {
+        if js.get_key_value(bucket).await.is_ok() {
+            js.delete_key_value(bucket).await?;
+        }
+    }
+    let store = Store::ensure(js.clone(), &StoreConfig::default()).await?;
+    let (tx, mut applied) = tokio::sync::watch::channel(0u64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (events, records, stats, stop) = (
+            store.events.clone(),
+            store.accounts.clone(),
+            store.stats.clone(),
+            stop.clone(),
+        );
+        async move {
+            runner::run::<Accounts>(
+                &events,
+                records,
+                stats,
+                config,
+                runner::Progress::new(tx),
+                stop,
+            )
+            .await
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), applied.wait_for(|s| *s >= events))
+        .await
+        .context("the backlog was not projected within 60 s")??;
+    stop.cancel();
+    task.await?.map_err(anyhow::Error::msg)?;
+    let writes = js
+        .get_stream(format!("KV_{}", Accounts::BUCKET))
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    Ok((writes, dump(js, Accounts::BUCKET).await?))
+}
+
+/// Under a backlog a flush waits for more events (bounded by the records it touches), so a
+/// backlog whose records fit in one batch is written with one write per record; a smaller
+/// bound splits it into more flushes; both leave the same bytes.
+#[tokio::test]
+async fn a_backlog_is_written_once_per_record_within_the_batch_bound() -> Result<()> {
+    use natster_global::testkit::{mixed_event_log, publish_log, PlainServer};
+    let server = PlainServer::start().await?;
+    let js = jetstream::new(server.connect().await?);
+    natster_global::store::Store::ensure(js.clone(), &Default::default()).await?;
+    let log = mixed_event_log(300, 400, 4_000);
+    publish_log(&js, &log).await?;
+    let events = log.len() as u64;
+    // No flush for time's sake: only the end of the backlog or the bound starts one.
+    let patient = runner::RunnerConfig {
+        max_linger: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let (writes, records) = project_backlog(&js, events, patient.clone()).await?;
+    assert!(records.len() >= 300, "every account has a record");
+    assert_eq!(
+        writes,
+        records.len() as u64,
+        "one write per record for a backlog within the bound"
+    );
+    let (bounded_writes, bounded_records) = project_backlog(
+        &js,
+        events,
+        runner::RunnerConfig {
+            max_batch_records: 50,
+            ..patient
+        },
+    )
+    .await?;
+    assert!(
+        bounded_writes > writes,
+        "a bound of 50 records splits the backlog into more flushes ({bounded_writes} writes)"
+    );
+    assert_eq!(
+        bounded_records, records,
+        "batching never changes the result"
+    );
+    Ok(())
 }
