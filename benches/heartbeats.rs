@@ -14,11 +14,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream;
-use futures::{StreamExt, TryStreamExt};
 use natster_global::config::ServiceConfig;
 use natster_global::service::GlobalService;
 use natster_global::store::{online_stream_config, StoreConfig};
-use natster_global::testkit::PlainServer;
+use natster_global::testkit::{publish_acked, rate_at_in_flight, request_ok, PlainServer};
 use std::time::{Duration, Instant};
 
 const IN_FLIGHT: usize = 64;
@@ -46,52 +45,31 @@ async fn raw_publish(js: &jetstream::Context, keys: &[String], n: usize) -> Resu
     config.name = "BENCH_ONLINE".into();
     config.subjects = vec!["bench.online.>".into()];
     js.create_stream(config).await?;
-    let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let js = js.clone();
-            let (owner, catalog) = target(keys, i);
-            let subject = format!("bench.online.{owner}.{catalog}");
-            let body = heartbeat_body(owner, &catalog);
-            async move {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-TTL", "180");
-                js.publish_with_headers(subject, headers, body.into())
-                    .await?
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(rate(n, started.elapsed()))
+    rate_at_in_flight(n, IN_FLIGHT, |i| {
+        let (owner, catalog) = target(keys, i);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-TTL", "180");
+        publish_acked(
+            js,
+            format!("bench.online.{owner}.{catalog}"),
+            headers,
+            heartbeat_body(owner, &catalog),
+        )
+    })
+    .await
 }
 
 /// `heartbeats.put` requests through the service.
 async fn service_heartbeats(client: &async_nats::Client, keys: &[String], n: usize) -> Result<f64> {
-    let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let client = client.clone();
-            let (owner, catalog) = target(keys, i);
-            let subject = format!("{owner}.natster.global.heartbeats.put");
-            let body = heartbeat_body(owner, &catalog);
-            async move {
-                let reply = client.request(subject, body.into()).await?;
-                ensure!(
-                    reply.payload.starts_with(b"{\"code\":200"),
-                    "{:?}",
-                    reply.payload
-                );
-                Ok(())
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(rate(n, started.elapsed()))
+    rate_at_in_flight(n, IN_FLIGHT, |i| {
+        let (owner, catalog) = target(keys, i);
+        request_ok(
+            client,
+            format!("{owner}.natster.global.heartbeats.put"),
+            heartbeat_body(owner, &catalog),
+        )
+    })
+    .await
 }
 
 /// Waits until `stats` counts `catalogs` online; returns how long that took.

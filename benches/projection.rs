@@ -30,7 +30,9 @@ use natster_global::model::AccountRecord;
 use natster_global::projections::{accounts::Accounts, runner, Projection};
 use natster_global::service::GlobalService;
 use natster_global::store::{Store, StoreConfig};
-use natster_global::testkit::{mixed_event_log, publish_log, PlainServer};
+use natster_global::testkit::{
+    mixed_event_log, publish_acked, publish_log, rate_at_in_flight, request_ok, PlainServer,
+};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -248,23 +250,15 @@ async fn raw_kv_puts(js: &jetstream::Context, n: usize) -> Result<f64> {
     let value = serde_json::to_vec(
         &serde_json::json!({"account_key": "A".repeat(56), "initialized_at": 1, "out_shares": [], "in_shares": [], "applied_seq": 1}),
     )?;
-    let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let js = js.clone();
-            let value = value.clone();
-            async move {
-                js.publish(format!("$KV.BENCH_PUT.k{i}"), value.into())
-                    .await?
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(rate(n, started.elapsed()))
+    rate_at_in_flight(n, IN_FLIGHT, |i| {
+        publish_acked(
+            js,
+            format!("$KV.BENCH_PUT.k{i}"),
+            async_nats::HeaderMap::new(),
+            value.clone(),
+        )
+    })
+    .await
 }
 
 /// `events.put` through the service: inits, then shares on distinct catalogs.
@@ -283,25 +277,15 @@ async fn service_appends(client: &async_nats::Client, n: usize) -> Result<f64> {
     let started = Instant::now();
     // Inits first (shares need initialised accounts), each phase IN_FLIGHT at a time.
     for phase in requests.chunks(keys.len()) {
-        futures::stream::iter(phase)
-            .map(|(key, body)| {
-                let client = client.clone();
-                let body = serde_json::to_vec(body).expect("json");
-                async move {
-                    let reply = client
-                        .request(format!("{key}.natster.global.events.put"), body.into())
-                        .await?;
-                    ensure!(
-                        reply.payload.starts_with(b"{\"code\":200"),
-                        "{:?}",
-                        reply.payload
-                    );
-                    Ok(())
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .try_collect::<Vec<()>>()
-            .await?;
+        rate_at_in_flight(phase.len(), IN_FLIGHT, |i| {
+            let (key, body) = &phase[i];
+            request_ok(
+                client,
+                format!("{key}.natster.global.events.put"),
+                serde_json::to_vec(body).expect("json"),
+            )
+        })
+        .await?;
     }
     Ok(rate(requests.len(), started.elapsed()))
 }
@@ -326,22 +310,11 @@ async fn raw_request_reply(client: &async_nats::Client, n: usize) -> Result<f64>
     });
     // The subscription is live once a request round-trips.
     client.request("bench.echo", "".into()).await?;
-    let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|_| {
-            let client = client.clone();
-            async move {
-                client
-                    .request("bench.echo", "{}".into())
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
-    let rate = rate(n, started.elapsed());
+    let rate = rate_at_in_flight(n, IN_FLIGHT, |_| async {
+        client.request("bench.echo", "{}".into()).await?;
+        Ok(())
+    })
+    .await?;
     echo.abort();
     Ok(rate)
 }
@@ -356,33 +329,22 @@ async fn raw_guarded_publish(js: &jetstream::Context, n: usize) -> Result<f64> {
         ..Default::default()
     })
     .await?;
-    let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let js = js.clone();
-            async move {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("raw-{i}").as_str());
-                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-                headers.insert(
-                    "Nats-Expected-Last-Subject-Sequence-Subject",
-                    format!("bench.raw.*.c{i}.*").as_str(),
-                );
-                js.publish_with_headers(
-                    format!("bench.raw.a.c{i}.catalog_shared"),
-                    headers,
-                    "".into(),
-                )
-                .await?
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-            }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(rate(n, started.elapsed()))
+    rate_at_in_flight(n, IN_FLIGHT, |i| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("raw-{i}").as_str());
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence-Subject",
+            format!("bench.raw.*.c{i}.*").as_str(),
+        );
+        publish_acked(
+            js,
+            format!("bench.raw.a.c{i}.catalog_shared"),
+            headers,
+            Vec::new(),
+        )
+    })
+    .await
 }
 
 /// CPU time used by this process (the benchmark client and, where it runs, the service) and
