@@ -1,6 +1,5 @@
 //! Crash safety: `kill -9` the service in the middle of a batch of a 20 000-event backlog (records
-//! written, checkpoint not), restart it,
-//! and every bucket equals a clean rebuild, byte for byte.
+//! written, checkpoint not), restart it, and every bucket equals a clean rebuild, byte for byte.
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
