@@ -1,11 +1,14 @@
 //! Projection and append throughput, all against one nats-server in one run:
 //!
-//! - raw JetStream pull + ack of the event log (the read ceiling);
+//! - raw JetStream pull + ack of the event log (the read ceiling), and an ordered read that
+//!   only decodes (what each reader of the log pays before its own work);
 //! - the original service's algorithm: fetch one event, get the record, put it, ack;
 //! - our projector (`runner`, accounts projection) over the same log, with KV writes per event;
 //! - raw concurrent KV puts (64 in flight), the write ceiling;
 //! - `events.put` through the service at 64 in flight against a raw JetStream publish with the
-//!   same headers (`Nats-Msg-Id`, expected last subject sequence with a wildcard filter).
+//!   same headers (`Nats-Msg-Id`, expected last subject sequence with a wildcard filter), a
+//!   core request/reply to an instant responder, and the least an `events.put` can cost,
+//!   priced from those raw operations.
 //!
 //! `cargo bench --bench projection` runs the full sizes; without `--bench` (as `cargo test
 //! --all-targets` runs it) it is a quick smoke run that checks every path works.
@@ -31,10 +34,10 @@ use natster_global::projections::{accounts::Accounts, runner, Projection};
 use natster_global::service::GlobalService;
 use natster_global::store::{Store, StoreConfig};
 use natster_global::testkit::{
-    mixed_event_log, publish_acked, publish_log, rate_at_in_flight, request_ok, PlainServer,
+    mixed_event_log, project_from_empty, publish_acked, publish_log, rate_at_in_flight, request_ok,
+    stream_last_seq, PlainServer,
 };
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const IN_FLIGHT: usize = 64;
 /// Readers of every event in a running service: the decision state and the three
@@ -150,65 +153,17 @@ async fn original_algorithm(js: &jetstream::Context, n: usize) -> Result<f64> {
 
 /// Our runner over the whole log, from empty buckets; returns events/s and KV writes per event.
 async fn our_projector(js: &jetstream::Context, n: usize) -> Result<(f64, f64)> {
-    for bucket in ["PROJ_ACCOUNT", "PROJ_STATS"] {
-        if js.get_key_value(bucket).await.is_ok() {
-            js.delete_key_value(bucket).await?;
-        }
-    }
-    let store = &Store::ensure(js.clone(), &StoreConfig::default()).await?;
-    let writes_before = bucket_writes(&store.js, "KV_PROJ_ACCOUNT").await?
-        + bucket_writes(&store.js, "KV_PROJ_STATS").await?;
-    let (tx, mut rx) = tokio::sync::watch::channel(0u64);
-    let stop = CancellationToken::new();
-    let task = {
-        let (events, records, stats, stop) = (
-            store.events.clone(),
-            store.accounts.clone(),
-            store.stats.clone(),
-            stop.clone(),
-        );
-        tokio::spawn(async move {
-            runner::run::<Accounts>(
-                &events,
-                records,
-                stats,
-                runner::RunnerConfig::default(),
-                runner::Progress::new(tx),
-                stop,
-            )
-            .await
-        })
-    };
-    let started = Instant::now();
-    let mut timeline = Vec::new();
-    loop {
-        let seq = *rx.borrow_and_update();
-        timeline.push((started.elapsed().as_millis(), seq));
-        if seq >= n as u64 {
-            break;
-        }
-        rx.changed().await?;
-    }
+    let run = project_from_empty::<Accounts>(js, n as u64, runner::RunnerConfig::default()).await?;
     if std::env::var("TIMELINE").is_ok() {
-        println!("{timeline:?}");
+        let flushes: Vec<(u128, u64)> = run
+            .timeline
+            .iter()
+            .map(|(at, seq)| (at.as_millis(), *seq))
+            .collect();
+        println!("flushes (ms, applied sequence): {flushes:?}");
     }
-    let elapsed = started.elapsed();
-    stop.cancel();
-    task.await??;
-    let writes = bucket_writes(&store.js, "KV_PROJ_ACCOUNT").await?
-        + bucket_writes(&store.js, "KV_PROJ_STATS").await?
-        - writes_before;
-    Ok((rate(n, elapsed), writes as f64 / n as f64))
-}
-
-async fn bucket_writes(js: &jetstream::Context, stream: &str) -> Result<u64> {
-    Ok(js
-        .get_stream(stream)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence)
+    let writes = run.record_writes + run.stats_writes;
+    Ok((rate(n, run.elapsed), writes as f64 / n as f64))
 }
 
 /// CPU time (user + system) a process has used, from `/proc/<pid>/stat` ("self" for this one).
@@ -227,13 +182,7 @@ async fn stream_writes(js: &jetstream::Context) -> Result<std::collections::BTre
     let mut names = js.stream_names();
     let mut out = std::collections::BTreeMap::new();
     while let Some(name) = names.try_next().await? {
-        let last = js
-            .get_stream(&name)
-            .await?
-            .info()
-            .await?
-            .state
-            .last_sequence;
+        let last = stream_last_seq(js, &name).await?;
         out.insert(name, last);
     }
     Ok(out)

@@ -334,13 +334,88 @@ pub fn seq_of(envelope: &crate::api::Envelope) -> Result<u64> {
 
 /// Last sequence of the event stream.
 pub async fn events_last_seq(js: &async_nats::jetstream::Context) -> Result<u64> {
-    Ok(js
-        .get_stream(crate::store::EVENTS_STREAM)
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence)
+    stream_last_seq(js, crate::store::EVENTS_STREAM).await
+}
+
+/// Last sequence of stream `name` (for a KV bucket's stream `KV_<bucket>`: writes so far).
+pub async fn stream_last_seq(js: &async_nats::jetstream::Context, name: &str) -> Result<u64> {
+    Ok(js.get_stream(name).await?.info().await?.state.last_sequence)
+}
+
+/// What [`project_from_empty`] measured.
+pub struct ProjectedBacklog {
+    /// From the runner's start until it had applied the requested sequence.
+    pub elapsed: Duration,
+    /// Each applied sequence the runner reported, with when (one entry per flush).
+    pub timeline: Vec<(Duration, u64)>,
+    /// Writes to the projection's bucket.
+    pub record_writes: u64,
+    /// Writes to `PROJ_STATS` (counters, checkpoint, lease).
+    pub stats_writes: u64,
+}
+
+/// Empties the bucket of projection `P` and `PROJ_STATS`, runs `P`'s runner over the log with
+/// `config` until it has applied sequence `upto` (at most two minutes), stops it, and reports
+/// what it took.
+pub async fn project_from_empty<P: crate::projections::Projection>(
+    js: &async_nats::jetstream::Context,
+    upto: u64,
+    config: crate::projections::runner::RunnerConfig,
+) -> Result<ProjectedBacklog> {
+    use crate::projections::runner;
+    for bucket in [P::BUCKET, crate::store::PROJ_STATS_BUCKET] {
+        if js.get_key_value(bucket).await.is_ok() {
+            js.delete_key_value(bucket).await?;
+        }
+    }
+    let store = crate::store::Store::ensure(js.clone(), &Default::default()).await?;
+    let (records_stream, stats_stream) = (
+        format!("KV_{}", P::BUCKET),
+        format!("KV_{}", crate::store::PROJ_STATS_BUCKET),
+    );
+    let records_before = stream_last_seq(js, &records_stream).await?;
+    let stats_before = stream_last_seq(js, &stats_stream).await?;
+    let records = js.get_key_value(P::BUCKET).await?;
+    let (tx, mut applied) = tokio::sync::watch::channel(0u64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let (events, stats, stop) = (store.events.clone(), store.stats.clone(), stop.clone());
+        async move {
+            runner::run::<P>(
+                &events,
+                records,
+                stats,
+                config,
+                runner::Progress::new(tx),
+                stop,
+            )
+            .await
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut timeline = Vec::new();
+    let waited: std::result::Result<Result<()>, _> =
+        tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                let seq = *applied.borrow_and_update();
+                timeline.push((started.elapsed(), seq));
+                if seq >= upto {
+                    return Ok(());
+                }
+                applied.changed().await?;
+            }
+        })
+        .await;
+    let elapsed = started.elapsed();
+    stop.cancel();
+    waited.context("the backlog was not projected within two minutes")??;
+    task.await?.map_err(anyhow::Error::msg)?;
+    Ok(ProjectedBacklog {
+        elapsed,
+        timeline,
+        record_writes: stream_last_seq(js, &records_stream).await? - records_before,
+        stats_writes: stream_last_seq(js, &stats_stream).await? - stats_before,
+    })
 }
 
 /// A realistic event log in the original layout: every one of `accounts` new accounts

@@ -9,7 +9,9 @@ use natster_global::projections::{
     accounts::Accounts, catalogs::Catalogs, fold, oauth::OAuthIndex,
 };
 use natster_global::projections::{runner, Projection};
-use natster_global::testkit::{dump_bucket, mixed_event_log, publish_log, TestWorld};
+use natster_global::testkit::{
+    dump_bucket, mixed_event_log, publish_log, stream_last_seq, TestWorld,
+};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -62,12 +64,10 @@ async fn checkpoints(stats: &jetstream::kv::Store) -> Result<Vec<u64>> {
 
 /// Writes so far to the accounts bucket (records written by any batch, checkpointed or not).
 async fn record_writes(js: &jetstream::Context) -> Result<u64> {
-    Ok(
-        match js.get_stream(format!("KV_{}", Accounts::BUCKET)).await {
-            Ok(mut stream) => stream.info().await?.state.last_sequence,
-            Err(_) => 0,
-        },
-    )
+    // The bucket does not exist until the service has created it.
+    Ok(stream_last_seq(js, &format!("KV_{}", Accounts::BUCKET))
+        .await
+        .unwrap_or(0))
 }
 
 fn expected<P: Projection>(

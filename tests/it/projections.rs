@@ -493,47 +493,8 @@ async fn project_backlog(
     events: u64,
     config: runner::RunnerConfig,
 ) -> Result<(u64, BTreeMap<String, Vec<u8>>)> {
-    use natster_global::store::{Store, StoreConfig};
-    for bucket in [Accounts::BUCKET, "PROJ_STATS"] {
-        if js.get_key_value(bucket).await.is_ok() {
-            js.delete_key_value(bucket).await?;
-        }
-    }
-    let store = Store::ensure(js.clone(), &StoreConfig::default()).await?;
-    let (tx, mut applied) = tokio::sync::watch::channel(0u64);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let (events, records, stats, stop) = (
-            store.events.clone(),
-            store.accounts.clone(),
-            store.stats.clone(),
-            stop.clone(),
-        );
-        async move {
-            runner::run::<Accounts>(
-                &events,
-                records,
-                stats,
-                config,
-                runner::Progress::new(tx),
-                stop,
-            )
-            .await
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(60), applied.wait_for(|s| *s >= events))
-        .await
-        .context("the backlog was not projected within 60 s")??;
-    stop.cancel();
-    task.await?.map_err(anyhow::Error::msg)?;
-    let writes = js
-        .get_stream(format!("KV_{}", Accounts::BUCKET))
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
-    Ok((writes, dump(js, Accounts::BUCKET).await?))
+    let run = natster_global::testkit::project_from_empty::<Accounts>(js, events, config).await?;
+    Ok((run.record_writes, dump(js, Accounts::BUCKET).await?))
 }
 
 /// Under a backlog a flush waits for more events (bounded by the records it touches), so a
