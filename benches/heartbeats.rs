@@ -14,10 +14,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream;
-use natster_global::config::ServiceConfig;
 use natster_global::service::GlobalService;
-use natster_global::store::{online_stream_config, StoreConfig};
-use natster_global::testkit::{publish_acked, rate_at_in_flight, request_ok, PlainServer};
+use natster_global::service::ServiceConfig;
+use natster_global::service::StoreConfig;
+use natster_global::test_util::online_stream_config;
+use natster_testkit::{publish_acked, rate_at_in_flight, request_ok, PlainServer};
 use std::time::{Duration, Instant};
 
 const IN_FLIGHT: usize = 64;

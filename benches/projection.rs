@@ -27,13 +27,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream::{self, consumer, kv};
 use futures::{StreamExt, TryStreamExt};
-use natster_global::config::ServiceConfig;
-use natster_global::events::{decode, Decoded};
 use natster_global::model::AccountRecord;
-use natster_global::projections::{accounts::Accounts, runner, Projection};
+use natster_global::model::Decoded;
 use natster_global::service::GlobalService;
-use natster_global::store::{Store, StoreConfig};
-use natster_global::testkit::{
+use natster_global::service::RunnerConfig;
+use natster_global::service::ServiceConfig;
+use natster_global::test_util::{Accounts, Projection};
+use natster_global::test_util::{Store, StoreConfig};
+use natster_testkit::{
     mixed_event_log, project_from_empty, publish_acked, publish_log, rate_at_in_flight, request_ok,
     stream_last_seq, PlainServer,
 };
@@ -89,6 +90,17 @@ async fn raw_pull_ack(js: &jetstream::Context, n: usize, round: usize) -> Result
             .map_err(anyhow::Error::msg)?;
     }
     Ok(rate(n, started.elapsed()))
+}
+
+/// Decodes a message of the log, as the service's log reader does.
+fn decode(message: &jetstream::Message) -> Option<Decoded> {
+    let info = message.info().ok()?;
+    Some(Decoded::from_parts(
+        info.stream_sequence,
+        info.published.unix_timestamp(),
+        &message.subject,
+        &message.payload,
+    ))
 }
 
 /// Reads the log with an ordered consumer and decodes every event, as each reader of the log
@@ -153,7 +165,7 @@ async fn original_algorithm(js: &jetstream::Context, n: usize) -> Result<f64> {
 
 /// Our runner over the whole log, from empty buckets; returns events/s and KV writes per event.
 async fn our_projector(js: &jetstream::Context, n: usize) -> Result<(f64, f64)> {
-    let run = project_from_empty::<Accounts>(js, n as u64, runner::RunnerConfig::default()).await?;
+    let run = project_from_empty::<Accounts>(js, n as u64, RunnerConfig::default()).await?;
     if std::env::var("TIMELINE").is_ok() {
         let flushes: Vec<(u128, u64)> = run
             .timeline

@@ -10,10 +10,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{ensure, Result};
 use futures::StreamExt;
-use natster_global::bootstrap::NATSTER;
-use natster_global::config::ServiceConfig;
 use natster_global::service::GlobalService;
-use natster_global::testkit::{sync, TestWorld};
+use natster_global::service::ServiceConfig;
+use natster_global::tooling::bootstrap::NATSTER;
+use natster_testkit::{sync, TestWorld};
 use std::time::{Duration, Instant};
 
 const CONCURRENCY: usize = 32;

@@ -5,25 +5,16 @@
 //! Reads can wait for the caller's own writes: [`GlobalClient::at_least`] sets
 //! `Natster-Min-Seq` to the sequence an `events.put` returned.
 
-use crate::api::MIN_SEQ_HEADER;
-use crate::contract::ReplyEnvelope;
-use crate::model::{
-    AccountRecord, ContextReply, EventsPutReply, EventsPutRequest, HeartbeatRequest, InitData,
-    NameValidation, NatsterContext, OnlineNotice, OtcClaimRequest, OtcGenerateReply, ShareNotice,
-    ShareSummary, StatsReply, WhoamiReply,
+use crate::contract::{
+    op, CatalogName, ContextReply, Envelope, EventsPutRequest, FeedKind, HeartbeatRequest,
+    NameValidation, NoPayload, OAuthId, OnlineNotice, Operation, OtcClaimRequest, OtcGenerateReply,
+    RequestBody, ShareNotice, ShareSummary, StatsReply, WhoamiReply, FEED_PREFIX, MIN_SEQ_HEADER,
+    OWN_RECORD_SUBJECT, OWN_RECORD_UPDATES_SUBJECT,
 };
+use crate::model::{AccountRecord, EventType, InitData, NatsterContext, NONE};
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
-
-/// The importer's subject prefix of the API.
-pub const API_PREFIX: &str = "natster.global";
-/// The importer's subject prefix of the feed.
-pub const FEED_PREFIX: &str = "natster.global-events";
-/// The importer's subject of the own-record direct get.
-pub const OWN_RECORD_SUBJECT: &str = "natster.projections.account";
-/// The importer's subject of own-record updates.
-pub const OWN_RECORD_UPDATES_SUBJECT: &str = "natster.projections.account.updates";
 
 /// What kind of failure a call met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,14 +97,14 @@ impl FeedMessage {
             serde_json::from_slice(payload)
                 .map_err(|e| ClientError::transport(format!("undecodable feed message: {e}")))
         }
-        Ok(match kind {
-            "heartbeat" => FeedMessage::Heartbeat(parse(payload)?),
-            "catalog_online" => FeedMessage::CatalogOnline(parse(payload)?),
-            "catalog_offline" => FeedMessage::CatalogOffline(parse(payload)?),
-            "catalog_shared" => FeedMessage::CatalogShared(parse(payload)?),
-            "catalog_unshared" => FeedMessage::CatalogUnshared(parse(payload)?),
-            other => FeedMessage::Other {
-                kind: other.to_string(),
+        Ok(match FeedKind::parse(kind) {
+            Some(FeedKind::Heartbeat) => FeedMessage::Heartbeat(parse(payload)?),
+            Some(FeedKind::CatalogOnline) => FeedMessage::CatalogOnline(parse(payload)?),
+            Some(FeedKind::CatalogOffline) => FeedMessage::CatalogOffline(parse(payload)?),
+            Some(FeedKind::CatalogShared) => FeedMessage::CatalogShared(parse(payload)?),
+            Some(FeedKind::CatalogUnshared) => FeedMessage::CatalogUnshared(parse(payload)?),
+            None => FeedMessage::Other {
+                kind: kind.to_string(),
                 payload: parse(payload)?,
             },
         })
@@ -121,14 +112,30 @@ impl FeedMessage {
 
     /// The feed kind (last subject token).
     pub fn kind(&self) -> &str {
+        let kind = match self {
+            FeedMessage::Heartbeat(_) => FeedKind::Heartbeat,
+            FeedMessage::CatalogOnline(_) => FeedKind::CatalogOnline,
+            FeedMessage::CatalogOffline(_) => FeedKind::CatalogOffline,
+            FeedMessage::CatalogShared(_) => FeedKind::CatalogShared,
+            FeedMessage::CatalogUnshared(_) => FeedKind::CatalogUnshared,
+            FeedMessage::Other { kind, .. } => return kind,
+        };
+        kind.as_str()
+    }
+
+    /// The message's payload as JSON.
+    pub fn payload(&self) -> serde_json::Value {
         match self {
-            FeedMessage::Heartbeat(_) => "heartbeat",
-            FeedMessage::CatalogOnline(_) => "catalog_online",
-            FeedMessage::CatalogOffline(_) => "catalog_offline",
-            FeedMessage::CatalogShared(_) => "catalog_shared",
-            FeedMessage::CatalogUnshared(_) => "catalog_unshared",
-            FeedMessage::Other { kind, .. } => kind,
+            FeedMessage::Heartbeat(h) => serde_json::to_value(h),
+            FeedMessage::CatalogOnline(n) | FeedMessage::CatalogOffline(n) => {
+                serde_json::to_value(n)
+            }
+            FeedMessage::CatalogShared(n) | FeedMessage::CatalogUnshared(n) => {
+                serde_json::to_value(n)
+            }
+            FeedMessage::Other { payload, .. } => Ok(payload.clone()),
         }
+        .expect("feed messages serialize")
     }
 }
 
@@ -171,68 +178,53 @@ impl GlobalClient {
         &self.client
     }
 
-    /// Sends `payload` to op `op` and returns the reply envelope as it came.
-    pub async fn request_raw(
-        &self,
-        op: &str,
-        payload: bytes::Bytes,
-    ) -> Result<ReplyEnvelope<serde_json::Value>, ClientError> {
+    /// Sends a request of op `O` and returns its reply; an error envelope is a
+    /// [`ClientError`] of the kind its code stands for.
+    pub async fn call<O: Operation>(&self, request: &O::Request) -> Result<O::Reply, ClientError> {
+        let name = O::OP.name();
         let mut headers = async_nats::HeaderMap::new();
         if let Some(seq) = self.min_seq {
             headers.insert(MIN_SEQ_HEADER, seq.to_string().as_str());
         }
         let request =
             self.client
-                .request_with_headers(format!("{API_PREFIX}.{op}"), headers, payload);
+                .request_with_headers(O::OP.importer_subject(), headers, request.to_bytes());
         let reply = tokio::time::timeout(self.timeout, request)
             .await
-            .map_err(|_| ClientError::transport(format!("{op}: no reply within {:?}", self.timeout)))?
+            .map_err(|_| ClientError::transport(format!("{name}: no reply within {:?}", self.timeout)))?
             .map_err(|error| match error.kind() {
                 async_nats::RequestErrorKind::NoResponders => ClientError {
                     kind: ClientErrorKind::Unavailable,
                     code: None,
-                    message: format!("{op}: no natster-global instance answered (no responders; is the import in place?)"),
+                    message: format!("{name}: no natster-global instance answered (no responders; is the import in place?)"),
                 },
-                _ => ClientError::transport(format!("{op}: {error}")),
+                _ => ClientError::transport(format!("{name}: {error}")),
             })?;
-        serde_json::from_slice(&reply.payload)
-            .map_err(|e| ClientError::transport(format!("{op}: the reply is not an envelope: {e}")))
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &self,
-        op: &str,
-        payload: bytes::Bytes,
-    ) -> Result<T, ClientError> {
-        let envelope = self.request_raw(op, payload).await?;
-        if envelope.code != 200 {
-            return Err(ClientError::from_envelope(
-                envelope.code,
+        let envelope: Envelope<Option<O::Reply>> = serde_json::from_slice(&reply.payload)
+            .map_err(|e| ClientError::transport(format!("{name}: unexpected reply: {e}")))?;
+        match (envelope.code, envelope.data) {
+            (200, Some(data)) => Ok(data),
+            (200, None) => Err(ClientError::transport(format!(
+                "{name}: a success without data"
+            ))),
+            (code, _) => Err(ClientError::from_envelope(
+                code,
                 envelope.error.unwrap_or_default(),
-            ));
+            )),
         }
-        serde_json::from_value(envelope.data.unwrap_or(serde_json::Value::Null))
-            .map_err(|e| ClientError::transport(format!("{op}: unexpected reply data: {e}")))
-    }
-
-    fn json(value: &impl serde::Serialize) -> bytes::Bytes {
-        serde_json::to_vec(value)
-            .expect("request types serialize")
-            .into()
     }
 
     /// `events.put`: appends an event; returns its stream sequence.
     pub async fn put_event(&self, request: &EventsPutRequest) -> Result<u64, ClientError> {
-        let reply: EventsPutReply = self.call("events.put", Self::json(request)).await?;
-        Ok(reply.seq)
+        Ok(self.call::<op::EventsPut>(request).await?.seq)
     }
 
     /// Initialises Natster for the caller (`data.account_key` must be the caller's key).
     pub async fn initialize(&self, data: &InitData) -> Result<u64, ClientError> {
         self.put_event(&EventsPutRequest {
-            catalog: crate::model::NONE.into(),
-            target: crate::model::NONE.into(),
-            event_type: "natster_initialized".into(),
+            catalog: NONE.into(),
+            target: NONE.into(),
+            event_type: EventType::NatsterInitialized.as_str().into(),
             data: Some(serde_json::to_value(data).expect("init data serializes")),
         })
         .await
@@ -240,29 +232,32 @@ impl GlobalClient {
 
     /// Shares the caller's catalog with account `target`.
     pub async fn share(&self, catalog: &str, target: &str) -> Result<u64, ClientError> {
-        self.share_event("catalog_shared", catalog, target).await
+        self.share_event(EventType::CatalogShared, catalog, target)
+            .await
     }
 
     /// Ends a share of the caller's catalog with `target`.
     pub async fn unshare(&self, catalog: &str, target: &str) -> Result<u64, ClientError> {
-        self.share_event("catalog_unshared", catalog, target).await
+        self.share_event(EventType::CatalogUnshared, catalog, target)
+            .await
     }
 
     /// Imports `owner`'s catalog shared with the caller.
     pub async fn import(&self, catalog: &str, owner: &str) -> Result<u64, ClientError> {
-        self.share_event("catalog_imported", catalog, owner).await
+        self.share_event(EventType::CatalogImported, catalog, owner)
+            .await
     }
 
     async fn share_event(
         &self,
-        event_type: &str,
+        event_type: EventType,
         catalog: &str,
         target: &str,
     ) -> Result<u64, ClientError> {
         self.put_event(&EventsPutRequest {
             catalog: catalog.into(),
             target: target.into(),
-            event_type: event_type.into(),
+            event_type: event_type.as_str().into(),
             data: None,
         })
         .await
@@ -270,23 +265,22 @@ impl GlobalClient {
 
     /// `heartbeats.put`: the caller's catalog is up (or stops, with `offline`).
     pub async fn heartbeat(&self, heartbeat: &HeartbeatRequest) -> Result<(), ClientError> {
-        let _: serde_json::Value = self.call("heartbeats.put", Self::json(heartbeat)).await?;
-        Ok(())
+        self.call::<op::HeartbeatsPut>(heartbeat).await.map(|_| ())
     }
 
     /// `stats`.
     pub async fn stats(&self) -> Result<StatsReply, ClientError> {
-        self.call("stats", bytes::Bytes::new()).await
+        self.call::<op::Stats>(&NoPayload).await
     }
 
     /// `my.shares`.
     pub async fn my_shares(&self) -> Result<Vec<ShareSummary>, ClientError> {
-        self.call("my.shares", bytes::Bytes::new()).await
+        self.call::<op::MyShares>(&NoPayload).await
     }
 
     /// `whoami` ([`ClientErrorKind::NotFound`] before the caller initialised).
     pub async fn whoami(&self) -> Result<WhoamiReply, ClientError> {
-        self.call("whoami", bytes::Bytes::new()).await
+        self.call::<op::Whoami>(&NoPayload).await
     }
 
     /// `otc.generate` for the caller's own context.
@@ -294,7 +288,7 @@ impl GlobalClient {
         &self,
         context: &NatsterContext,
     ) -> Result<OtcGenerateReply, ClientError> {
-        self.call("otc.generate", Self::json(context)).await
+        self.call::<op::OtcGenerate>(context).await
     }
 
     /// `otc.claim` (web accounts): the bound context, without its access token.
@@ -307,22 +301,19 @@ impl GlobalClient {
             code: code.into(),
             oauth_id: oauth_id.into(),
         };
-        self.call("otc.claim", Self::json(&request)).await
+        self.call::<op::OtcClaim>(&request).await
     }
 
     /// `context.get` (web accounts).
     pub async fn context_get(&self, oauth_id: &str) -> Result<ContextReply, ClientError> {
-        self.call("context.get", bytes::Bytes::from(oauth_id.to_string()))
+        self.call::<op::ContextGet>(&OAuthId(oauth_id.to_string()))
             .await
     }
 
     /// `catalogs.validatename`.
     pub async fn validate_name(&self, name: &str) -> Result<NameValidation, ClientError> {
-        self.call(
-            "catalogs.validatename",
-            bytes::Bytes::from(name.to_string()),
-        )
-        .await
+        self.call::<op::CatalogsValidateName>(&CatalogName(name.to_string()))
+            .await
     }
 
     /// The caller's own account record and its stream sequence; `None` before it initialised.
@@ -380,7 +371,7 @@ impl GlobalClient {
             .subscribe(subject.to_string())
             .await
             .map_err(|e| ClientError::transport(format!("subscribing to {subject}: {e}")))?;
-        crate::roundtrip::sync(&self.client)
+        crate::store::roundtrip::sync(&self.client)
             .await
             .map_err(|e| ClientError::transport(e.to_string()))?;
         Ok(subscription)

@@ -1,37 +1,30 @@
 #![forbid(unsafe_code)]
+#![warn(clippy::too_many_lines)]
 //! natster-global: the global service of Natster, event-sourced on NATS JetStream.
 //!
 //! Identity comes from NATS decentralized auth: each request's first subject token is the
-//! caller's account key, put there by the server through a secure account import. See
-//! `README.md` for running it and the design document for the architecture.
+//! caller's account key, put there by the server through a secure account import.
+//! `ARCHITECTURE.md` maps the modules; `README.md` says how to run it.
+//!
+//! What other programs use: the domain ([`model`]), the wire contract ([`contract`]), the
+//! typed client ([`client`]), the service's entry points and settings ([`service`]), the
+//! operator tooling ([`tooling`]) and the command line ([`cli`], what the binary runs).
+//! Everything else is internal to the crate.
 
-pub mod api;
-pub mod auth;
-pub mod bootstrap;
-pub mod call;
 pub mod cli;
 pub mod client;
-pub mod config;
-pub mod config_file;
 pub mod contract;
-pub mod credentials;
-pub mod decider;
-pub mod dev;
-pub mod events;
-pub mod feeds;
-pub mod lease;
 pub mod model;
-pub mod nats_context;
-pub mod natsd;
-pub mod online;
-pub mod pinned;
-pub mod projections;
-pub mod projections_cmd;
-pub mod reactor;
-pub mod roundtrip;
-pub mod seal;
 pub mod service;
-pub mod share_feed;
-pub mod store;
-pub mod telemetry;
-pub mod testkit;
+pub mod tooling;
+
+pub(crate) mod api;
+pub(crate) mod otc;
+pub(crate) mod projections;
+pub(crate) mod reactions;
+pub(crate) mod store;
+pub(crate) mod telemetry;
+pub(crate) mod write;
+
+#[cfg(feature = "test-util")]
+pub mod test_util;

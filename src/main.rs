@@ -1,85 +1,25 @@
 #![forbid(unsafe_code)]
-//! The `natster-global` binary: parses the command line and runs a subcommand.
+//! The `natster-global` binary: runs the command line (see `natster_global::cli`).
 
 /// mimalloc: the projection and request paths allocate many small, short-lived values (about
 /// 9 % more projector throughput than the system allocator in `cargo bench --bench projection`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::Result;
-use natster_global::bootstrap::World;
-use natster_global::cli::Command;
-use natster_global::config_file::{self, Parsed};
-
-/// Exit code for an invalid setting (as clap uses for usage errors).
-const EXIT_BAD_SETTING: i32 = 2;
+use natster_global::cli::{self, CliError};
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    let cli = match config_file::parse(std::env::args_os().collect()) {
-        Ok(Parsed::Run(cli)) => *cli,
-        Ok(Parsed::Display(text)) => {
-            print!("{text}");
-            return Ok(());
+async fn main() -> anyhow::Result<()> {
+    match cli::main(std::env::args_os().collect(), shutdown_signal).await {
+        Ok(0) => Ok(()),
+        Ok(code) => std::process::exit(code),
+        // A bad setting is one line for the operator.
+        Err(error @ CliError::Settings(_)) => {
+            eprintln!("error: {error}");
+            std::process::exit(error.exit_code());
         }
-        Err(problem) => {
-            eprintln!("error: {problem}");
-            std::process::exit(EXIT_BAD_SETTING);
-        }
-    };
-    // The CLI client prints replies; only problems belong on its stderr.
-    let default_level = match cli.command {
-        Command::Call(_) => "warn",
-        _ => "info",
-    };
-    natster_global::telemetry::logging::init(cli.log_format, default_level);
-    match cli.command {
-        Command::Serve(args) => {
-            let settings = args
-                .service
-                .service_config(args.connect.allow_insecure_files)
-                .and_then(|config| Ok((config, args.connect.nats_config("natster-global")?)));
-            let (config, nats) = match settings {
-                Ok(settings) => settings,
-                Err(problem) => {
-                    eprintln!("error: {problem}");
-                    std::process::exit(EXIT_BAD_SETTING);
-                }
-            };
-            natster_global::service::run_with_http(
-                args.service.http_addr,
-                config,
-                Default::default(),
-                || async move { nats.connect().await },
-                || {},
-                shutdown_signal(),
-            )
-            .await?;
-        }
-        Command::Bootstrap(args) => {
-            let index = World::generate(&args.out, &args.users)?
-                .with_port(args.port)
-                .write(args.force)?;
-            println!("{}", serde_json::to_string_pretty(&index)?);
-            eprintln!(
-                "wrote a world to {}; start the server with: nats-server -c {}",
-                args.out.display(),
-                index.server_config.display()
-            );
-        }
-        Command::Dev(args) => natster_global::dev::run(&args, shutdown_signal()).await?,
-        Command::Projections(args) => natster_global::projections_cmd::run(&args).await?,
-        Command::Schemas(args) => {
-            for name in natster_global::contract::write_all(&args.out)? {
-                println!("{}", args.out.join(name).display());
-            }
-        }
-        Command::Call(args) => {
-            let code = natster_global::call::run(&args).await;
-            std::process::exit(code);
-        }
+        Err(error) => Err(error.into()),
     }
-    Ok(())
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

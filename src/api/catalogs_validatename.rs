@@ -1,24 +1,26 @@
 //! `catalogs.validatename`: whether the caller may share a catalog under a name.
 
-use super::{read_record, wait_min_seq, ApiContext, ApiError, ApiRequest};
-use crate::model::{validate::catalog_name_problem, CatalogRecord, NameValidation};
+use super::{read_record, ApiContext, ApiError, ApiRequest, Handler};
+use crate::contract::{op, CatalogName, NameValidation};
+use crate::model::{validate::catalog_name_problem, CatalogRecord};
 use crate::projections::{catalogs::Catalogs, Projection};
 
-/// Valid when the name is well-formed and unowned or owned by the caller.
-pub async fn handle(
-    context: &ApiContext,
-    request: &ApiRequest<'_>,
-) -> Result<serde_json::Value, ApiError> {
-    wait_min_seq(context, request, &[Catalogs::NAME]).await?;
-    let name = request.text()?;
-    let result = if let Some(problem) = catalog_name_problem(name) {
-        NameValidation {
-            valid: false,
-            message: format!("Catalog name is not shareable: {problem}"),
+impl Handler for op::CatalogsValidateName {
+    /// Valid when the name is well-formed and unowned or owned by the caller.
+    async fn handle(
+        context: &ApiContext,
+        request: &ApiRequest<'_>,
+    ) -> Result<NameValidation, ApiError> {
+        request.wait_min_seq(context, &[Catalogs::NAME]).await?;
+        let CatalogName(name) = request.body::<Self>("catalog name")?;
+        if let Some(problem) = catalog_name_problem(&name) {
+            return Ok(NameValidation {
+                valid: false,
+                message: format!("Catalog name is not shareable: {problem}"),
+            });
         }
-    } else {
-        let record: Option<CatalogRecord> = read_record(&context.store.catalogs, name).await?;
-        match record {
+        let record: Option<CatalogRecord> = read_record(&context.store.catalogs, &name).await?;
+        Ok(match record {
             Some(record) if record.owner != request.caller.account => NameValidation {
                 valid: false,
                 message: "Catalog name has already been shared".into(),
@@ -27,7 +29,6 @@ pub async fn handle(
                 valid: true,
                 message: String::new(),
             },
-        }
-    };
-    serde_json::to_value(result).map_err(|_| ApiError::internal())
+        })
+    }
 }

@@ -1,23 +1,26 @@
 //! `stats`: community totals, from the in-memory view of the projection counters (no scan).
 
-use super::{wait_min_seq, ApiContext, ApiError, ApiRequest};
-use crate::model::StatsReply;
-use crate::projections::{accounts::Accounts, catalogs::Catalogs, Projection};
+use super::{ApiContext, ApiError, ApiRequest, Handler};
+use crate::contract::{op, StatsReply};
+use crate::projections::{accounts::Accounts, catalogs::Catalogs, online::Online, Projection};
 
-/// Initialised accounts, active shares and running catalogs.
-pub async fn handle(
-    context: &ApiContext,
-    request: &ApiRequest<'_>,
-) -> Result<serde_json::Value, ApiError> {
-    wait_min_seq(context, request, &[Accounts::NAME, Catalogs::NAME]).await?;
-    let snapshot = context.view.snapshot();
-    let reply = StatsReply {
-        total_initialized: snapshot.counters(Accounts::NAME).total_initialized.max(0) as u64,
-        running_catalogs: snapshot
-            .counters(crate::online::projector::NAME)
-            .running_catalogs
-            .max(0) as u64,
-        share_count: snapshot.counters(Catalogs::NAME).share_count.max(0) as u64,
-    };
-    serde_json::to_value(reply).map_err(|_| ApiError::internal())
+impl Handler for op::Stats {
+    /// Initialised accounts, active shares and running catalogs.
+    async fn handle(
+        context: &ApiContext,
+        request: &ApiRequest<'_>,
+    ) -> Result<StatsReply, ApiError> {
+        request
+            .wait_min_seq(context, &[Accounts::NAME, Catalogs::NAME])
+            .await?;
+        let snapshot = context.view.snapshot();
+        let count = |projection: &str, pick: fn(&crate::projections::stored::Counters) -> i64| {
+            pick(&snapshot.counters(projection)).max(0) as u64
+        };
+        Ok(StatsReply {
+            total_initialized: count(Accounts::NAME, |c| c.total_initialized),
+            running_catalogs: count(Online::NAME, |c| c.running_catalogs),
+            share_count: count(Catalogs::NAME, |c| c.share_count),
+        })
+    }
 }

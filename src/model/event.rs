@@ -135,8 +135,8 @@ pub struct InitData {
     pub account_key: String,
 }
 
-/// A natster CLI context, as `otc.generate` receives it. `access_token` is sealed (see
-/// `crate::seal`) before it is stored anywhere, and emptied before it is returned.
+/// A natster CLI context, as `otc.generate` receives it. `access_token` is sealed with the
+/// service's xkey before it is stored anywhere, and emptied before it is returned.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NatsterContext {
     #[serde(default)]
@@ -232,6 +232,48 @@ pub struct Event {
     pub time: i64,
     pub subject: EventSubject,
     pub body: EventBody,
+}
+
+/// What a stored message of the event log is, as far as the event model goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Event(Box<Event>),
+    /// The event layout with a type this version does not know (adopted logs): only its
+    /// tokens matter, for the aggregates' sequences.
+    Unknown {
+        seq: u64,
+        origin: String,
+        target: String,
+        catalog: String,
+    },
+    /// Not an event subject at all.
+    Foreign {
+        seq: u64,
+    },
+}
+
+impl Decoded {
+    /// Decodes a stored message from its parts: stream sequence and timestamp (the stream's,
+    /// never a local clock), subject and payload. Never fails.
+    pub fn from_parts(seq: u64, time: i64, subject: &str, payload: &[u8]) -> Decoded {
+        match EventSubject::parse(subject) {
+            Ok(subject) => Decoded::Event(Box::new(Event {
+                seq,
+                time,
+                body: EventBody::decode(subject.event_type, payload),
+                subject,
+            })),
+            Err(_) => match subject.split('.').collect::<Vec<_>>().as_slice() {
+                ["natster", "events", origin, target, catalog, _] => Decoded::Unknown {
+                    seq,
+                    origin: origin.to_string(),
+                    target: target.to_string(),
+                    catalog: catalog.to_string(),
+                },
+                _ => Decoded::Foreign { seq },
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,18 @@
 //! The domain, as plain data and pure functions: events and their subjects, the decision
-//! state and `decide`, read-model records. Nothing here touches NATS.
+//! state and `decide`, the records the read models store, the catalog-online rule, and the
+//! input rules. Nothing here touches NATS; everything here is deterministic.
 
 pub mod decide;
 pub mod event;
+pub mod online;
 pub mod records;
+pub mod state;
 pub mod validate;
 
-pub use decide::{decide, Command, Decision, DecisionState, Expectation, Rejection};
+pub use decide::{decide, Command, Decision, Expectation, Rejection};
 pub use event::{
-    ContextBoundData, Event, EventBody, EventSubject, EventType, InitData, NatsterContext, NONE,
+    ContextBoundData, Decoded, Event, EventBody, EventSubject, EventType, InitData, NatsterContext,
+    NONE,
 };
-pub use records::*;
+pub use records::{AccountRecord, CatalogRecord, OAuthRecord, ShareRef};
+pub use state::DecisionState;

@@ -1,4 +1,4 @@
-//! Input rules shared by the API and `decide`.
+//! Input rules shared by the API and `decide`: catalog names, OAuth ids, account keys.
 
 /// Longest catalog name accepted.
 pub const MAX_CATALOG_NAME: usize = 64;
@@ -31,9 +31,37 @@ pub fn oauth_id_problem(oauth_id: &str) -> Option<&'static str> {
     }
 }
 
+/// Returns true when `key` is a well-formed account public key (`A…`, checksum valid), as the
+/// original's `nkeys.IsValidPublicAccountKey` checks it: the curve point is not decoded (that
+/// costs more than the rest of a request and proves nothing the server has not).
+///
+/// The service uses this on the first subject token of every request: the export's token
+/// position makes the server put the importer's key there, but subjects published inside the
+/// service's own account are not rewritten, so the shape is still checked.
+pub fn is_account_public_key(key: &str) -> bool {
+    key.len() == 56
+        && key.starts_with('A')
+        && nkeys::from_public_key(key).is_ok_and(|(prefix, _)| {
+            nkeys::KeyPairType::from(prefix) == nkeys::KeyPairType::Account
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_keys_are_recognised() {
+        let account = nkeys::KeyPair::new_account();
+        assert!(is_account_public_key(&account.public_key()));
+        let user = nkeys::KeyPair::new_user();
+        assert!(!is_account_public_key(&user.public_key()));
+        let mut broken = account.public_key();
+        broken.replace_range(10..11, if &broken[10..11] == "A" { "B" } else { "A" });
+        assert!(!is_account_public_key(&broken));
+        assert!(!is_account_public_key("none"));
+        assert!(!is_account_public_key(""));
+    }
 
     #[test]
     fn catalog_names() {

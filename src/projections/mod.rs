@@ -1,15 +1,21 @@
-//! Read models projected from the event log. Each projection is a pure `apply` over one
-//! record (plus the counters it contributes to `stats`); [`runner`] is the shared shell that
-//! feeds them from a durable consumer.
+//! Read models projected from the streams. Each projection is a pure `apply` over one record
+//! (plus the counters it contributes to `stats`, and for the online projection the notices it
+//! announces); [`runner`] is the one shell that feeds every projection from its stream, and
+//! [`registry`] the one list of projections that the wiring, the probe, the metrics and the
+//! CLI take them from.
 
 pub mod accounts;
 pub mod catalogs;
 pub mod oauth;
+pub mod online;
 pub mod rebuild;
+pub mod registry;
 pub mod runner;
+pub mod status;
+pub mod stored;
 pub mod view;
 
-use crate::model::Event;
+use crate::model::{Decoded, Event};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Counters a projection contributes to `stats`, as changes.
@@ -17,6 +23,7 @@ use serde::{de::DeserializeOwned, Serialize};
 pub struct CountDelta {
     pub total_initialized: i64,
     pub share_count: i64,
+    pub running_catalogs: i64,
 }
 
 impl CountDelta {
@@ -32,6 +39,7 @@ impl std::ops::Sub for CountDelta {
         CountDelta {
             total_initialized: self.total_initialized - other.total_initialized,
             share_count: self.share_count - other.share_count,
+            running_catalogs: self.running_catalogs - other.running_catalogs,
         }
     }
 }
@@ -40,56 +48,100 @@ impl std::ops::AddAssign for CountDelta {
     fn add_assign(&mut self, other: CountDelta) {
         self.total_initialized += other.total_initialized;
         self.share_count += other.share_count;
+        self.running_catalogs += other.running_catalogs;
     }
 }
 
-/// One read model: which records an event touches and how it changes each of them.
+/// One read model: which records a stream message touches and how it changes each of them.
 ///
-/// Contract: `apply` is pure and deterministic (only event data and the stream timestamp);
-/// every record it returns has `applied_seq == event.seq`; the runner never calls it for an
-/// event at or below the record's `applied_seq`, so redelivery and replay change nothing.
+/// Contract: `apply` is pure and deterministic (only message data and the stream timestamp);
+/// a record it changes comes back stamped with the message's sequence (`applied_seq`), and a
+/// record it returns with an older `applied_seq` is unchanged (not written). The runner never
+/// calls it for a message at or below the record's `applied_seq`, so redelivery and replay
+/// change nothing.
 pub trait Projection: Send + Sync + 'static {
-    /// Name in metrics, the consumer name and the CLI.
+    /// Name in metrics, keys of `PROJ_STATS`, logs and the CLI.
     const NAME: &'static str;
     /// Bucket that holds the records.
     const BUCKET: &'static str;
+    /// One message of the projection's stream, decoded.
+    type Input: Send + Sync + 'static;
     /// One record.
     type Record: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync + std::fmt::Debug;
+    /// What the projection announces when a record changes in a way others must hear of
+    /// (`Infallible` for projections that announce nothing).
+    type Notice: Send + Sync + 'static;
 
-    /// Keys of the records `event` changes (none for events this projection ignores).
-    fn keys(event: &Event) -> Vec<String>;
+    /// Decodes a stored message of the stream; `None` for messages this projection ignores.
+    fn decode(seq: u64, time: i64, message: &async_nats::jetstream::Message)
+        -> Option<Self::Input>;
 
-    /// The record at `key` after `event`; `None` = no record.
-    fn apply(key: &str, record: Option<Self::Record>, event: &Event) -> Option<Self::Record>;
+    /// The stream sequence of `input`.
+    fn seq(input: &Self::Input) -> u64;
+
+    /// Keys of the records `input` changes (none for messages this projection ignores).
+    fn keys(input: &Self::Input) -> Vec<String>;
+
+    /// The record at `key` after `input`; `None` = no record.
+    fn apply(key: &str, record: Option<Self::Record>, input: &Self::Input) -> Option<Self::Record>;
+
+    /// [`Projection::apply`], and the notice the change brings, if any.
+    fn apply_announcing(
+        key: &str,
+        record: Option<Self::Record>,
+        input: &Self::Input,
+    ) -> (Option<Self::Record>, Option<Self::Notice>) {
+        (Self::apply(key, record, input), None)
+    }
 
     /// Last sequence applied to `record`.
     fn applied_seq(record: &Self::Record) -> u64;
 
-    /// What one record contributes to the counters; an event changes them by the record's
+    /// What one record contributes to the counters; a message changes them by the record's
     /// tally after it minus its tally before.
     fn tally(_record: Option<&Self::Record>) -> CountDelta {
         CountDelta::default()
     }
 }
 
-/// Folds `events` (in stream order) into `records`, exactly as the runner does batch by batch;
-/// returns the counter changes. Used by rebuilds, tests and the runner itself.
+/// The event log's messages as the log projections read them: events only.
+pub fn decode_event(
+    seq: u64,
+    time: i64,
+    message: &async_nats::jetstream::Message,
+) -> Option<Event> {
+    match Decoded::from_parts(seq, time, &message.subject, &message.payload) {
+        Decoded::Event(event) => Some(*event),
+        Decoded::Unknown { .. } | Decoded::Foreign { .. } => None,
+    }
+}
+
+/// Whether `apply` changed a record: it removed it, or stamped it with the message's sequence.
+pub fn changed<P: Projection>(existed: bool, after: Option<&P::Record>, seq: u64) -> bool {
+    match after {
+        None => existed,
+        Some(record) => P::applied_seq(record) == seq,
+    }
+}
+
+/// Folds `inputs` (in stream order) into `records`, exactly as the runner does batch by
+/// batch; returns the counter changes. Used by rebuilds and tests.
 pub fn fold<P: Projection>(
     records: &mut std::collections::BTreeMap<String, P::Record>,
-    events: &[Event],
+    inputs: &[P::Input],
 ) -> CountDelta {
     let mut delta = CountDelta::default();
-    for event in events {
-        for key in P::keys(event) {
+    for input in inputs {
+        for key in P::keys(input) {
             if records
                 .get(&key)
-                .is_some_and(|r| P::applied_seq(r) >= event.seq)
+                .is_some_and(|r| P::applied_seq(r) >= P::seq(input))
             {
                 continue;
             }
             let before = records.remove(&key);
             let tally_before = P::tally(before.as_ref());
-            let after = P::apply(&key, before, event);
+            let after = P::apply(&key, before, input);
             delta += P::tally(after.as_ref()) - tally_before;
             if let Some(record) = after {
                 records.insert(key, record);

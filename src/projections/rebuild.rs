@@ -1,21 +1,19 @@
-//! Rebuilding a projection from the log, and its status.
+//! Rebuilding a projection from the log.
 //!
 //! A rebuild seizes the projection's lease (the running holder notices at its next renewal
-//! and stands by), replays the log up to its current last sequence with an ordered consumer
-//! (no acks) into memory, then writes each rebuilt record over the stored one where the bytes
+//! and stands by), replays the log up to its current last sequence with the shared log reader
+//! into memory, then writes each rebuilt record over the stored one where the bytes
 //! differ and deletes records that no longer exist — readers always see a complete record, old
 //! or new, never a gap — sets the counters and checkpoint, and releases the lease; the next
 //! holder continues after the rebuilt checkpoint. Folding is the same code as the incremental
 //! runner, so the result is byte-identical.
 
-use super::runner::{self, checkpoint_key, counters_key, lease_key, Checkpoint, Counters};
+use super::stored::{checkpoint_key, counters_key, lease_key, rebuild_key, Checkpoint, Counters};
 use super::{fold, Projection};
-use crate::events::{decode, Decoded};
-use crate::lease::{self, Lease};
-use crate::model::Event;
-use async_nats::jetstream::{consumer, kv, stream};
-use bytes::Bytes;
-use futures::StreamExt;
+use crate::store::lease::{instance_id, Lease};
+use crate::store::log::LogReader;
+use crate::store::{kv, StoreError};
+use async_nats::jetstream::{kv::Store as Bucket, stream};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -38,14 +36,14 @@ pub struct RebuildReport {
 /// Rebuilds projection `P`; `progress(done, total)` is called as events are replayed.
 pub async fn rebuild<P: Projection>(
     events: &stream::Stream,
-    records: &kv::Store,
-    stats: &kv::Store,
+    records: &Bucket,
+    stats: &Bucket,
     mut progress: impl FnMut(u64, u64),
-) -> Result<RebuildReport, String> {
+) -> Result<RebuildReport, StoreError> {
     let mut lease = Lease::new(
         stats.clone(),
         lease_key(P::NAME),
-        format!("rebuild@{}", runner::instance_id()),
+        format!("rebuild@{}", instance_id()),
         Duration::from_secs(600),
     );
     // A holder that was mid-batch may still write that batch after this; its writes are
@@ -98,11 +96,6 @@ impl RebuildProgress {
     }
 }
 
-/// Key of a projection's rebuild progress.
-pub fn rebuild_key(name: &str) -> String {
-    format!("rebuild.{name}")
-}
-
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -111,162 +104,102 @@ fn unix_ms() -> u64 {
 }
 
 /// Writes a rebuild progress record; a failure only costs the dashboards an update.
-async fn report_progress(stats: &kv::Store, name: &str, done: u64, total: u64, running: bool) {
+async fn report_progress(stats: &Bucket, name: &str, done: u64, total: u64, running: bool) {
     let record = RebuildProgress {
         running,
         done,
         total,
         updated_unix_ms: unix_ms(),
     };
-    let bytes = serde_json::to_vec(&record).expect("progress serializes");
-    if let Err(error) = stats.put(rebuild_key(name), bytes.into()).await {
+    if let Err(error) = kv::put(stats, &rebuild_key(name), kv::encode(&record)).await {
         tracing::debug!(%error, "writing rebuild progress");
     }
 }
 
+/// The log as it was when the rebuild began, folded in memory.
+struct Replayed<P: Projection> {
+    records: BTreeMap<String, P::Record>,
+    counts: super::CountDelta,
+    /// Messages replayed.
+    messages: u64,
+    /// The log's last sequence when the rebuild began.
+    last_seq: u64,
+}
+
+/// Replays the log up to its last sequence now into memory, reporting progress.
+async fn replay<P: Projection>(
+    events: &stream::Stream,
+    stats: &Bucket,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<Replayed<P>, StoreError> {
+    let state = events
+        .clone()
+        .info()
+        .await
+        .map_err(|e| StoreError::unavailable("read the event log's state", e))?
+        .state
+        .clone();
+    let (last_seq, total) = (state.last_sequence, state.messages);
+    let mut replayed = Replayed {
+        records: BTreeMap::new(),
+        counts: super::CountDelta::default(),
+        messages: 0,
+        last_seq,
+    };
+    let mut reader = LogReader::new(events.clone(), 1, P::decode, 1024).up_to(last_seq);
+    let mut reported = std::time::Instant::now();
+    while reader.position() < last_seq {
+        let chunk = reader.next_chunk().await?;
+        replayed.messages += chunk.read as u64;
+        replayed.counts += fold::<P>(&mut replayed.records, &chunk.items);
+        progress(replayed.messages, total);
+        if reported.elapsed() >= PROGRESS_EVERY {
+            report_progress(stats, P::NAME, replayed.messages, total, true).await;
+            reported = std::time::Instant::now();
+        }
+    }
+    progress(replayed.messages, total);
+    Ok(replayed)
+}
+
+/// Writes the replayed records over the stored ones (only where the bytes differ), deletes
+/// records that no longer exist, then sets the counters and the checkpoint.
 async fn rebuild_leased<P: Projection>(
     events: &stream::Stream,
-    records: &kv::Store,
-    stats: &kv::Store,
+    records: &Bucket,
+    stats: &Bucket,
     progress: &mut impl FnMut(u64, u64),
-) -> Result<RebuildReport, String> {
-    let mut events = events.clone();
-    let info = events.info().await.map_err(|e| e.to_string())?.clone();
-    let last_seq = info.state.last_sequence;
-    let total = info.state.messages;
-    let mut rebuilt: BTreeMap<String, P::Record> = BTreeMap::new();
-    let mut counts = super::CountDelta::default();
-    let mut replayed = 0u64;
-    let mut reported = std::time::Instant::now();
-    if last_seq > 0 {
-        let consumer = events
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        let mut chunk: Vec<Event> = Vec::with_capacity(1024);
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| e.to_string())?;
-            let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
-            if seq > last_seq {
-                break;
-            }
-            if let Some(Decoded::Event(event)) = decode(&message) {
-                chunk.push(*event);
-            }
-            replayed += 1;
-            if chunk.len() == chunk.capacity() || seq == last_seq {
-                counts += fold::<P>(&mut rebuilt, &chunk);
-                chunk.clear();
-                progress(replayed, total);
-                if reported.elapsed() >= PROGRESS_EVERY {
-                    report_progress(stats, P::NAME, replayed, total, true).await;
-                    reported = std::time::Instant::now();
-                }
-            }
-            if seq == last_seq {
-                break;
-            }
-        }
-        counts += fold::<P>(&mut rebuilt, &chunk);
-    }
-    progress(replayed, total);
-
+) -> Result<RebuildReport, StoreError> {
+    let replayed = replay::<P>(events, stats, progress).await?;
     let mut report = RebuildReport {
         projection: P::NAME,
-        events: replayed,
-        last_seq,
+        events: replayed.messages,
+        last_seq: replayed.last_seq,
         ..Default::default()
     };
-    let mut stored_keys = Vec::new();
-    if let Ok(mut keys) = records.keys().await {
-        while let Some(key) = keys.next().await {
-            stored_keys.push(key.map_err(|e| e.to_string())?);
-        }
-    }
-    for (key, record) in &rebuilt {
-        let bytes = Bytes::from(serde_json::to_vec(record).map_err(|e| e.to_string())?);
-        let stored = records.get(key).await.map_err(|e| e.to_string())?;
-        if stored.as_ref() == Some(&bytes) {
+    let stored_keys = kv::keys(records).await?;
+    for (key, record) in &replayed.records {
+        let bytes = kv::encode(record);
+        if kv::get(records, key).await?.as_ref() == Some(&bytes) {
             report.unchanged += 1;
         } else {
-            records.put(key, bytes).await.map_err(|e| e.to_string())?;
+            kv::put(records, key, bytes).await?;
             report.written += 1;
         }
     }
-    for key in stored_keys.iter().filter(|k| !rebuilt.contains_key(*k)) {
-        records.delete(key).await.map_err(|e| e.to_string())?;
+    for key in stored_keys
+        .iter()
+        .filter(|k| !replayed.records.contains_key(*k))
+    {
+        kv::delete(records, key).await?;
         report.deleted += 1;
     }
-    let counters = Counters {
-        counted_seq: last_seq,
-        total_initialized: counts.total_initialized,
-        share_count: counts.share_count,
-        running_catalogs: 0,
-    };
-    stats
-        .put(
-            counters_key(P::NAME),
-            serde_json::to_vec(&counters)
-                .map_err(|e| e.to_string())?
-                .into(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let counters = Counters::default().advanced(replayed.counts, replayed.last_seq);
+    kv::put(stats, &counters_key(P::NAME), kv::encode(&counters)).await?;
     let checkpoint = Checkpoint {
-        applied_seq: last_seq,
-        instance: format!("rebuild@{}", runner::instance_id()),
+        applied_seq: replayed.last_seq,
+        instance: format!("rebuild@{}", instance_id()),
     };
-    stats
-        .put(
-            checkpoint_key(P::NAME),
-            serde_json::to_vec(&checkpoint)
-                .map_err(|e| e.to_string())?
-                .into(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    kv::put(stats, &checkpoint_key(P::NAME), kv::encode(&checkpoint)).await?;
     Ok(report)
-}
-
-/// One projection's state as `projections status` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ProjectionStatus {
-    pub projection: String,
-    /// The stream it applies (`NATSTER_EVENTS`, or `NATSTER_ONLINE` for `online`); sequences
-    /// below are that stream's.
-    pub stream: String,
-    pub applied_seq: u64,
-    pub stream_last_seq: u64,
-    pub lag_events: u64,
-    /// Instance that wrote the last checkpoint.
-    pub instance: String,
-    /// Who holds the projection's lease now (empty when nobody does).
-    pub holder: String,
-}
-
-/// Status of projection `name`, which applies stream `events`.
-pub async fn status(
-    events: &stream::Stream,
-    stats: &kv::Store,
-    name: &str,
-) -> Result<ProjectionStatus, String> {
-    let mut events = events.clone();
-    let info = events.info().await.map_err(|e| e.to_string())?;
-    let (stream, last) = (info.config.name.clone(), info.state.last_sequence);
-    let (checkpoint, _) = runner::load::<Checkpoint>(stats, &checkpoint_key(name)).await?;
-    let checkpoint = checkpoint.unwrap_or_default();
-    let holder = lease::holder(stats, &lease_key(name)).await;
-    Ok(ProjectionStatus {
-        projection: name.to_string(),
-        stream,
-        applied_seq: checkpoint.applied_seq,
-        stream_last_seq: last,
-        lag_events: last.saturating_sub(checkpoint.applied_seq),
-        instance: checkpoint.instance,
-        holder: holder.map(|h| h.owner).unwrap_or_default(),
-    })
 }

@@ -2,7 +2,8 @@
 //! current by a KV watch: `stats` answers from it without I/O, and read ops wait on it for
 //! `Natster-Min-Seq`.
 
-use super::runner::{Checkpoint, Counters};
+use super::stored::{Checkpoint, Counters};
+use crate::store::{kv as store_kv, StoreError};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -61,15 +62,10 @@ impl StatsView {
     pub async fn start(
         stats: kv::Store,
         stop: tokio_util::sync::CancellationToken,
-    ) -> Result<StatsView, String> {
+    ) -> Result<StatsView, StoreError> {
         let mut initial = StatsSnapshot::default();
-        let mut keys = stats.keys().await.map_err(|e| e.to_string())?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(|e| e.to_string())?);
-        }
-        for key in names {
-            if let Some(value) = stats.get(&key).await.map_err(|e| e.to_string())? {
+        for key in store_kv::keys(&stats).await? {
+            if let Some(value) = store_kv::get(&stats, &key).await? {
                 initial.absorb(&key, &value);
             }
         }
@@ -77,7 +73,7 @@ impl StatsView {
         let mut updates = stats
             .watch_with_history(">")
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| StoreError::unavailable("watch PROJ_STATS", e))?;
         tokio::spawn(async move {
             loop {
                 let entry = tokio::select! {

@@ -1,103 +1,96 @@
-//! An instance's background work: the three log projections, the online projector, the share
-//! feed and, when configured, the auto-share reactor. Each holds a lease or a pinned consumer,
-//! so with several instances running each piece of work is done by one of them at a time; all
-//! of them end when the stop token is cancelled.
+//! An instance's background work: every projection of the registry in the shared runner, the
+//! share notices and, when configured, the auto-share reactor. Each holds a lease or a pinned
+//! consumer, so with several instances running each piece of work is done by one of them at a
+//! time; all of them end when the stop token is cancelled.
 
-use crate::config::ServiceConfig;
-use crate::decider::Decider;
-use crate::feeds::Feeds;
+use super::ServiceConfig;
+use crate::projections::registry::{ProjectionName, SourceStream};
+use crate::projections::runner::{Announce, Progress, ProjectionRunner, Silent};
+use crate::projections::Projection;
 use crate::projections::{
-    accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, runner, Projection,
+    accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, online::Online,
 };
-use crate::store::Store;
+use crate::reactions::{autoshare, share_notices, Feeds};
+use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
+use crate::write::Decider;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The spawned tasks, and each log projection's applied sequence (for read-your-writes waits).
+/// The spawned tasks, and each event-log projection's applied sequence (for waits on a
+/// sequence of the event log).
 pub(super) struct Started {
     pub tasks: Vec<JoinHandle<()>>,
     pub progress: Vec<(&'static str, watch::Receiver<u64>)>,
 }
 
+/// What background work needs of the instance.
+pub(super) struct Parts<'a> {
+    pub store: &'a Store,
+    pub decider: &'a Decider,
+    pub feeds: &'a Feeds,
+    pub config: &'a ServiceConfig,
+    pub metrics: &'a Metrics,
+    pub stop: &'a CancellationToken,
+}
+
 /// Spawns all background work of one instance.
-pub(super) fn spawn_all(
-    store: &Store,
-    decider: &Decider,
-    feeds: &Feeds,
-    config: &ServiceConfig,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-) -> Started {
-    let mut tasks = Vec::new();
-    let progress = vec![
-        spawn_runner::<Accounts>(
-            store,
-            store.accounts.clone(),
-            config,
-            metrics,
-            stop,
-            &mut tasks,
-        ),
-        spawn_runner::<Catalogs>(
-            store,
-            store.catalogs.clone(),
-            config,
-            metrics,
-            stop,
-            &mut tasks,
-        ),
-        spawn_runner::<OAuthIndex>(
-            store,
-            store.oauth.clone(),
-            config,
-            metrics,
-            stop,
-            &mut tasks,
-        ),
-    ];
-    let takeover = config.runner.takeover_after;
-    if let Some(hub) = config.hub.clone() {
-        let (events, decider) = (store.events.clone(), decider.clone());
-        let stop = stop.clone();
-        tasks.push(spawn_restarting(
+pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
+    let mut started = Started {
+        tasks: Vec::new(),
+        progress: Vec::new(),
+    };
+    let store = parts.store;
+    for name in ProjectionName::ALL {
+        let (events, tasks) = (&store.events, &mut started.tasks);
+        let applied = match name {
+            ProjectionName::Accounts => {
+                spawn_runner::<Accounts>(parts, events, &store.accounts, Arc::new(Silent), tasks)
+            }
+            ProjectionName::Catalogs => {
+                spawn_runner::<Catalogs>(parts, events, &store.catalogs, Arc::new(Silent), tasks)
+            }
+            ProjectionName::OAuth => {
+                spawn_runner::<OAuthIndex>(parts, events, &store.oauth, Arc::new(Silent), tasks)
+            }
+            ProjectionName::Online => {
+                let feeds = Arc::new(parts.feeds.clone());
+                spawn_runner::<Online>(parts, &store.online, &store.online_records, feeds, tasks)
+            }
+        };
+        if name.source() == SourceStream::Events {
+            started.progress.push((name.as_str(), applied));
+        }
+    }
+    let takeover = parts.config.runner.takeover_after;
+    let events = parts.store.events.clone();
+    if let Some(hub) = parts.config.hub.clone() {
+        let (events, decider, stop) = (events.clone(), parts.decider.clone(), parts.stop.clone());
+        started.tasks.push(spawn_restarting(
             "auto-share reactor",
-            stop.clone(),
+            parts.stop.clone(),
             takeover / 4,
             move || {
                 let (events, decider, hub, stop) =
                     (events.clone(), decider.clone(), hub.clone(), stop.clone());
-                async move { crate::reactor::run(&events, decider, hub, takeover, stop).await }
+                async move { autoshare::run(&events, decider, hub, takeover, stop).await }
             },
         ));
     }
-    tasks.push(tokio::spawn(
-        crate::online::projector::OnlineProjector {
-            online: store.online.clone(),
-            records: store.online_records.clone(),
-            stats: store.stats.clone(),
-            feeds: feeds.clone(),
-            takeover_after: takeover,
-            applied: metrics.projection_applied(crate::online::projector::NAME),
-        }
-        .run(stop.clone()),
+    let (feeds, stop) = (parts.feeds.clone(), parts.stop.clone());
+    started.tasks.push(spawn_restarting(
+        "share notices",
+        parts.stop.clone(),
+        takeover / 4,
+        move || {
+            let (events, feeds, stop) = (events.clone(), feeds.clone(), stop.clone());
+            async move { share_notices::run(&events, feeds, takeover, stop).await }
+        },
     ));
-    {
-        let (events, feeds) = (store.events.clone(), feeds.clone());
-        let stop = stop.clone();
-        tasks.push(spawn_restarting(
-            "share feed",
-            stop.clone(),
-            takeover / 4,
-            move || {
-                let (events, feeds, stop) = (events.clone(), feeds.clone(), stop.clone());
-                async move { crate::share_feed::run(&events, feeds, takeover, stop).await }
-            },
-        ));
-    }
-    Started { tasks, progress }
+    started
 }
 
 /// Runs `task` until `stop` is cancelled, starting it over `pause` after each failure (a broken
@@ -110,7 +103,7 @@ fn spawn_restarting<F, Fut>(
 ) -> JoinHandle<()>
 where
     F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
+    Fut: Future<Output = Result<(), StoreError>> + Send,
 {
     tokio::spawn(async move {
         while let Err(error) = task().await {
@@ -123,26 +116,23 @@ where
     })
 }
 
+/// Spawns the runner of `P` over `stream` into `records`; returns its applied sequence.
 fn spawn_runner<P: Projection>(
-    store: &Store,
-    records: async_nats::jetstream::kv::Store,
-    config: &ServiceConfig,
-    metrics: &Metrics,
-    stop: &CancellationToken,
+    parts: &Parts<'_>,
+    stream: &async_nats::jetstream::stream::Stream,
+    records: &async_nats::jetstream::kv::Store,
+    announce: Arc<dyn Announce<P::Notice>>,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> (&'static str, watch::Receiver<u64>) {
+) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0);
-    let progress = runner::Progress::new(tx).counting(metrics.projection_applied(P::NAME));
-    let events = store.events.clone();
-    let stats = store.stats.clone();
-    let runner_config = config.runner.clone();
-    let stop = stop.clone();
-    tasks.push(tokio::spawn(async move {
-        if let Err(error) =
-            runner::run::<P>(&events, records, stats, runner_config, progress, stop).await
-        {
-            tracing::error!(%error, "projection runner stopped");
-        }
-    }));
-    (P::NAME, rx)
+    let runner = ProjectionRunner::<P> {
+        stream: stream.clone(),
+        records: records.clone(),
+        stats: parts.store.stats.clone(),
+        config: parts.config.runner.clone(),
+        progress: Progress::new(tx, parts.metrics.projection_applied(P::NAME)),
+        announce,
+    };
+    tasks.push(tokio::spawn(runner.run(parts.stop.clone())));
+    rx
 }

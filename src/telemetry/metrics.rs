@@ -22,18 +22,6 @@ pub const REQUEST_DURATION_BUCKETS: [f64; 15] = [
     5.0,
 ];
 
-/// The read models (label `projection`).
-pub const PROJECTIONS: [&str; 4] = ["accounts", "catalogs", "oauth", "online"];
-
-/// The feed message kinds (label `kind`).
-pub const FEED_KINDS: [&str; 5] = [
-    "heartbeat",
-    "catalog_online",
-    "catalog_offline",
-    "catalog_shared",
-    "catalog_unshared",
-];
-
 /// `op` and reply `code` of a request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -43,7 +31,7 @@ pub struct RequestLabels {
 
 /// An event type (`natster_initialized`, …), as label `type`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventType {
+pub struct EventTypeLabels {
     pub r#type: &'static str,
 }
 
@@ -80,9 +68,9 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
-    pub events_appended: Family<EventType, Counter>,
+    pub events_appended: Family<EventTypeLabels, Counter>,
     pub rejections: Family<RejectionLabels, Counter>,
-    pub append_conflicts: Family<EventType, Counter>,
+    pub append_conflicts: Family<EventTypeLabels, Counter>,
     pub projection_events_applied: Family<ProjectionLabels, Counter>,
     pub projection_applied_sequence: Family<ProjectionLabels, Gauge>,
     pub projection_lag_events: Family<ProjectionLabels, Gauge>,
@@ -107,8 +95,9 @@ fn request_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Creates every series and registers it in a new registry (prefix `natster`).
-    pub fn new() -> (Metrics, Registry) {
+    /// Creates every series and registers it in a new registry (prefix `natster`); the
+    /// per-projection series of `projections` start at zero.
+    pub fn new(projections: &[&'static str]) -> (Metrics, Registry) {
         let mut registry = Registry::with_prefix("natster");
         let metrics = Metrics {
             requests: Family::default(),
@@ -139,10 +128,19 @@ impl Metrics {
             "The running build (value 1)",
             Info::new(BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
-                service: crate::service::SERVICE_NAME,
+                service: crate::contract::SERVICE_NAME,
             }),
         );
-        let m = metrics.clone();
+        metrics.register_requests(&mut registry);
+        metrics.register_projections(&mut registry);
+        metrics.register_state(&mut registry);
+        metrics.start_series_at_zero(projections);
+        (metrics, registry)
+    }
+
+    /// Requests, appends and refusals.
+    fn register_requests(&self, registry: &mut Registry) {
+        let m = self.clone();
         registry.register(
             "requests",
             "Requests answered, by op and reply code",
@@ -169,6 +167,11 @@ impl Metrics {
             "Appends refused because another append won the race (the decision was re-run), by event type",
             m.append_conflicts,
         );
+    }
+
+    /// How far each projection is.
+    fn register_projections(&self, registry: &mut Registry) {
+        let m = self.clone();
         registry.register(
             "projection_events_applied",
             "Log messages applied by this instance, by projection",
@@ -200,6 +203,11 @@ impl Metrics {
             "Share of the log replayed by the running or last rebuild (0 to 1)",
             m.projection_rebuild_progress_ratio,
         );
+    }
+
+    /// The read models' totals, codes, heartbeats, feeds and the connection.
+    fn register_state(&self, registry: &mut Registry) {
+        let m = self.clone();
         registry.register("catalogs_online", "Catalogs online now", m.catalogs_online);
         registry.register(
             "accounts_initialized",
@@ -243,25 +251,24 @@ impl Metrics {
             m.nats_reconnects,
         );
         registry.register("ready", "1 while /readyz answers 200", m.ready);
-        metrics.start_series_at_zero();
-        (metrics, registry)
     }
 
     /// Creates every series whose labels are known in advance, at zero: a series that exists
     /// from the start makes `rate()` and alert rules work before the first event of its kind.
-    fn start_series_at_zero(&self) {
+    fn start_series_at_zero(&self, projections: &[&'static str]) {
         use crate::model::EventType as Kind;
         for kind in Kind::ALL {
             let r#type = kind.as_str();
-            let _ = self.events_appended.get_or_create(&EventType { r#type });
-            let _ = self.append_conflicts.get_or_create(&EventType { r#type });
+            let labels = EventTypeLabels { r#type };
+            let _ = self.events_appended.get_or_create(&labels);
+            let _ = self.append_conflicts.get_or_create(&labels);
             for reason in ["bad_request", "forbidden", "not_found", "conflict"] {
                 let _ = self
                     .rejections
                     .get_or_create(&RejectionLabels { r#type, reason });
             }
         }
-        for projection in PROJECTIONS {
+        for &projection in projections {
             let labels = ProjectionLabels { projection };
             let _ = self.projection_events_applied.get_or_create(&labels);
             let _ = self.projection_applied_sequence.get_or_create(&labels);
@@ -272,10 +279,11 @@ impl Metrics {
                 .projection_rebuild_progress_ratio
                 .get_or_create(&labels);
         }
-        for kind in FEED_KINDS {
+        for kind in crate::contract::FeedKind::ALL {
+            let kind = kind.as_str();
             let _ = self.feed_messages_sent.get_or_create(&FeedLabels { kind });
         }
-        for op in crate::api::Op::ALL {
+        for op in crate::contract::Op::ALL {
             let labels = RequestLabels {
                 op: op.name(),
                 code: 200,
@@ -316,11 +324,11 @@ mod tests {
 
     #[test]
     fn names_follow_prometheus_rules() {
-        let (metrics, registry) = Metrics::new();
+        let (metrics, registry) = Metrics::new(&["accounts"]);
         metrics.observe_request("whoami", 200, std::time::Duration::from_micros(300));
         metrics
             .events_appended
-            .get_or_create(&EventType {
+            .get_or_create(&EventTypeLabels {
                 r#type: "catalog_shared",
             })
             .inc();

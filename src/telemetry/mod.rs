@@ -1,4 +1,6 @@
-//! Telemetry: Prometheus metrics, liveness and readiness, and logging set-up.
+//! Telemetry: Prometheus metrics, liveness and readiness, the operator's HTTP endpoints, and
+//! logging set-up. It knows nothing of the service's parts: the service installs a
+//! [`ReadinessProbe`] once it has started.
 //!
 //! One [`Telemetry`] lives as long as the process. It is created before the NATS connection
 //! (so `/healthz` answers and `/readyz` explains while the service connects and ensures its
@@ -7,10 +9,10 @@
 pub mod http;
 pub mod logging;
 pub mod metrics;
-pub mod probe;
+mod readiness;
 
 pub use metrics::Metrics;
-pub use probe::{Probe, Readiness};
+pub use readiness::{ProjectionLag, Readiness, ReadinessProbe};
 
 use prometheus_client::registry::Registry;
 use std::sync::{Mutex, OnceLock};
@@ -31,15 +33,15 @@ pub struct Telemetry {
     pub metrics: Metrics,
     registry: Registry,
     phase: Mutex<Phase>,
-    probe: OnceLock<Probe>,
+    probe: OnceLock<Box<dyn ReadinessProbe>>,
     /// `/readyz` fails while a projection lags more than this many events.
     pub max_ready_lag: u64,
 }
 
 impl Telemetry {
-    /// Fresh metrics, in phase [`Phase::Starting`].
-    pub fn new(max_ready_lag: u64) -> Telemetry {
-        let (metrics, registry) = Metrics::new();
+    /// Fresh metrics (with series for `projections`), in phase [`Phase::Starting`].
+    pub fn new(max_ready_lag: u64, projections: &[&'static str]) -> Telemetry {
+        let (metrics, registry) = Metrics::new(projections);
         Telemetry {
             metrics,
             registry,
@@ -66,7 +68,7 @@ impl Telemetry {
     }
 
     /// Installs the probe of the started service (the first one wins).
-    pub fn install_probe(&self, probe: Probe) {
+    pub fn install_probe(&self, probe: Box<dyn ReadinessProbe>) {
         let _ = self.probe.set(probe);
     }
 

@@ -1,9 +1,9 @@
 //! Every op through imports from real user accounts: happy paths and every rejection code.
 
 use anyhow::{Context, Result};
-use natster_global::api::Envelope;
-use natster_global::bootstrap::WEB;
-use natster_global::testkit::{call, events_last_seq, init_data, put_event, seq_of, Harness};
+use natster_global::contract::Envelope;
+use natster_global::tooling::bootstrap::WEB;
+use natster_testkit::{call, events_last_seq, init_data, put_event, seq_of, Harness};
 use serde_json::{json, Value};
 
 fn assert_code(envelope: &Envelope, code: u16) {

@@ -3,7 +3,7 @@
 //! `call watch` following the feed.
 
 use anyhow::{Context, Result};
-use natster_global::testkit::{init_data, Harness};
+use natster_testkit::{init_data, Harness};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -236,28 +236,16 @@ async fn call_watch_follows_the_feed_until_ctrl_c() -> Result<()> {
 
     let alice = h.connect("alice").await?;
     let bob = h.connect("bob").await?;
-    natster_global::testkit::seq_of(
-        &natster_global::testkit::put_event(
-            &alice,
-            "natster_initialized",
-            "none",
-            "none",
-            init_data(&a),
-        )
-        .await?,
+    natster_testkit::seq_of(
+        &natster_testkit::put_event(&alice, "natster_initialized", "none", "none", init_data(&a))
+            .await?,
     )?;
-    natster_global::testkit::seq_of(
-        &natster_global::testkit::put_event(
-            &bob,
-            "natster_initialized",
-            "none",
-            "none",
-            init_data(&b),
-        )
-        .await?,
+    natster_testkit::seq_of(
+        &natster_testkit::put_event(&bob, "natster_initialized", "none", "none", init_data(&b))
+            .await?,
     )?;
-    natster_global::testkit::seq_of(
-        &natster_global::testkit::put_event(
+    natster_testkit::seq_of(
+        &natster_testkit::put_event(
             &alice,
             "catalog_shared",
             "films",

@@ -1,9 +1,9 @@
 //! The `bootstrap` and `dev` subcommands as a newcomer runs them.
 
 use anyhow::{Context, Result};
-use natster_global::bootstrap::{read_index, NATSTER};
-use natster_global::natsd::{free_port, NatsServer, ServerSpec};
-use natster_global::testkit::connect_creds;
+use natster_global::tooling::bootstrap::{read_index, NATSTER};
+use natster_global::tooling::natsd::{free_port, NatsServer, ServerSpec};
+use natster_testkit::connect_creds;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -3,10 +3,11 @@
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use natster_global::bootstrap::WEB;
 use natster_global::client::{ClientErrorKind, FeedMessage, GlobalClient};
-use natster_global::model::{HeartbeatRequest, InitData, NatsterContext};
-use natster_global::testkit::Harness;
+use natster_global::contract::HeartbeatRequest;
+use natster_global::model::{InitData, NatsterContext};
+use natster_global::tooling::bootstrap::WEB;
+use natster_testkit::Harness;
 use std::time::Duration;
 
 fn init(key: &str, name: &str) -> InitData {

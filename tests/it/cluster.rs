@@ -4,12 +4,13 @@
 
 use anyhow::Result;
 use async_nats::jetstream;
-use natster_global::api::Envelope;
-use natster_global::bootstrap::{World, NATSTER};
-use natster_global::config::ServiceConfig;
+use natster_global::contract::Envelope;
 use natster_global::service::GlobalService;
-use natster_global::store::{StoreConfig, EVENTS_STREAM};
-use natster_global::testkit::{connect_creds, Cluster};
+use natster_global::service::ServiceConfig;
+use natster_global::service::StoreConfig;
+use natster_global::test_util::EVENTS_STREAM;
+use natster_global::tooling::bootstrap::{World, NATSTER};
+use natster_testkit::{connect_creds, Cluster};
 
 #[tokio::test]
 async fn three_node_cluster_serves_the_world_with_replicated_resources() -> Result<()> {

@@ -5,8 +5,8 @@
 //! they accept, the original client accepts.
 
 use anyhow::{Context, Result};
-use natster_global::bootstrap::WEB;
-use natster_global::testkit::Harness;
+use natster_global::tooling::bootstrap::WEB;
+use natster_testkit::Harness;
 use serde::Deserialize;
 use std::time::Duration;
 

@@ -2,11 +2,11 @@
 //! describes exactly the subjects served, and live messages from a real server validate.
 
 use anyhow::{Context, Result};
-use natster_global::api::Op;
-use natster_global::bootstrap::WEB;
 use natster_global::contract;
-use natster_global::telemetry::metrics::FEED_KINDS;
-use natster_global::testkit::{init_data, put_event, seq_of, FeedReader, Harness};
+use natster_global::contract::FeedKind;
+use natster_global::contract::Op;
+use natster_global::tooling::bootstrap::WEB;
+use natster_testkit::{init_data, put_event, seq_of, FeedReader, Harness};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -24,12 +24,12 @@ fn load(name: &str) -> Result<Value> {
 
 #[test]
 fn checked_in_schemas_equal_the_generated_ones() -> Result<()> {
-    let generated = contract::schemas();
+    let generated = contract::schemas::schemas();
     for (name, schema) in &generated {
         let path = schemas_dir().join(name);
         let stored = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
-            stored == contract::file_text(schema),
+            stored == contract::schemas::file_text(schema),
             "schemas/{name} is out of date: run `cargo run -- schemas`"
         );
     }
@@ -44,6 +44,14 @@ fn checked_in_schemas_equal_the_generated_ones() -> Result<()> {
 
 #[test]
 fn asyncapi_describes_exactly_the_served_subjects() -> Result<()> {
+    const FEED_KINDS: [&str; 5] = [
+        "heartbeat",
+        "catalog_online",
+        "catalog_offline",
+        "catalog_shared",
+        "catalog_unshared",
+    ];
+    assert_eq!(FEED_KINDS, FeedKind::ALL.map(FeedKind::as_str));
     let text = std::fs::read_to_string(schemas_dir().join("asyncapi.yaml"))?;
     let doc: Value = serde_norway::from_str(&text)?;
     assert_eq!(doc["asyncapi"], "3.0.0");
@@ -254,7 +262,7 @@ async fn live_messages_from_a_real_server_match_the_schemas() -> Result<()> {
     // Event payloads as stored.
     let js = h.service_js().await?;
     let events = js.get_stream("NATSTER_EVENTS").await?;
-    let last = natster_global::testkit::events_last_seq(&js).await?;
+    let last = natster_testkit::events_last_seq(&js).await?;
     let mut kinds = BTreeSet::new();
     for seq in 1..=last {
         let message = events.get_raw_message(seq).await?;

@@ -3,15 +3,13 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use natster_global::bootstrap::NATSTER;
 use natster_global::model::{Event, EventBody, EventSubject};
-use natster_global::projections::{
-    accounts::Accounts, catalogs::Catalogs, fold, oauth::OAuthIndex,
+use natster_global::test_util::{
+    checkpoint, counters_key, fold, Accounts, Catalogs, CountDelta, Counters, OAuthIndex,
+    Projection,
 };
-use natster_global::projections::{runner, Projection};
-use natster_global::testkit::{
-    dump_bucket, mixed_event_log, publish_log, stream_last_seq, TestWorld,
-};
+use natster_global::tooling::bootstrap::NATSTER;
+use natster_testkit::{dump_bucket, mixed_event_log, publish_log, stream_last_seq, TestWorld};
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,9 +52,10 @@ async fn checkpoints(stats: &jetstream::kv::Store) -> Result<Vec<u64>> {
     let mut out = Vec::new();
     for name in [Accounts::NAME, Catalogs::NAME, OAuthIndex::NAME] {
         out.push(
-            runner::checkpoint(stats, name)
+            checkpoint(stats, name)
                 .await
-                .map_err(anyhow::Error::msg)?,
+                .map_err(anyhow::Error::msg)?
+                .applied_seq,
         );
     }
     Ok(out)
@@ -70,12 +69,9 @@ async fn record_writes(js: &jetstream::Context) -> Result<u64> {
         .unwrap_or(0))
 }
 
-fn expected<P: Projection>(
+fn expected<P: Projection<Input = Event>>(
     events: &[Event],
-) -> (
-    BTreeMap<String, Vec<u8>>,
-    natster_global::projections::CountDelta,
-) {
+) -> (BTreeMap<String, Vec<u8>>, CountDelta) {
     let mut records = BTreeMap::new();
     let counts = fold::<P>(&mut records, events);
     let bytes = records
@@ -187,10 +183,10 @@ async fn kill_9_during_a_backlog_then_restart_equals_a_clean_rebuild() -> Result
     );
     let counters = |name: &str| {
         let stats = stats.clone();
-        let key = runner::counters_key(name);
+        let key = counters_key(name);
         async move {
             let value = stats.get(&key).await?.context("counters")?;
-            Ok::<runner::Counters, anyhow::Error>(serde_json::from_slice(&value)?)
+            Ok::<Counters, anyhow::Error>(serde_json::from_slice(&value)?)
         }
     };
     let a = counters(Accounts::NAME).await?;

@@ -5,9 +5,9 @@
 use anyhow::{Context, Result};
 use data_encoding::BASE64URL_NOPAD;
 use futures::StreamExt;
-use natster_global::auth::{self, ExportType, Import};
-use natster_global::bootstrap::{Role, NATSTER, SYS};
-use natster_global::testkit::{sync, TestWorld};
+use natster_global::tooling::bootstrap::{Role, NATSTER, SYS};
+use natster_global::tooling::jwt::{self as auth, ExportType, Import};
+use natster_testkit::{sync, TestWorld};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -222,7 +222,7 @@ async fn connect_carries_the_jwt_and_a_nonce_signature_but_no_seed() -> Result<(
 
     let creds_path = tw.world.creds_path("alice");
     let creds = auth::parse_creds(&std::fs::read_to_string(&creds_path)?).context("creds")?;
-    let client = natster_global::testkit::connect_creds(
+    let client = natster_testkit::connect_creds(
         &format!("nats://127.0.0.1:{proxy_port}"),
         &creds_path,
         "alice-via-proxy",

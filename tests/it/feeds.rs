@@ -1,7 +1,7 @@
 //! Feeds reach exactly the intended accounts, once per fact, with two service instances.
 
 use anyhow::Result;
-use natster_global::testkit::{call, init_data, put_event, seq_of, FeedReader, Harness};
+use natster_testkit::{call, init_data, put_event, seq_of, FeedReader, Harness};
 use serde_json::{json, Value};
 use std::time::Duration;
 

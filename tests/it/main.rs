@@ -2,6 +2,7 @@
 //! nats-servers with real JWT accounts. Each module is one area of the product.
 
 mod api_ops;
+mod architecture;
 mod call;
 mod cli_bootstrap_dev;
 mod client;

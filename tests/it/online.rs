@@ -3,7 +3,7 @@
 
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream;
-use natster_global::testkit::{call, init_data, put_event, seq_of, FeedReader, Harness};
+use natster_testkit::{call, init_data, put_event, seq_of, FeedReader, Harness};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 

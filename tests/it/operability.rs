@@ -2,12 +2,9 @@
 //! discovery, against a real server with real accounts.
 
 use anyhow::{Context, Result};
-use natster_global::lease::Lease;
-use natster_global::projections::{catalogs::Catalogs, rebuild, runner};
-use natster_global::store::{Store, StoreConfig};
-use natster_global::testkit::{
-    call, http_get, init_data, metric_value, put_event, seq_of, Harness,
-};
+use natster_global::test_util::{lease_key, rebuild, Catalogs, Lease};
+use natster_global::test_util::{Store, StoreConfig};
+use natster_testkit::{call, http_get, init_data, metric_value, put_event, seq_of, Harness};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -197,7 +194,7 @@ async fn metrics_count_requests_events_rejections_and_mirror_the_read_models() -
     );
     assert_eq!(
         telemetry.phase(),
-        natster_global::telemetry::Phase::Stopping
+        natster_global::test_util::Phase::Stopping
     );
     Ok(())
 }
@@ -211,7 +208,7 @@ async fn readiness_follows_projection_lag_and_rebuilds_are_exported() -> Result<
     // Another holder keeps the catalogs projection: events pile up behind it.
     let mut blocker = Lease::new(
         stats.clone(),
-        runner::lease_key("catalogs"),
+        lease_key("catalogs"),
         "test-blocker".into(),
         Duration::from_secs(120),
     );
@@ -273,7 +270,7 @@ async fn readiness_follows_projection_lag_and_rebuilds_are_exported() -> Result<
     let catalogs = js.get_key_value("PROJ_CATALOG").await?;
     let handle = tokio::runtime::Handle::current();
     let mut seen_running = false;
-    rebuild::rebuild::<Catalogs>(&events, &catalogs, &stats, |_, _| {
+    rebuild::<Catalogs>(&events, &catalogs, &stats, |_, _| {
         if !seen_running {
             seen_running = tokio::task::block_in_place(|| {
                 handle.block_on(await_metric(
@@ -390,7 +387,7 @@ async fn gather(client: &async_nats::Client, subject: &str, expected: usize) -> 
     use futures::StreamExt;
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await?;
-    natster_global::roundtrip::sync(client).await?;
+    natster_global::test_util::sync(client).await?;
     client
         .publish_with_reply(subject.to_string(), inbox, "".into())
         .await?;
@@ -413,7 +410,7 @@ async fn one_time_codes_are_counted_issued_claimed_and_expired() -> Result<()> {
     let http = h.serve_http(0).await?;
     let (alice, web) = (
         h.connect("alice").await?,
-        h.connect(natster_global::bootstrap::WEB).await?,
+        h.connect(natster_global::tooling::bootstrap::WEB).await?,
     );
     let a = h.key("alice");
     seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;

@@ -3,8 +3,8 @@
 //! systemd unit and Kubernetes manifests hold what operators rely on.
 
 use anyhow::{Context, Result};
-use natster_global::natsd::{find_binary, NatsServer, ServerSpec};
-use natster_global::testkit::{call, http_get, Harness, TestWorld};
+use natster_global::tooling::natsd::{find_binary, NatsServer, ServerSpec};
+use natster_testkit::{call, http_get, Harness, TestWorld};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -173,9 +173,10 @@ async fn nats_server_configs_load_in_a_real_server() -> Result<()> {
         ..Default::default()
     })
     .await?;
-    let client = natster_global::testkit::connect_creds(
+    let client = natster_testkit::connect_creds(
         &server.url(),
-        &tw.world.creds_path(natster_global::bootstrap::NATSTER),
+        &tw.world
+            .creds_path(natster_global::tooling::bootstrap::NATSTER),
         "ops-kit",
     )
     .await?;

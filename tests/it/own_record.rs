@@ -4,12 +4,12 @@
 use anyhow::{Context, Result};
 use async_nats::StatusCode;
 use futures::StreamExt;
-use natster_global::auth::{self, ExportType, Import};
-use natster_global::bootstrap::{Role, NATSTER};
+use natster_global::contract::PROJ_ACCOUNT_BUCKET;
 use natster_global::model::AccountRecord;
-use natster_global::roundtrip::sync;
-use natster_global::store::PROJ_ACCOUNT_BUCKET;
-use natster_global::testkit::{call, init_data, put_event, seq_of, Harness, TestWorld};
+use natster_global::test_util::sync;
+use natster_global::tooling::bootstrap::{Role, NATSTER};
+use natster_global::tooling::jwt::{self as auth, ExportType, Import};
+use natster_testkit::{call, init_data, put_event, seq_of, Harness, TestWorld};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -163,7 +163,7 @@ async fn a_forged_own_record_import_gets_nothing() -> Result<()> {
     .await?;
     let service = tw.connect(NATSTER).await?;
     let service_js = async_nats::jetstream::new(service.clone());
-    let store = natster_global::store::Store::ensure(service_js, &Default::default()).await?;
+    let store = natster_global::test_util::Store::ensure(service_js, &Default::default()).await?;
     store
         .accounts
         .put(tw.key("bob"), "{\"secret\":1}".into())

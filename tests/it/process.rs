@@ -2,8 +2,8 @@
 //! config file; logs without secrets; SIGTERM under load.
 
 use anyhow::{Context, Result};
-use natster_global::bootstrap::{NATSTER, WEB};
-use natster_global::testkit::{call, http_get, init_data, put_event, TestWorld};
+use natster_global::tooling::bootstrap::{NATSTER, WEB};
+use natster_testkit::{call, http_get, init_data, put_event, TestWorld};
 use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -217,7 +217,7 @@ async fn invalid_settings_give_one_line_and_exit_2() -> Result<()> {
 async fn flags_beat_environment_beats_config_file() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ports: Vec<u16> = (0..3)
-        .map(|_| natster_global::testkit::port())
+        .map(|_| natster_testkit::port())
         .collect::<Result<_>>()?;
     let file = dir.path().join("natster.toml");
     std::fs::write(

@@ -3,19 +3,22 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use natster_global::bootstrap::HUB;
-use natster_global::config::HubShare;
 use natster_global::model::{Event, EventBody, EventSubject, EventType};
-use natster_global::projections::{accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex};
-use natster_global::projections::{rebuild, runner, Projection};
-use natster_global::testkit::{call, events_last_seq, init_data, put_event, seq_of, Harness};
+use natster_global::service::HubShare;
+use natster_global::service::RunnerConfig;
+use natster_global::test_util::{
+    apply_batch, counters_key, rebuild, status, Accounts, Catalogs, Counters, OAuthIndex,
+    Projection,
+};
+use natster_global::tooling::bootstrap::HUB;
+use natster_testkit::{call, events_last_seq, init_data, put_event, seq_of, Harness};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Every key and value of a bucket.
 async fn dump(js: &jetstream::Context, bucket: &str) -> Result<BTreeMap<String, Vec<u8>>> {
-    natster_global::testkit::dump_bucket(&js.get_key_value(bucket).await?).await
+    natster_testkit::dump_bucket(&js.get_key_value(bucket).await?).await
 }
 
 async fn count_subject(js: &jetstream::Context, filter: &str) -> Result<u64> {
@@ -153,7 +156,7 @@ async fn a_stale_writer_cannot_overwrite_newer_state() -> Result<()> {
     }];
     let records = js.get_key_value(Accounts::BUCKET).await?;
     let stats = js.get_key_value("PROJ_STATS").await?;
-    runner::apply_batch::<Accounts>(&records, &stats, &old, init, "stale")
+    apply_batch::<Accounts>(&records, &stats, &old, init, "stale")
         .await
         .map_err(anyhow::Error::msg)?;
     assert_eq!(
@@ -161,7 +164,7 @@ async fn a_stale_writer_cannot_overwrite_newer_state() -> Result<()> {
         before,
         "records unchanged"
     );
-    let counters_key = runner::counters_key(Accounts::NAME);
+    let counters_key = counters_key(Accounts::NAME);
     assert_eq!(
         dump(&js, "PROJ_STATS").await?.get(&counters_key),
         stats_before.get(&counters_key),
@@ -213,7 +216,7 @@ async fn rebuild_gives_the_same_bytes_and_repairs_damage() -> Result<()> {
     let stats = js.get_key_value("PROJ_STATS").await?;
 
     let accounts = js.get_key_value(Accounts::BUCKET).await?;
-    let report = rebuild::rebuild::<Accounts>(&events, &accounts, &stats, |_, _| {})
+    let report = rebuild::<Accounts>(&events, &accounts, &stats, |_, _| {})
         .await
         .map_err(anyhow::Error::msg)?;
     assert_eq!((report.written, report.deleted), (0, 0), "{report:?}");
@@ -222,7 +225,7 @@ async fn rebuild_gives_the_same_bytes_and_repairs_damage() -> Result<()> {
     // Damage: a corrupted record and a record that should not exist.
     catalogs.put("music", "garbage".into()).await?;
     catalogs.put("ghost", "{}".into()).await?;
-    let report = rebuild::rebuild::<Catalogs>(&events, &catalogs, &stats, |_, _| {})
+    let report = rebuild::<Catalogs>(&events, &catalogs, &stats, |_, _| {})
         .await
         .map_err(anyhow::Error::msg)?;
     assert_eq!(
@@ -231,7 +234,7 @@ async fn rebuild_gives_the_same_bytes_and_repairs_damage() -> Result<()> {
         "{report:?}"
     );
     let oauth = js.get_key_value(OAuthIndex::BUCKET).await?;
-    rebuild::rebuild::<OAuthIndex>(&events, &oauth, &stats, |_, _| {})
+    rebuild::<OAuthIndex>(&events, &oauth, &stats, |_, _| {})
         .await
         .map_err(anyhow::Error::msg)?;
 
@@ -243,16 +246,15 @@ async fn rebuild_gives_the_same_bytes_and_repairs_damage() -> Result<()> {
         );
     }
     for name in [Accounts::NAME, Catalogs::NAME] {
-        let key = runner::counters_key(name);
-        let before: runner::Counters = serde_json::from_slice(&counters_before[&key])?;
-        let after: runner::Counters =
-            serde_json::from_slice(&dump(&js, "PROJ_STATS").await?[&key])?;
+        let key = counters_key(name);
+        let before: Counters = serde_json::from_slice(&counters_before[&key])?;
+        let after: Counters = serde_json::from_slice(&dump(&js, "PROJ_STATS").await?[&key])?;
         assert_eq!(
             (before.total_initialized, before.share_count),
             (after.total_initialized, after.share_count)
         );
     }
-    let status = rebuild::status(&events, &stats, Accounts::NAME)
+    let status = status(&events, &stats, Accounts::NAME)
         .await
         .map_err(anyhow::Error::msg)?;
     assert_eq!(status.applied_seq, last);
@@ -270,7 +272,7 @@ async fn rebuild_gives_the_same_bytes_and_repairs_damage() -> Result<()> {
 
 #[tokio::test]
 async fn an_original_layout_log_is_adopted_and_replayed() -> Result<()> {
-    use natster_global::testkit::TestWorld;
+    use natster_testkit::TestWorld;
     let tw = TestWorld::start_with(&["alice", "bob", "carol"], |_| Ok(())).await?;
     let (a, b, c) = (tw.key("alice"), tw.key("bob"), tw.key("carol"));
     let js = jetstream::new(tw.connect("NATSTER").await?);
@@ -491,9 +493,9 @@ async fn the_projections_cli_shows_status_and_rebuilds() -> Result<()> {
 async fn project_backlog(
     js: &jetstream::Context,
     events: u64,
-    config: runner::RunnerConfig,
+    config: RunnerConfig,
 ) -> Result<(u64, BTreeMap<String, Vec<u8>>)> {
-    let run = natster_global::testkit::project_from_empty::<Accounts>(js, events, config).await?;
+    let run = natster_testkit::project_from_empty::<Accounts>(js, events, config).await?;
     Ok((run.record_writes, dump(js, Accounts::BUCKET).await?))
 }
 
@@ -502,15 +504,15 @@ async fn project_backlog(
 /// bound splits it into more flushes; both leave the same bytes.
 #[tokio::test]
 async fn a_backlog_is_written_once_per_record_within_the_batch_bound() -> Result<()> {
-    use natster_global::testkit::{mixed_event_log, publish_log, PlainServer};
+    use natster_testkit::{mixed_event_log, publish_log, PlainServer};
     let server = PlainServer::start().await?;
     let js = jetstream::new(server.connect().await?);
-    natster_global::store::Store::ensure(js.clone(), &Default::default()).await?;
+    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
     let log = mixed_event_log(300, 400, 4_000);
     publish_log(&js, &log).await?;
     let events = log.len() as u64;
     // No flush for time's sake: only the end of the backlog or the bound starts one.
-    let patient = runner::RunnerConfig {
+    let patient = RunnerConfig {
         max_linger: Duration::from_secs(3600),
         ..Default::default()
     };
@@ -524,7 +526,7 @@ async fn a_backlog_is_written_once_per_record_within_the_batch_bound() -> Result
     let (bounded_writes, bounded_records) = project_backlog(
         &js,
         events,
-        runner::RunnerConfig {
+        RunnerConfig {
             max_batch_records: 50,
             ..patient
         },

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use natster_global::testkit::{call, init_data, put_event, seq_of, Harness};
+use natster_testkit::{call, init_data, put_event, seq_of, Harness};
 use serde_json::Value;
 
 async fn count_events(js: &jetstream::Context, filter: &str) -> Result<u64> {
@@ -145,7 +145,7 @@ async fn a_retried_request_with_the_same_msg_id_appends_once() -> Result<()> {
         let reply = alice
             .request_with_headers("natster.global.events.put", headers, body.clone().into())
             .await?;
-        let envelope: natster_global::api::Envelope = serde_json::from_slice(&reply.payload)?;
+        let envelope: natster_global::contract::Envelope = serde_json::from_slice(&reply.payload)?;
         seqs.push(envelope);
     }
     // The first appends; a retry decided on the old state is deduplicated (same seq), one

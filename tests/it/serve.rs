@@ -4,13 +4,14 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use natster_global::api::Envelope;
-use natster_global::bootstrap::NATSTER;
-use natster_global::config::ServiceConfig;
+use natster_global::contract::Envelope;
+use natster_global::contract::PROJ_ACCOUNT_BUCKET;
 use natster_global::model::AccountRecord;
 use natster_global::service::GlobalService;
-use natster_global::store::{EVENTS_STREAM, PROJ_ACCOUNT_BUCKET};
-use natster_global::testkit::TestWorld;
+use natster_global::service::ServiceConfig;
+use natster_global::test_util::EVENTS_STREAM;
+use natster_global::tooling::bootstrap::NATSTER;
+use natster_testkit::TestWorld;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,0 +1,95 @@
+//! What a failed request answers: an HTTP-like code and one readable sentence (never a secret).
+
+use crate::model::Rejection;
+use crate::store::{StoreError, StoreErrorKind};
+use crate::write::ExecuteError;
+
+/// A request that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with any code.
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+    /// 400: malformed or invalid input.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, message)
+    }
+    /// 403: not allowed for this caller.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, message)
+    }
+    /// 404: not found.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(404, message)
+    }
+    /// 413: request larger than the cap.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(413, format!("the request is larger than {limit} bytes"))
+    }
+    /// 429: the caller writes faster than allowed.
+    pub fn rate_limited() -> Self {
+        Self::new(
+            429,
+            "this account sends write requests faster than allowed; slow down and retry",
+        )
+    }
+    /// 503: not ready.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, message)
+    }
+    /// 500: an internal failure; the detail goes to the log, not to the caller.
+    pub fn internal() -> Self {
+        Self::new(500, "internal error; the service logged the details")
+    }
+
+    /// A store failure while doing `what` (e.g. "one-time codes cannot be stored"): 503 when
+    /// retrying may help, 500 when it cannot. The detail goes to the log.
+    pub fn store(what: &str, error: &StoreError) -> Self {
+        match error.kind() {
+            StoreErrorKind::Permanent => {
+                tracing::error!(%error, "{what}");
+                Self::internal()
+            }
+            StoreErrorKind::Conflict | StoreErrorKind::Unavailable => {
+                tracing::error!(%error, "{what}");
+                Self::unavailable(format!("{what} right now; retry shortly"))
+            }
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(rejection: Rejection) -> Self {
+        let code = match rejection {
+            Rejection::BadRequest(_) => 400,
+            Rejection::Forbidden(_) => 403,
+            Rejection::NotFound(_) => 404,
+            Rejection::Conflict(_) => 409,
+        };
+        ApiError::new(code, rejection.to_string())
+    }
+}
+
+impl From<ExecuteError> for ApiError {
+    fn from(error: ExecuteError) -> Self {
+        match error {
+            ExecuteError::Rejected(rejection) => rejection.into(),
+            other => {
+                tracing::warn!(detail = %other, "append failed");
+                ApiError::unavailable(
+                    "the event log cannot take the request right now; retry shortly",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Request intake: one loop per micro-service endpoint, a task per request (bounded), the
+//! reply envelope, and the request's span and metrics.
+
+use super::{dispatch, ApiContext, ApiError, ApiRequest, Caller};
+use crate::contract::{Envelope, Op, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
+use bytes::Bytes;
+use futures::future::{FutureExt, Shared};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use tokio::sync::oneshot;
+use tokio_util::task::TaskTracker;
+
+/// The end of one caller's previous `events.put`: resolves when its task drops the sender.
+type Turn = Shared<oneshot::Receiver<()>>;
+
+/// Per caller, the last `events.put` taken and whether its task still runs.
+#[derive(Default)]
+struct CallerOrder {
+    last: HashMap<String, (Turn, Weak<()>)>,
+}
+
+impl CallerOrder {
+    /// Takes the next turn of the caller of `subject`: the turn to wait for (the caller's
+    /// previous request, if still running) and this request's own turn, ended by dropping
+    /// the returned sender and `Arc`.
+    fn take(&mut self, subject: &str) -> (Option<Turn>, oneshot::Sender<()>, Arc<()>) {
+        if self.last.len() >= 4096 {
+            self.last
+                .retain(|_, (_, running)| running.strong_count() > 0);
+        }
+        let caller = subject.split('.').next().unwrap_or_default().to_string();
+        let (done, finished) = oneshot::channel();
+        let running = Arc::new(());
+        let previous = self
+            .last
+            .insert(caller, (finished.shared(), Arc::downgrade(&running)))
+            .filter(|(_, running)| running.strong_count() > 0)
+            .map(|(turn, _)| turn);
+        (previous, done, running)
+    }
+}
+
+/// Takes requests of one op until the endpoint is stopped; each is handled in its own task,
+/// at most `in_flight`'s permits at once across all ops (beyond that, requests wait in the
+/// subscription, so a flood cannot grow memory without bound).
+///
+/// Every request runs in a `request` span (op, caller account, reply code), is counted in the
+/// Prometheus metrics, and in the `$SRV.STATS` of its endpoint (errors included).
+///
+/// Ordering: one caller's `events.put` requests are decided in the order they arrived (each
+/// waits for the caller's previous one), as the original service handled them; the original
+/// clients publish events without waiting for a reply, so an init and the share that follows
+/// it must not overtake each other. Different callers never wait for each other.
+pub async fn serve_endpoint(
+    op: Op,
+    mut endpoint: async_nats::service::endpoint::Endpoint,
+    context: Arc<ApiContext>,
+    max_request_bytes: usize,
+    tracker: TaskTracker,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    client: async_nats::Client,
+) {
+    use tracing::Instrument;
+    let mut order = CallerOrder::default();
+    while let Some(request) = endpoint.next().await {
+        let received = std::time::Instant::now();
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let turn = (op == Op::EventsPut).then(|| order.take(&request.message.subject));
+        let (context, client) = (context.clone(), client.clone());
+        let span = tracing::info_span!(
+            "request",
+            op = op.name(),
+            caller = tracing::field::Empty,
+            code = tracing::field::Empty,
+        );
+        tracker.spawn(
+            async move {
+                let _permit = permit;
+                let _turn = match turn {
+                    Some((previous, done, running)) => {
+                        if let Some(previous) = previous {
+                            let _ = previous.await;
+                        }
+                        Some((done, running))
+                    }
+                    None => None,
+                };
+                let result = handle(&context, op, &request.message, max_request_bytes).await;
+                let code = match &result {
+                    Ok(_) => 200,
+                    Err(error) => error.code,
+                };
+                tracing::Span::current().record("code", code);
+                answer(&client, request, op, result).await;
+                context
+                    .metrics
+                    .observe_request(op.name(), code, received.elapsed());
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Subject for the empty error reply the micro-service library sends when it counts an error
+/// (nobody subscribes to it; see [`answer`]).
+const DISCARDED_REPLY: &str = "_natster.discarded-reply";
+
+/// Sends the envelope (when the request has a reply subject).
+///
+/// An error is also recorded in the endpoint's `$SRV.STATS` (`num_errors`, `last_error`): the
+/// library counts an error only when it sends the reply itself, and then with an empty body,
+/// so the envelope goes out first and the library's empty reply is sent where nobody listens.
+async fn answer(
+    client: &async_nats::Client,
+    mut request: async_nats::service::Request,
+    op: Op,
+    result: Result<Bytes, ApiError>,
+) {
+    let Some(reply) = request.message.reply.clone() else {
+        return;
+    };
+    match result {
+        Ok(envelope) => {
+            tracing::debug!("answered");
+            if let Err(error) = request.respond(Ok(envelope)).await {
+                tracing::warn!(op = op.name(), %error, "reply could not be sent");
+            }
+        }
+        Err(error) => {
+            tracing::info!(reason = %error.message, "request rejected");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(SERVICE_ERROR_HEADER, error.message.as_str());
+            headers.insert(SERVICE_ERROR_CODE_HEADER, error.code.to_string().as_str());
+            let envelope =
+                Envelope::<serde_json::Value>::failure(error.code, error.message.clone());
+            let sent = client
+                .publish_with_headers(reply, headers, envelope.to_bytes())
+                .await;
+            if let Err(error) = sent {
+                tracing::warn!(op = op.name(), %error, "reply could not be sent");
+            }
+            request.message.reply = Some(DISCARDED_REPLY.into());
+            let _ = request
+                .respond(Err(async_nats::service::error::Error {
+                    status: error.message.clone(),
+                    code: error.code.into(),
+                }))
+                .await;
+        }
+    }
+}
+
+async fn handle(
+    context: &ApiContext,
+    op: Op,
+    message: &async_nats::Message,
+    max_request_bytes: usize,
+) -> Result<Bytes, ApiError> {
+    let caller = Caller::from_subject(&message.subject)?;
+    tracing::Span::current().record("caller", caller.account.as_str());
+    if message.payload.len() > max_request_bytes {
+        return Err(ApiError::too_large(max_request_bytes));
+    }
+    dispatch(
+        context,
+        op,
+        ApiRequest {
+            caller,
+            payload: &message.payload,
+            headers: message.headers.as_ref(),
+        },
+    )
+    .await
+}

@@ -1,0 +1,103 @@
+//! One request as a handler sees it: the caller's proven identity, the payload read as the
+//! op's request type, headers, and the read-your-writes wait.
+
+use super::{ApiContext, ApiError};
+use crate::contract::{BodyError, Operation, RequestBody, MIN_SEQ_HEADER};
+use crate::model::validate::is_account_public_key;
+use crate::store::kv;
+use bytes::Bytes;
+use std::time::Duration;
+
+/// How long a read waits for `Natster-Min-Seq`.
+pub const MIN_SEQ_WAIT: Duration = Duration::from_secs(2);
+
+/// The proven identity of a request: the account public key in the subject's first token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub account: String,
+}
+
+impl Caller {
+    /// Reads the caller from a request subject; 400 when token 1 is not an account key.
+    pub fn from_subject(subject: &str) -> Result<Caller, ApiError> {
+        let first = subject.split('.').next().unwrap_or_default();
+        if is_account_public_key(first) {
+            Ok(Caller {
+                account: first.to_string(),
+            })
+        } else {
+            Err(ApiError::bad_request(
+                "the request subject does not start with a caller account key",
+            ))
+        }
+    }
+}
+
+/// One request, after identity and size checks.
+pub struct ApiRequest<'a> {
+    pub caller: Caller,
+    pub payload: &'a Bytes,
+    pub headers: Option<&'a async_nats::HeaderMap>,
+}
+
+impl ApiRequest<'_> {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+    }
+
+    /// The payload as op `O`'s request; `what` names a JSON request in the error. The error
+    /// says what was wrong and where, never the input itself (a payload may hold a secret).
+    pub fn body<O: Operation>(&self, what: &str) -> Result<O::Request, ApiError> {
+        O::Request::from_bytes(self.payload).map_err(|error| match error {
+            BodyError::NotText => ApiError::bad_request(error.to_string()),
+            BodyError::Json(error) => {
+                let kind = match error.classify() {
+                    serde_json::error::Category::Data => "a field is missing or has the wrong type",
+                    serde_json::error::Category::Eof => "the JSON ends early",
+                    _ => "it is not valid JSON",
+                };
+                ApiError::bad_request(format!(
+                    "malformed {what}: {kind} (line {}, column {})",
+                    error.line(),
+                    error.column()
+                ))
+            }
+        })
+    }
+
+    /// Honours `Natster-Min-Seq`: returns once every projection in `projections` has applied
+    /// the requested sequence, or 503 after [`MIN_SEQ_WAIT`] naming both sequences.
+    pub async fn wait_min_seq(
+        &self,
+        context: &ApiContext,
+        projections: &[&'static str],
+    ) -> Result<(), ApiError> {
+        let Some(raw) = self.header(MIN_SEQ_HEADER) else {
+            return Ok(());
+        };
+        let wanted: u64 = raw.trim().parse().map_err(|_| {
+            ApiError::bad_request("Natster-Min-Seq must be a stream sequence number")
+        })?;
+        context
+            .view
+            .wait_applied(projections, wanted, MIN_SEQ_WAIT)
+            .await
+            .map_err(|(projection, applied)| {
+                ApiError::unavailable(format!(
+                    "projection {projection} has applied sequence {applied}, the request needs {wanted}; retry shortly"
+                ))
+            })
+    }
+}
+
+/// Reads a record of a read model for a handler (absent → `None`).
+pub async fn read_record<T: serde::de::DeserializeOwned>(
+    bucket: &async_nats::jetstream::kv::Store,
+    key: &str,
+) -> Result<Option<T>, ApiError> {
+    kv::load::<T>(bucket, key)
+        .await
+        .map(|record| record.value)
+        .map_err(|error| ApiError::store("a projection cannot be read", &error))
+}

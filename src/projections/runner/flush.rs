@@ -1,0 +1,113 @@
+//! One flush: everything a batch writes, in the order that makes a crash anywhere safe.
+
+use super::Announce;
+use crate::projections::stored::{checkpoint_key, counters_key, Checkpoint, Counters};
+use crate::store::{kv, StoreError};
+use async_nats::jetstream::kv::Store as Bucket;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use std::sync::Arc;
+
+/// Everything a batch writes, with the revisions it expects.
+pub(super) struct FlushPlan<N> {
+    pub counters: Option<(Counters, Option<u64>)>,
+    /// What the batch announces.
+    pub notices: Vec<N>,
+    /// Key, serialized record (`None`: delete), expected revision.
+    pub writes: Vec<(String, Option<Bytes>, Option<u64>)>,
+    pub checkpoint: (u64, Option<u64>),
+    pub last_seq: u64,
+    pub owner: String,
+}
+
+/// What a finished flush stored.
+pub(super) struct Flushed {
+    pub counters: Option<(Counters, Option<u64>)>,
+    pub revisions: Vec<(String, Option<u64>)>,
+    pub checkpoint: Option<(u64, Option<u64>)>,
+    pub last_seq: u64,
+}
+
+/// Where a flush writes, and how wide.
+#[derive(Clone)]
+pub(super) struct Target<N> {
+    pub projection: &'static str,
+    pub records: Bucket,
+    pub stats: Bucket,
+    pub announce: Arc<dyn Announce<N>>,
+    pub concurrency: usize,
+}
+
+/// Writes one plan in this order:
+/// 1. the counters (compare-and-set): the changes of the messages after their `counted_seq`,
+///    which moves to the batch's last sequence, so a crash after it never counts a message
+///    twice (on replay those messages are at or below `counted_seq`);
+/// 2. the notices, before the records, so a crash can repeat a notice but never lose one;
+/// 3. every touched record (compare-and-set on its revision, up to `concurrency` at once),
+///    each carrying `applied_seq`, so replays change nothing;
+/// 4. the checkpoint: the batch's acknowledgement. The next holder starts after it, and
+///    readers waiting for `Natster-Min-Seq` trust it only once the records are written. A
+///    checkpoint moved by someone else is left alone (a checkpoint only moves forward; a stale
+///    writer finishing an old batch changes nothing).
+pub(super) async fn execute<N>(
+    target: Target<N>,
+    plan: FlushPlan<N>,
+) -> Result<Flushed, StoreError> {
+    let counters = match plan.counters {
+        Some((counters, revision)) => {
+            let key = counters_key(target.projection);
+            let stored = kv::write(&target.stats, &key, Some(&counters), revision).await?;
+            Some((counters, stored))
+        }
+        None => None,
+    };
+    if !plan.notices.is_empty() {
+        target.announce.announce(&plan.notices).await;
+    }
+    let revisions: Vec<(String, Option<u64>)> = futures::stream::iter(plan.writes)
+        .map(|(key, record, revision)| {
+            let records = &target.records;
+            async move {
+                let stored = kv::write_bytes(records, &key, record, revision).await?;
+                Ok::<_, StoreError>((key, stored))
+            }
+        })
+        .buffer_unordered(target.concurrency.max(1))
+        .try_collect()
+        .await?;
+    let checkpoint = write_checkpoint(&target, plan.checkpoint, plan.last_seq, plan.owner).await?;
+    Ok(Flushed {
+        counters,
+        revisions,
+        checkpoint,
+        last_seq: plan.last_seq,
+    })
+}
+
+async fn write_checkpoint<N>(
+    target: &Target<N>,
+    (stored, revision): (u64, Option<u64>),
+    last_seq: u64,
+    owner: String,
+) -> Result<Option<(u64, Option<u64>)>, StoreError> {
+    if stored >= last_seq {
+        return Ok(None);
+    }
+    let key = checkpoint_key(target.projection);
+    let checkpoint = Checkpoint {
+        applied_seq: last_seq,
+        instance: owner,
+    };
+    match kv::write(&target.stats, &key, Some(&checkpoint), revision).await {
+        Ok(revision) => Ok(Some((last_seq, revision))),
+        Err(error) if error.is_conflict() => {
+            tracing::debug!(projection = target.projection, %error, "checkpoint moved by another writer");
+            let stored = kv::load::<Checkpoint>(&target.stats, &key).await?;
+            Ok(Some((
+                stored.value.map_or(0, |c| c.applied_seq),
+                stored.revision,
+            )))
+        }
+        Err(error) => Err(error),
+    }
+}

@@ -1,0 +1,327 @@
+//! The one projection runner: a projection's stream read in order from its checkpoint,
+//! batches folded per key, one compare-and-set write per touched key, then the checkpoint.
+//! Every projection runs in it: the three of the event log and the online projection of the
+//! heartbeats (whose notices go out through an [`Announce`] hook).
+//!
+//! Only one instance applies a projection at a time: it holds the projection's lease
+//! (`lease.<projection>` in `PROJ_STATS`, run by [`crate::store::lease::lead`]), and stops the
+//! moment a renewal fails. Standby instances take the lease once it has expired
+//! (`takeover_after`). The holder reads with the shared ordered reader starting after the
+//! checkpoint, so messages are applied strictly in stream order even across crashes and
+//! takeovers (a durable consumer would hand a new instance later messages while a dead
+//! one's batch waits for redelivery). What a flush writes, and in which order, is in
+//! [`flush::execute`].
+//!
+//! Reading and writing overlap: while one batch is being written, the next messages are read
+//! and folded in memory, and all of them go into the next flush. Flushes run one at a time and
+//! in order, so the revisions each expects are the ones the previous flush stored. Under a
+//! backlog a flush covers many messages (fewer writes per message); caught up, each message
+//! is flushed as soon as it arrives.
+//!
+//! A lost compare-and-set (a stale holder or a rebuild wrote first) throws the in-memory state
+//! away and starts over from the stored checkpoint; the result is the same because folding is
+//! idempotent, and a record never moves backwards.
+
+mod flush;
+mod fold;
+
+use super::stored::lease_key;
+use super::Projection;
+use crate::store::lease::{holder_id, lead, Held, Lease};
+use crate::store::log::{Chunk, LogReader};
+use crate::store::StoreError;
+use async_nats::jetstream::{kv, stream};
+use flush::{FlushPlan, Flushed, Target};
+use fold::FoldState;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Fresh starts from the checkpoint after failed writes before the runner gives the lease up.
+const BATCH_ATTEMPTS: usize = 8;
+/// Chunks of decoded messages queued between the log reader and the folder.
+const READ_AHEAD: usize = 32;
+/// Most messages the reader hands over at once.
+const READ_CHUNK: usize = 1024;
+
+/// Tuning of a runner.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most distinct records one flush writes. This bounds a batch's memory: folded messages
+    /// are dropped at once, the records they touched are kept until written. Under a backlog
+    /// a flush waits for this many touched records (or `max_linger`), so every record is
+    /// written once for as many messages as possible.
+    pub max_batch_records: usize,
+    /// Record reads and writes in flight at once.
+    pub write_concurrency: usize,
+    /// Under a backlog, the longest a folded message waits for its flush (caught up, a flush
+    /// starts at once).
+    pub max_linger: Duration,
+    /// Lease time: a standby instance takes over at most this long after the holder stops.
+    pub takeover_after: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            max_batch_records: 65_536,
+            write_concurrency: 64,
+            max_linger: Duration::from_secs(1),
+            takeover_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Publishes what a projection announces; called once per flush, after the counters and before
+/// the records are written (a crash can repeat a notice, never lose one).
+pub trait Announce<N>: Send + Sync {
+    fn announce<'a>(&'a self, notices: &'a [N]) -> BoxFuture<'a, ()>;
+}
+
+/// The hook of projections that announce nothing.
+pub struct Silent;
+
+impl Announce<std::convert::Infallible> for Silent {
+    fn announce<'a>(&'a self, _: &'a [std::convert::Infallible]) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Where a runner reports how far it got: the last applied sequence (for read-your-writes
+/// waits) and the number of stream messages applied (for metrics).
+pub struct Progress {
+    applied: watch::Sender<u64>,
+    messages: prometheus_client::metrics::counter::Counter,
+}
+
+impl Progress {
+    /// Reports applied sequences to `applied`, counting messages into `messages`.
+    pub fn new(
+        applied: watch::Sender<u64>,
+        messages: prometheus_client::metrics::counter::Counter,
+    ) -> Progress {
+        Progress { applied, messages }
+    }
+
+    /// Finishes a flush in `fold` and reports it.
+    fn finish<P: Projection>(&self, fold: &mut FoldState<P>, done: Flushed) {
+        let before = fold.checkpoint.0;
+        let seq = fold.finish(done);
+        self.messages.inc_by(seq.saturating_sub(before));
+        self.applied.send_replace(seq);
+    }
+}
+
+/// Why a runner started over.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a flush did not finish: {0}")]
+    Flush(#[from] tokio::task::JoinError),
+    #[error("the log reader stopped")]
+    ReaderStopped,
+}
+
+/// Projection `P` applied from `stream` to `records`, with its counters and checkpoint in
+/// `stats`.
+pub struct ProjectionRunner<P: Projection> {
+    pub stream: stream::Stream,
+    pub records: kv::Store,
+    pub stats: kv::Store,
+    pub config: RunnerConfig,
+    pub progress: Progress,
+    pub announce: Arc<dyn Announce<P::Notice>>,
+}
+
+/// A flush running in its own task.
+type Flushing = tokio::task::JoinHandle<Result<Flushed, StoreError>>;
+
+impl<P: Projection> ProjectionRunner<P> {
+    /// Runs until `shutdown` is cancelled: waits for the lease, then applies the stream from
+    /// the checkpoint on, batch by batch.
+    ///
+    /// Cancellation: the batch in hand is finished and its checkpoint written, then the lease
+    /// is released so a standby instance takes over at once.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let lease = Lease::new(
+            self.stats.clone(),
+            lease_key(P::NAME),
+            holder_id(),
+            self.config.takeover_after,
+        );
+        lead(lease, P::NAME, shutdown.clone(), |held| {
+            self.lead(held, shutdown.clone())
+        })
+        .await;
+    }
+
+    /// Applies the stream while the lease is held. Returns `Ok` when the lease is lost or
+    /// `shutdown` is cancelled. A failed write (a lost compare-and-set, an unavailable bucket)
+    /// starts the pipeline over from the stored checkpoint with nothing cached, a few times,
+    /// before the error goes up.
+    async fn lead(&self, held: Held, shutdown: CancellationToken) -> Result<(), RunnerError> {
+        let mut attempt = 0;
+        loop {
+            let mut flushing = None;
+            let result = self.pipeline(&held, &shutdown, &mut flushing).await;
+            // Never leave a write behind while starting over or handing the lease on.
+            if let Some(flush) = flushing.take() {
+                let _ = flush.await;
+            }
+            match result {
+                Ok(()) => return Ok(()),
+                Err(error) => {
+                    attempt += 1;
+                    if attempt >= BATCH_ATTEMPTS || !held.is_held() {
+                        return Err(error);
+                    }
+                    tracing::debug!(projection = P::NAME, %error, "starting over from the checkpoint");
+                }
+            }
+        }
+    }
+
+    fn target(&self) -> Target<P::Notice> {
+        Target {
+            projection: P::NAME,
+            records: self.records.clone(),
+            stats: self.stats.clone(),
+            announce: self.announce.clone(),
+            concurrency: self.config.write_concurrency,
+        }
+    }
+
+    /// The pipeline: the stream is read and folded into memory while the previous batch is
+    /// being written, so reading, folding and writing overlap, and every message that arrives
+    /// during a flush joins the next one (the busier the stream, the more messages each write
+    /// covers).
+    async fn pipeline(
+        &self,
+        held: &Held,
+        shutdown: &CancellationToken,
+        flushing: &mut Option<Flushing>,
+    ) -> Result<(), RunnerError> {
+        let config = &self.config;
+        let mut fold = FoldState::<P>::load(&self.stats).await?;
+        fold.preload(&self.records).await?;
+        let (mut chunks, _reader) = spawn_reader::<P>(self.stream.clone(), fold.checkpoint.0 + 1);
+        // Whether the last message read was the stream's last; while it is not, a flush waits
+        // for more messages (up to `max_batch_records` touched records or `max_linger`) so
+        // that each write covers more of them.
+        let mut caught_up = true;
+        let mut pending_since = tokio::time::Instant::now();
+        loop {
+            let due = caught_up
+                || fold.dirty.len() >= config.max_batch_records
+                || pending_since.elapsed() >= config.max_linger;
+            if flushing.is_none() && fold.has_pending() && due {
+                if !held.is_held() {
+                    // Too late to trust the lease (a pause, a slow renewal): let the next
+                    // holder start from the checkpoint.
+                    return Ok(());
+                }
+                let plan = fold.take_plan(held.owner());
+                *flushing = Some(tokio::spawn(flush::execute(self.target(), plan)));
+            }
+            let accepting = fold.dirty.len() < config.max_batch_records;
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return self.finish_in_hand(&mut fold, held, flushing).await,
+                done = async { flushing.as_mut().expect("guarded").await }, if flushing.is_some() => {
+                    *flushing = None;
+                    self.progress.finish(&mut fold, done??);
+                }
+                _ = tokio::time::sleep_until(pending_since + config.max_linger),
+                    if flushing.is_none() && fold.has_pending() => {}
+                _ = held.lost() => return Ok(()),
+                chunk = chunks.recv(), if accepting => {
+                    let chunk = chunk.ok_or(RunnerError::ReaderStopped)?;
+                    caught_up = chunk.caught_up;
+                    if !fold.has_pending() {
+                        pending_since = tokio::time::Instant::now();
+                    }
+                    fold.ensure_loaded(&self.records, &chunk.items, config.write_concurrency).await?;
+                    fold.fold(&chunk.items, chunk.last_seq);
+                }
+            }
+        }
+    }
+
+    /// At shutdown: the flush in flight, then what is folded.
+    async fn finish_in_hand(
+        &self,
+        fold: &mut FoldState<P>,
+        held: &Held,
+        flushing: &mut Option<Flushing>,
+    ) -> Result<(), RunnerError> {
+        if let Some(flush) = flushing.take() {
+            let done = flush.await??;
+            self.progress.finish(fold, done);
+        }
+        if fold.has_pending() && held.is_held() {
+            let plan: FlushPlan<P::Notice> = fold.take_plan(held.owner());
+            let done = flush::execute(self.target(), plan).await?;
+            self.progress.finish(fold, done);
+        }
+        Ok(())
+    }
+}
+
+/// Reads and decodes the stream from `start` in a task of its own, so that reading goes on
+/// while the runner folds. The task ends when the receiver is dropped (the handle also aborts
+/// it when dropped); a stream that cannot be read is tried again every 250 ms.
+fn spawn_reader<P: Projection>(
+    stream: stream::Stream,
+    start: u64,
+) -> (
+    mpsc::Receiver<Chunk<P::Input>>,
+    tokio_util::task::AbortOnDropHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let task = tokio::spawn(async move {
+        let mut reader = LogReader::new(stream, start, P::decode, READ_CHUNK);
+        loop {
+            match reader.next_chunk().await {
+                Ok(chunk) => {
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(projection = P::NAME, %error, "cannot read the stream; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    });
+    (rx, tokio_util::task::AbortOnDropHandle::new(task))
+}
+
+/// Applies `inputs` (one batch, stream order, ending at `last_seq`) to the records of `P`,
+/// its counters and checkpoint, in the order [`flush::execute`] gives, reading everything
+/// from the bucket first: what a stale writer does.
+#[cfg(any(test, feature = "test-util"))]
+pub async fn apply_batch<P: Projection<Notice = std::convert::Infallible>>(
+    records: &kv::Store,
+    stats: &kv::Store,
+    inputs: &[P::Input],
+    last_seq: u64,
+    owner: &str,
+) -> Result<(), StoreError> {
+    let mut fold = FoldState::<P>::load(stats).await?;
+    fold.ensure_loaded(records, inputs, 64).await?;
+    fold.fold(inputs, last_seq);
+    let plan = fold.take_plan(owner);
+    let target = Target {
+        projection: P::NAME,
+        records: records.clone(),
+        stats: stats.clone(),
+        announce: Arc::new(Silent),
+        concurrency: 64,
+    };
+    flush::execute(target, plan).await?;
+    Ok(())
+}

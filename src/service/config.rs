@@ -1,0 +1,84 @@
+//! How the service behaves; filled from flags, environment and file by the CLI, built
+//! directly by tests and embedding programs.
+
+use crate::api::ApiSettings;
+use crate::otc::Sealer;
+use crate::projections::runner::RunnerConfig;
+use crate::reactions::HubShare;
+use crate::store::StoreConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the service behaves.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub store: StoreConfig,
+    /// Requests larger than this get 413.
+    pub max_request_bytes: usize,
+    /// Queue group shared by all instances.
+    pub queue_group: String,
+    /// Requests handled at once (all ops together); more wait in their subscriptions.
+    pub max_in_flight: usize,
+    /// Bound on finishing in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Accounts allowed to claim codes and read contexts (the website).
+    pub web_accounts: Vec<String>,
+    /// Auto-share: each new account gets this hub's catalog shared with it.
+    pub hub: Option<HubShare>,
+    /// Prefix of `claim_url` in `otc.generate` replies (the code is appended).
+    pub claim_url_base: String,
+    /// Write requests per second and account, and the burst allowed above it.
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+    /// Tuning of the projection runners.
+    pub runner: RunnerConfig,
+    /// A catalog is online until this long after its last heartbeat (whole seconds, at
+    /// least 1 s: the server's per-message TTL).
+    pub online_ttl: Duration,
+    /// `/readyz` fails while a projection lags more than this many stream sequences.
+    pub ready_max_lag: u64,
+    /// Seals access tokens; without it, context ops answer 503.
+    pub sealer: Option<Arc<Sealer>>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            store: StoreConfig::default(),
+            max_request_bytes: 64 * 1024,
+            queue_group: crate::contract::SERVICE_NAME.into(),
+            max_in_flight: 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            web_accounts: vec![],
+            hub: None,
+            claim_url_base: "https://natster.io/login/".into(),
+            rate_per_second: 100,
+            rate_burst: 200,
+            runner: Default::default(),
+            online_ttl: Duration::from_secs(180),
+            ready_max_lag: 10_000,
+            sealer: None,
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// What the handlers follow.
+    pub(crate) fn api_settings(&self) -> ApiSettings {
+        ApiSettings {
+            web_accounts: self.web_accounts.clone(),
+            claim_url_base: self.claim_url_base.clone(),
+            code_ttl: self.store.code_ttl,
+            online_ttl: self.online_ttl,
+            sealer: self.sealer.clone(),
+        }
+    }
+
+    /// One token bucket per caller account: `rate_per_second`, bursts up to `rate_burst`.
+    pub(crate) fn rate_limiter(&self) -> crate::api::RateLimiter {
+        use std::num::NonZeroU32;
+        let rate = NonZeroU32::new(self.rate_per_second.max(1)).expect("non-zero");
+        let burst = NonZeroU32::new(self.rate_burst.max(1)).expect("non-zero");
+        governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+    }
+}

@@ -1,0 +1,149 @@
+//! The one compare-and-set layer over KV buckets: JSON records read with their revision,
+//! writes and deletes that succeed only at the revision read, atomic creates, and failures by
+//! kind ([`StoreError`]).
+//!
+//! Every writer of shared state goes through here: projection records, counters, checkpoints,
+//! leases, name claims and one-time codes.
+
+use super::error::StoreError;
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{de::DeserializeOwned, Serialize};
+
+/// A record as read, with the revision a compare-and-set write must name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The record; `None` when the key holds nothing (never written, or deleted).
+    pub value: Option<T>,
+    /// The key's revision; `None` when it was never written (a write then creates it).
+    pub revision: Option<u64>,
+}
+
+impl<T> Default for Versioned<T> {
+    fn default() -> Self {
+        Versioned {
+            value: None,
+            revision: None,
+        }
+    }
+}
+
+/// Reads the JSON record at `key` and its revision. A stored value that does not decode is a
+/// permanent error.
+pub async fn load<T: DeserializeOwned>(
+    bucket: &kv::Store,
+    key: &str,
+) -> Result<Versioned<T>, StoreError> {
+    let entry = bucket
+        .entry(key)
+        .await
+        .map_err(|e| StoreError::kv_entry(&bucket.name, &e))?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => Ok(Versioned {
+            value: Some(decode(&bucket.name, &entry.value)?),
+            revision: Some(entry.revision),
+        }),
+        Some(entry) => Ok(Versioned {
+            value: None,
+            revision: Some(entry.revision),
+        }),
+        None => Ok(Versioned::default()),
+    }
+}
+
+/// Decodes a stored JSON record of bucket `bucket`.
+pub fn decode<T: DeserializeOwned>(bucket: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::undecodable(format!("a record in {bucket} does not decode"), e))
+}
+
+/// The JSON bytes of a record.
+pub fn encode<T: Serialize>(record: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(record).expect("records serialize to JSON"))
+}
+
+/// Writes `record` at `key` (deletes it for `None`) only if the key is still at `revision`
+/// (`None`: only if it was never written); returns the new revision (`None` after a delete).
+/// A revision that moved is a conflict.
+pub async fn write<T: Serialize>(
+    bucket: &kv::Store,
+    key: &str,
+    record: Option<&T>,
+    revision: Option<u64>,
+) -> Result<Option<u64>, StoreError> {
+    write_bytes(bucket, key, record.map(encode), revision).await
+}
+
+/// [`write`] of a record already serialized.
+pub async fn write_bytes(
+    bucket: &kv::Store,
+    key: &str,
+    bytes: Option<Bytes>,
+    revision: Option<u64>,
+) -> Result<Option<u64>, StoreError> {
+    match (bytes, revision) {
+        (None, None) => Ok(None),
+        (None, Some(revision)) => bucket
+            .delete_expect_revision(key, Some(revision))
+            .await
+            .map(|_| None)
+            .map_err(|e| StoreError::kv_delete(&bucket.name, &e)),
+        (Some(bytes), Some(revision)) => bucket
+            .update(key, bytes, revision)
+            .await
+            .map(Some)
+            .map_err(|e| StoreError::kv_update(&bucket.name, &e)),
+        (Some(bytes), None) => create(bucket, key, bytes).await.map(Some),
+    }
+}
+
+/// Creates `key` with `bytes` only if it holds no value; returns its revision. An existing
+/// value is a conflict, so of two racing creators exactly one succeeds.
+pub async fn create(bucket: &kv::Store, key: &str, bytes: Bytes) -> Result<u64, StoreError> {
+    bucket
+        .create(key, bytes)
+        .await
+        .map_err(|e| StoreError::kv_create(&bucket.name, &e))
+}
+
+/// Writes `bytes` at `key` whatever it holds (rebuilds, progress records, seized leases).
+pub async fn put(bucket: &kv::Store, key: &str, bytes: Bytes) -> Result<u64, StoreError> {
+    bucket
+        .put(key, bytes)
+        .await
+        .map_err(|e| StoreError::kv_put(&bucket.name, &e))
+}
+
+/// Deletes `key` whatever it holds.
+pub async fn delete(bucket: &kv::Store, key: &str) -> Result<(), StoreError> {
+    bucket
+        .delete(key)
+        .await
+        .map_err(|e| StoreError::kv_delete(&bucket.name, &e))
+}
+
+/// The raw value at `key`, if any.
+pub async fn get(bucket: &kv::Store, key: &str) -> Result<Option<Bytes>, StoreError> {
+    bucket
+        .get(key)
+        .await
+        .map_err(|e| StoreError::kv_entry(&bucket.name, &e))
+}
+
+/// Every key the bucket holds a value for.
+pub async fn keys(bucket: &kv::Store) -> Result<Vec<String>, StoreError> {
+    let action = || format!("list the keys of {}", bucket.name);
+    let mut keys = bucket
+        .keys()
+        .await
+        .map_err(|e| StoreError::unavailable(action(), e))?;
+    let mut all = Vec::new();
+    while let Some(key) = keys.next().await {
+        all.push(key.map_err(|e| StoreError::unavailable(action(), e))?);
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+//! JetStream resources of the service and their idempotent, never-destructive creation.
+//!
+//! `ensure` creates what is missing and adopts what exists: an existing stream or bucket is
+//! used as it is (its data and configuration are never altered or deleted), so a restart, a
+//! second instance, or an upgrade over an existing event log is always safe.
+
+use super::error::StoreError;
+use crate::contract::{ACCOUNT_UPDATES_PREFIX, PROJ_ACCOUNT_BUCKET};
+use async_nats::jetstream::{self, kv, stream};
+use std::time::Duration;
+
+/// The event log.
+pub const EVENTS_STREAM: &str = "NATSTER_EVENTS";
+/// Subjects of the event log: `natster.events.<origin>.<target>.<catalog>.<event_type>`.
+pub const EVENTS_SUBJECTS: &str = "natster.events.>";
+/// Catalog projection bucket (key = catalog name).
+pub const PROJ_CATALOG_BUCKET: &str = "PROJ_CATALOG";
+/// OAuth index bucket (key = the OAuth id, base64url).
+pub const PROJ_OAUTH_BUCKET: &str = "PROJ_OAUTH";
+
+/// Counters and checkpoints of the projections (`counters.<projection>`,
+/// `checkpoint.<projection>`).
+pub const PROJ_STATS_BUCKET: &str = "PROJ_STATS";
+/// One-time codes, each expiring after the code TTL.
+pub const CODES_BUCKET: &str = "NATSTER_CODES";
+/// Heartbeats: the latest per `natster.online.<owner>.<catalog>`, each expiring after the
+/// online TTL.
+pub const ONLINE_STREAM: &str = "NATSTER_ONLINE";
+/// Online projection bucket (key = `<owner>.<catalog>`).
+pub const PROJ_ONLINE_BUCKET: &str = "PROJ_ONLINE";
+/// How long the server keeps the marker it writes when a catalog's heartbeat expires, and the
+/// longest any message stays in `NATSTER_ONLINE`: a projector down for longer than this misses
+/// the expiry.
+pub const ONLINE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Catalog name claims (name → owner), made atomically before a first share is appended.
+pub const NAMES_BUCKET: &str = "NATSTER_NAMES";
+
+/// How resources are created when missing.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Replicas of streams and buckets (1 on a single server, 3 in a cluster).
+    pub replicas: usize,
+    /// Window in which a repeated `Nats-Msg-Id` is appended only once.
+    pub duplicate_window: Duration,
+    /// How long a one-time code stays claimable.
+    pub code_ttl: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            code_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Handles on the service's JetStream resources.
+#[derive(Clone)]
+pub struct Store {
+    pub js: jetstream::Context,
+    pub events: stream::Stream,
+    pub accounts: kv::Store,
+    pub catalogs: kv::Store,
+    pub oauth: kv::Store,
+    pub stats: kv::Store,
+    pub codes: kv::Store,
+    pub names: kv::Store,
+    pub online: stream::Stream,
+    pub online_records: kv::Store,
+}
+
+impl Store {
+    /// Creates missing resources and opens all of them. Safe to call concurrently from
+    /// several instances: a lost creation race falls back to opening the winner's resource.
+    pub async fn ensure(js: jetstream::Context, config: &StoreConfig) -> Result<Store, StoreError> {
+        let bucket = |name: &str, description: &str| kv::Config {
+            bucket: name.into(),
+            description: description.into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        let accounts = kv::Config {
+            republish: Some(stream::Republish {
+                source: format!("$KV.{PROJ_ACCOUNT_BUCKET}.>"),
+                destination: format!("{ACCOUNT_UPDATES_PREFIX}.>"),
+                headers_only: false,
+            }),
+            ..bucket(
+                PROJ_ACCOUNT_BUCKET,
+                "natster account projection: one record per account key",
+            )
+        };
+        let codes = kv::Config {
+            max_age: config.code_ttl,
+            ..bucket(CODES_BUCKET, "natster one-time codes (expiring)")
+        };
+        Ok(Store {
+            events: ensure_stream(&js, events_stream_config(config)).await?,
+            accounts: ensure_bucket(&js, accounts).await?,
+            catalogs: ensure_bucket(&js, bucket(
+                PROJ_CATALOG_BUCKET,
+                "natster catalog projection: owner and active shares per catalog name",
+            ))
+            .await?,
+            oauth: ensure_bucket(&js, bucket(
+                PROJ_OAUTH_BUCKET,
+                "natster OAuth index: OAuth id to bound account and sealed context",
+            ))
+            .await?,
+            stats: ensure_bucket(&js, bucket(
+                PROJ_STATS_BUCKET,
+                "natster projection counters and checkpoints",
+            ))
+            .await?,
+            codes: ensure_bucket(&js, codes).await?,
+            names: ensure_bucket(&js, bucket(
+                NAMES_BUCKET,
+                "natster catalog name claims: name to owning account",
+            ))
+            .await?,
+            online: ensure_stream(&js, online_stream_config(config)).await?,
+            online_records: ensure_bucket(&js, bucket(
+                PROJ_ONLINE_BUCKET,
+                "natster online projection: online state and last revision per owner and catalog",
+            ))
+            .await?,
+            js,
+        })
+    }
+}
+
+/// The configuration `ensure` gives a new event stream: file storage, nothing can delete or
+/// purge it, a full stream refuses new events rather than dropping old ones.
+pub fn events_stream_config(config: &StoreConfig) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.into(),
+        description: Some("natster event log (append-only)".into()),
+        subjects: vec![EVENTS_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::New,
+        deny_delete: true,
+        deny_purge: true,
+        duplicate_window: config.duplicate_window,
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+/// The configuration of `NATSTER_ONLINE`: the latest heartbeat per catalog, per-message TTL,
+/// and a marker from the server when a heartbeat expires.
+pub fn online_stream_config(config: &StoreConfig) -> stream::Config {
+    stream::Config {
+        name: ONLINE_STREAM.into(),
+        description: Some("natster catalog heartbeats (latest per catalog, expiring)".into()),
+        subjects: vec![format!("{}.>", crate::model::online::ONLINE_SUBJECT_PREFIX)],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        max_messages_per_subject: 1,
+        max_age: ONLINE_RETENTION,
+        allow_message_ttl: true,
+        subject_delete_marker_ttl: Some(ONLINE_RETENTION),
+        num_replicas: config.replicas,
+        ..Default::default()
+    }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, StoreError> {
+    if let Ok(existing) = js.get_stream(&config.name).await {
+        tracing::info!(stream = %config.name, "adopting existing stream as it is");
+        return Ok(existing);
+    }
+    match js.create_stream(config.clone()).await {
+        Ok(created) => {
+            tracing::info!(stream = %config.name, "created stream");
+            Ok(created)
+        }
+        Err(create_error) => js.get_stream(&config.name).await.map_err(|_| {
+            StoreError::unavailable(format!("create stream {}", config.name), create_error)
+        }),
+    }
+}
+
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, StoreError> {
+    if let Ok(existing) = js.get_key_value(&config.bucket).await {
+        return Ok(existing);
+    }
+    let bucket = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(created) => {
+            tracing::info!(%bucket, "created bucket");
+            Ok(created)
+        }
+        Err(create_error) => js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|_| StoreError::unavailable(format!("create bucket {bucket}"), create_error)),
+    }
+}

@@ -1,0 +1,24 @@
+//! Seams for the test kit, the integration tests and the benchmarks (feature `test-util`,
+//! which only `natster-testkit` turns on): internal mechanisms they drive directly. Never part
+//! of the product build.
+
+pub use crate::projections::rebuild::{rebuild, RebuildReport};
+pub use crate::projections::runner::{
+    apply_batch, Progress, ProjectionRunner, RunnerConfig, Silent,
+};
+pub use crate::projections::status::status;
+pub use crate::projections::stored::{
+    checkpoint, checkpoint_key, counters_key, lease_key, Counters,
+};
+pub use crate::projections::{
+    accounts::Accounts, catalogs::Catalogs, fold, oauth::OAuthIndex, online::Online, CountDelta,
+    Projection,
+};
+pub use crate::store::lease::Lease;
+pub use crate::store::log::{decode_event, LogReader};
+pub use crate::store::roundtrip::sync;
+pub use crate::store::{
+    online_stream_config, Store, StoreConfig, StoreError, StoreErrorKind, EVENTS_STREAM,
+    PROJ_STATS_BUCKET,
+};
+pub use crate::telemetry::{http, Phase, Telemetry};

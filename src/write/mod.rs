@@ -1,0 +1,205 @@
+//! The write side: the shell around `decide`. An in-memory decision state kept current by
+//! tailing the event log ([`tail`]), and appends guarded by each decision's expectation
+//! ([`append`]).
+//!
+//! A decision is made against that state and appended with `Nats-Expected-Last-Subject-
+//! Sequence` (and its `-Subject` companion for wildcard aggregates), so a decision made on
+//! stale state fails at the server; the decider then waits until its state has folded the
+//! newer events and decides again. `Nats-Msg-Id` makes a retried request append once.
+
+mod append;
+mod tail;
+
+pub use append::Appended;
+
+use crate::model::{decide, Command, DecisionState, Rejection};
+use crate::store::{StoreError, StoreErrorKind};
+use crate::telemetry::metrics::{EventTypeLabels, Metrics, RejectionLabels};
+use async_nats::jetstream::{self, stream};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Attempts before a contended or failing decision gives up.
+const MAX_ATTEMPTS: usize = 16;
+/// How long a decision waits for the state to catch up after a conflict.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a starting instance waits for its state to fold the log as it was at start.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a command was not appended.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    /// The command breaks a rule; nothing was appended.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The decision state did not fold the log up to this sequence in time; safe to retry.
+    #[error("the decision state did not reach sequence {0}")]
+    Behind(u64),
+    /// The decision state's tail has stopped (the service is stopping).
+    #[error("the decision state tail stopped")]
+    Stopped,
+    /// The event log or the names bucket failed (see the error's kind).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Decides and appends commands; cheap to clone.
+#[derive(Clone)]
+pub struct Decider {
+    js: jetstream::Context,
+    events: stream::Stream,
+    names: jetstream::kv::Store,
+    state: Arc<RwLock<DecisionState>>,
+    folded: watch::Receiver<u64>,
+    metrics: Metrics,
+}
+
+impl Decider {
+    /// Starts tailing `events` from the beginning and returns once the state has folded
+    /// everything the stream held at start. The tail ends when `stop` is cancelled.
+    pub async fn start(
+        js: jetstream::Context,
+        events: &stream::Stream,
+        names: jetstream::kv::Store,
+        metrics: Metrics,
+        stop: CancellationToken,
+    ) -> Result<Decider, ExecuteError> {
+        let state = Arc::new(RwLock::new(DecisionState::default()));
+        let (folded_tx, folded) = watch::channel(0u64);
+        tail::spawn(events.clone(), state.clone(), folded_tx, stop);
+        let decider = Decider {
+            js,
+            events: events.clone(),
+            names,
+            state,
+            folded,
+            metrics,
+        };
+        let last_at_start = decider.log_end().await?;
+        decider.wait_folded(last_at_start, START_TIMEOUT).await?;
+        Ok(decider)
+    }
+
+    /// Waits until the state has folded sequence `seq`.
+    pub async fn wait_folded(&self, seq: u64, within: Duration) -> Result<(), ExecuteError> {
+        let mut folded = self.folded.clone();
+        tokio::time::timeout(within, folded.wait_for(|s| *s >= seq))
+            .await
+            .map_err(|_| ExecuteError::Behind(seq))?
+            .map_err(|_| ExecuteError::Stopped)?;
+        Ok(())
+    }
+
+    /// Reads the current decision state.
+    pub fn read<T>(&self, f: impl FnOnce(&DecisionState) -> T) -> T {
+        f(&self.state.read().expect("decision state lock"))
+    }
+
+    /// Whether `check` holds for the state. A "no" is confirmed first against everything the
+    /// log holds now, as a refusal of [`Decider::execute`] is: a caller's own append that was
+    /// just acknowledged may not have reached this instance's tail yet.
+    pub async fn holds(
+        &self,
+        check: impl Fn(&DecisionState) -> bool,
+    ) -> Result<bool, ExecuteError> {
+        if self.read(&check) {
+            return Ok(true);
+        }
+        self.wait_folded(self.log_end().await?, CATCH_UP_TIMEOUT)
+            .await?;
+        Ok(self.read(&check))
+    }
+
+    /// Decides `command` and appends its event.
+    ///
+    /// `msg_id` scopes idempotency: the same id within the stream's duplicate window appends
+    /// once and returns the first append's sequence. Without one, an id is derived from the
+    /// decided event and the aggregate version it was decided on, so identical requests racing
+    /// on the same state append once.
+    pub async fn execute(
+        &self,
+        command: &Command,
+        msg_id: Option<&str>,
+    ) -> Result<Appended, ExecuteError> {
+        let labels = EventTypeLabels {
+            r#type: command.event_type().as_str(),
+        };
+        let result = self.decide_and_append(command, msg_id, &labels).await;
+        match &result {
+            Ok(appended) if !appended.duplicate => {
+                self.metrics.events_appended.get_or_create(&labels).inc();
+            }
+            Err(ExecuteError::Rejected(rejection)) => {
+                self.metrics
+                    .rejections
+                    .get_or_create(&RejectionLabels {
+                        r#type: labels.r#type,
+                        reason: rejection.reason(),
+                    })
+                    .inc();
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn decide_and_append(
+        &self,
+        command: &Command,
+        msg_id: Option<&str>,
+        labels: &EventTypeLabels,
+    ) -> Result<Appended, ExecuteError> {
+        let mut last_error = None;
+        let mut confirmed = false;
+        for _ in 0..MAX_ATTEMPTS {
+            let decision = match self.read(|state| decide(state, command)) {
+                Ok(decision) => decision,
+                // A refusal is not guarded by the server as an append is: before refusing,
+                // make sure the state holds every event acknowledged so far (a caller's own
+                // previous append may not have reached this instance's tail yet).
+                Err(_) if !confirmed => {
+                    confirmed = true;
+                    self.wait_folded(self.log_end().await?, CATCH_UP_TIMEOUT)
+                        .await?;
+                    continue;
+                }
+                Err(rejection) => return Err(rejection.into()),
+            };
+            if let Some(name) = &decision.claim {
+                append::claim(&self.names, name, &decision.subject.origin).await?;
+            }
+            match append::append(&self.js, &decision, msg_id).await {
+                Ok(appended) => return Ok(appended),
+                Err(error) if error.is_conflict() => {
+                    self.metrics.append_conflicts.get_or_create(labels).inc();
+                    let actual = error.actual_last_seq().unwrap_or(0);
+                    self.wait_folded(actual, CATCH_UP_TIMEOUT).await?;
+                }
+                Err(error) if error.kind() == StoreErrorKind::Permanent => return Err(error.into()),
+                Err(error) => {
+                    last_error = Some(error);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Err(match last_error {
+            Some(error) => error.into(),
+            // Every attempt lost to a concurrent append.
+            None => ExecuteError::Behind(self.log_end().await?),
+        })
+    }
+
+    /// The last sequence the log holds now.
+    async fn log_end(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .events
+            .clone()
+            .info()
+            .await
+            .map_err(|e| StoreError::unavailable("read the event log's state", e))?
+            .state
+            .last_sequence)
+    }
+}
