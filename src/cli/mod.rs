@@ -1,7 +1,7 @@
 //! The `natster-global` command: arguments, settings (flags > environment > TOML file), the
 //! connection, and one module per subcommand. [`main`] is all the binary runs.
 
-pub mod args;
+mod args;
 mod call;
 mod connect;
 mod dev;

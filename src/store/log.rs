@@ -13,6 +13,9 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures::stream::ReadyChunks;
 use futures::StreamExt;
 
+/// Pause before a read that broke is resumed.
+const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Decodes one stored message, given its stream sequence and timestamp (Unix seconds);
 /// `None` for a message that means nothing to the reader (it still moves the position).
 pub type Decoder<T> = fn(seq: u64, time: i64, message: &jetstream::Message) -> Option<T>;
@@ -97,10 +100,16 @@ impl<T> LogReader<T> {
             let Some(delivered) = messages.next().await else {
                 tracing::debug!(stream = %self.stream_name(), "ordered read ended; resuming");
                 self.messages = None;
+                tokio::time::sleep(RESUME_PAUSE).await;
                 continue;
             };
             if let Some(chunk) = self.take(delivered) {
                 return Ok(chunk);
+            }
+            if self.messages.is_none() {
+                // The read broke before handing anything out: do not spin on a server that
+                // keeps breaking it.
+                tokio::time::sleep(RESUME_PAUSE).await;
             }
         }
     }
@@ -181,3 +190,6 @@ async fn open(
         .map_err(|e| StoreError::unavailable(action(), e))?;
     Ok(messages.ready_chunks(max_chunk))
 }
+
+#[cfg(test)]
+mod tests;

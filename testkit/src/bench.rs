@@ -1,0 +1,49 @@
+//! Helpers of the benchmarks: rates at a number of requests in flight, acknowledged
+//! publishes, requests that must succeed.
+
+use anyhow::Result;
+
+/// Runs `op(i)` for every `i` in `0..n`, `in_flight` at a time, and returns operations per
+/// second. The first error ends the run and is returned.
+pub async fn rate_at_in_flight<F, Fut>(n: usize, in_flight: usize, op: F) -> Result<f64>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    use futures::{StreamExt, TryStreamExt};
+    let started = std::time::Instant::now();
+    futures::stream::iter(0..n)
+        .map(op)
+        .buffer_unordered(in_flight.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Publishes to JetStream and waits for the stream's acknowledgement.
+pub async fn publish_acked(
+    js: &async_nats::jetstream::Context,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    payload: Vec<u8>,
+) -> Result<()> {
+    js.publish_with_headers(subject, headers, payload.into())
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// Sends a request to the service and fails unless the reply is a success envelope.
+pub async fn request_ok(
+    client: &async_nats::Client,
+    subject: String,
+    payload: Vec<u8>,
+) -> Result<()> {
+    let reply = client.request(subject, payload.into()).await?;
+    anyhow::ensure!(
+        reply.payload.starts_with(b"{\"code\":200"),
+        "{}",
+        String::from_utf8_lossy(&reply.payload)
+    );
+    Ok(())
+}

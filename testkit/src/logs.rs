@@ -1,0 +1,159 @@
+//! Event logs for tests and benchmarks: building, publishing, projecting from empty, dumping.
+
+use anyhow::{Context as _, Result};
+use natster_global::service::RunnerConfig;
+use natster_global::test_util;
+use std::time::Duration;
+
+/// Last sequence of the event stream.
+pub async fn events_last_seq(js: &async_nats::jetstream::Context) -> Result<u64> {
+    stream_last_seq(js, test_util::EVENTS_STREAM).await
+}
+
+/// Last sequence of stream `name` (for a KV bucket's stream `KV_<bucket>`: writes so far).
+pub async fn stream_last_seq(js: &async_nats::jetstream::Context, name: &str) -> Result<u64> {
+    Ok(js.get_stream(name).await?.info().await?.state.last_sequence)
+}
+
+/// What [`project_from_empty`] measured.
+pub struct ProjectedBacklog {
+    /// From the runner's start until it had applied the requested sequence.
+    pub elapsed: Duration,
+    /// Each applied sequence the runner reported, with when (one entry per flush).
+    pub timeline: Vec<(Duration, u64)>,
+    /// Writes to the projection's bucket.
+    pub record_writes: u64,
+    /// Writes to `PROJ_STATS` (counters, checkpoint, lease).
+    pub stats_writes: u64,
+}
+
+/// Empties the bucket of projection `P` and `PROJ_STATS`, runs `P`'s runner over the log with
+/// `config` until it has applied sequence `upto` (at most two minutes), stops it, and reports
+/// what it took.
+pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::Infallible>>(
+    js: &async_nats::jetstream::Context,
+    upto: u64,
+    config: RunnerConfig,
+) -> Result<ProjectedBacklog> {
+    for bucket in [P::BUCKET, test_util::PROJ_STATS_BUCKET] {
+        if js.get_key_value(bucket).await.is_ok() {
+            js.delete_key_value(bucket).await?;
+        }
+    }
+    let store = test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let (records_stream, stats_stream) = (
+        format!("KV_{}", P::BUCKET),
+        format!("KV_{}", test_util::PROJ_STATS_BUCKET),
+    );
+    let records_before = stream_last_seq(js, &records_stream).await?;
+    let stats_before = stream_last_seq(js, &stats_stream).await?;
+    let records = js.get_key_value(P::BUCKET).await?;
+    let (tx, mut applied) = tokio::sync::watch::channel(0u64);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runner = test_util::ProjectionRunner::<P> {
+        stream: store.events.clone(),
+        records,
+        stats: store.stats.clone(),
+        config,
+        progress: test_util::Progress::new(tx, Default::default()),
+        announce: std::sync::Arc::new(test_util::Silent),
+    };
+    let task = tokio::spawn(runner.run(stop.clone()));
+    let started = std::time::Instant::now();
+    let mut timeline = Vec::new();
+    let waited: std::result::Result<Result<()>, _> =
+        tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                let seq = *applied.borrow_and_update();
+                timeline.push((started.elapsed(), seq));
+                if seq >= upto {
+                    return Ok(());
+                }
+                applied.changed().await?;
+            }
+        })
+        .await;
+    let elapsed = started.elapsed();
+    stop.cancel();
+    waited.context("the backlog was not projected within two minutes")??;
+    task.await?;
+    Ok(ProjectedBacklog {
+        elapsed,
+        timeline,
+        record_writes: stream_last_seq(js, &records_stream).await? - records_before,
+        stats_writes: stream_last_seq(js, &stats_stream).await? - stats_before,
+    })
+}
+
+/// A realistic event log in the original layout: every one of `accounts` new accounts
+/// initialises, then shares (70 %), unshares (20 %) and imports (10 %) over `catalogs` names,
+/// up to `events` events. Returns (subject, body) pairs in append order.
+pub fn mixed_event_log(accounts: usize, catalogs: usize, events: usize) -> Vec<(String, Vec<u8>)> {
+    use natster_global::model::{EventSubject, EventType, InitData};
+    let keys: Vec<String> = (0..accounts)
+        .map(|_| nkeys::KeyPair::new_account().public_key())
+        .collect();
+    let mut log = Vec::with_capacity(events);
+    for key in &keys {
+        let data = InitData {
+            account_id: "id".into(),
+            account_name: "test".into(),
+            account_key: key.clone(),
+        };
+        log.push((
+            EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
+            serde_json::to_vec(&data).expect("init data serializes"),
+        ));
+    }
+    let mut i = 0usize;
+    while log.len() < events {
+        let owner = &keys[i % keys.len()];
+        let target = &keys[(i * 7 + 3) % keys.len()];
+        let kind = match i % 10 {
+            0..=6 => EventType::CatalogShared,
+            7 | 8 => EventType::CatalogUnshared,
+            _ => EventType::CatalogImported,
+        };
+        let catalog = format!("cat{}", i % catalogs.max(1));
+        log.push((
+            EventSubject::new(owner, target, &catalog, kind).to_subject(),
+            Vec::new(),
+        ));
+        i += 1;
+    }
+    log
+}
+
+/// Publishes `log` to JetStream in chunks (the context bounds the acks in flight) and waits
+/// for every ack.
+pub async fn publish_log(
+    js: &async_nats::jetstream::Context,
+    log: &[(String, Vec<u8>)],
+) -> Result<()> {
+    for chunk in log.chunks(1_000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (subject, body) in chunk {
+            acks.push(js.publish(subject.clone(), body.clone().into()).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    Ok(())
+}
+
+/// Every key and current value of a bucket.
+pub async fn dump_bucket(
+    kv: &async_nats::jetstream::kv::Store,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    use futures::StreamExt;
+    let mut keys = kv.keys().await?;
+    let mut out = std::collections::BTreeMap::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        if let Some(value) = kv.get(&key).await? {
+            out.insert(key, value.to_vec());
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,197 @@
+//! Real nats-servers for tests: a world in operator mode, plain JetStream, a 3-node cluster.
+
+use anyhow::{bail, Context as _, Result};
+use natster_global::tooling::bootstrap::{self, ClusterOptions, ServerConfigOptions, World};
+use natster_global::tooling::natsd::{free_port, NatsServer, ServerSpec};
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// A world (operator, SYS, NATSTER, WEB, HUB and user accounts) served by its own nats-server.
+pub struct TestWorld {
+    pub world: World,
+    pub server: NatsServer,
+    _dir: TempDir,
+}
+
+impl TestWorld {
+    /// A world with users `alice` and `bob`.
+    pub async fn start() -> Result<TestWorld> {
+        Self::start_with(&["alice", "bob"], |_| Ok(())).await
+    }
+
+    /// A world with the given users; `customize` may add or change accounts before the server
+    /// config is written.
+    pub async fn start_with(
+        users: &[&str],
+        customize: impl FnOnce(&mut World) -> Result<()>,
+    ) -> Result<TestWorld> {
+        let dir = tempfile::tempdir()?;
+        let users: Vec<String> = users.iter().map(|s| s.to_string()).collect();
+        let mut world = World::generate(dir.path(), &users)?;
+        customize(&mut world)?;
+        world.write(false)?;
+        let server = NatsServer::start(ServerSpec {
+            config: Some(world.server_config_path()),
+            ..Default::default()
+        })
+        .await?;
+        world.port = server.port();
+        Ok(TestWorld {
+            world,
+            server,
+            _dir: dir,
+        })
+    }
+
+    /// The public key of account `name`.
+    pub fn key(&self, name: &str) -> String {
+        self.world
+            .key(name)
+            .expect("account exists in the test world")
+    }
+
+    /// Connects as the user of account `name`.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client> {
+        connect_creds(&self.server.url(), &self.world.creds_path(name), name).await
+    }
+}
+
+/// Connects to `url` (one URL, or several comma-separated) with a creds file.
+pub async fn connect_creds(
+    url: &str,
+    creds: &std::path::Path,
+    name: &str,
+) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .with_context(|| format!("reading {}", creds.display()))?
+        .name(name)
+        .connect(url.split(',').map(str::trim).collect::<Vec<_>>().as_slice())
+        .await
+        .with_context(|| format!("connecting as {name} to {url}"))
+}
+
+/// A plain JetStream server (no auth) with a temporary store.
+pub struct PlainServer {
+    pub server: NatsServer,
+    _dir: TempDir,
+}
+
+impl PlainServer {
+    /// Starts it.
+    pub async fn start() -> Result<PlainServer> {
+        let dir = tempfile::tempdir()?;
+        let server = NatsServer::plain_jetstream(dir.path()).await?;
+        Ok(PlainServer { server, _dir: dir })
+    }
+
+    /// Connects without credentials.
+    pub async fn connect(&self) -> Result<async_nats::Client> {
+        Ok(async_nats::connect(self.server.url()).await?)
+    }
+}
+
+/// Three JetStream servers clustered on loopback; plain, or in operator mode from a world.
+pub struct Cluster {
+    pub nodes: Vec<NatsServer>,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    /// Starts three plain nodes and waits until JetStream has a meta leader.
+    pub async fn start_plain() -> Result<Cluster> {
+        Self::start(None).await
+    }
+
+    /// Starts three nodes serving `world` and waits until JetStream has a meta leader;
+    /// readiness is checked as the world's service account.
+    pub async fn start(world: Option<&World>) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        // Hold every listener until all six ports are chosen so none is picked twice.
+        let listeners: Vec<std::net::TcpListener> = (0..6)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .collect::<std::io::Result<_>>()?;
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .collect::<std::io::Result<_>>()?;
+        drop(listeners);
+        let (client_ports, cluster_ports) = ports.split_at(3);
+        let mut starting = Vec::new();
+        for i in 0..3 {
+            let cluster = ClusterOptions {
+                name: "natster-test".into(),
+                port: cluster_ports[i],
+                routes: cluster_ports.to_vec(),
+            };
+            let store = dir.path().join(format!("n{i}"));
+            let conf = match world {
+                Some(world) => world.server_config(&ServerConfigOptions {
+                    server_name: Some(format!("n{i}")),
+                    port: Some(client_ports[i]),
+                    store_dir: Some(store),
+                    cluster: Some(cluster),
+                }),
+                None => format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n{}",
+                    client_ports[i],
+                    store.display().to_string(),
+                    bootstrap::cluster_block(&cluster)
+                ),
+            };
+            let path = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(&path, conf)?;
+            starting.push(NatsServer::start(ServerSpec {
+                config: Some(path),
+                port: Some(client_ports[i]),
+                ..Default::default()
+            }));
+        }
+        let nodes = futures::future::try_join_all(starting).await?;
+        let cluster = Cluster { nodes, _dir: dir };
+        let client = match world {
+            Some(world) => {
+                connect_creds(
+                    &cluster.nodes[0].url(),
+                    &world.creds_path(bootstrap::NATSTER),
+                    "cluster-check",
+                )
+                .await?
+            }
+            None => async_nats::connect(cluster.nodes[0].url()).await?,
+        };
+        wait_for_jetstream(&client, Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Client URLs of all nodes, comma-separated (what async-nats accepts as a server list).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+}
+
+/// Waits until JetStream answers account info on `client` (a cluster has elected its meta
+/// leader).
+pub async fn wait_for_jetstream(client: &async_nats::Client, within: Duration) -> Result<()> {
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        // A server without a meta leader may drop the API request instead of answering, so
+        // each probe gets a short deadline of its own.
+        let error = match tokio::time::timeout(Duration::from_millis(500), js.query_account()).await
+        {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "no answer to the account info request".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("JetStream not ready within {within:?}: {error}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free loopback port (re-exported for tests that run their own listeners).
+pub fn port() -> Result<u16> {
+    Ok(free_port()?)
+}
