@@ -12,16 +12,7 @@ impl Projection for Accounts {
     const NAME: &'static str = "accounts";
     const BUCKET: &'static str = PROJ_ACCOUNT_BUCKET;
     type Record = AccountRecord;
-    type Input = Event;
-    type Notice = std::convert::Infallible;
-
-    fn decode(seq: u64, time: i64, message: &async_nats::jetstream::Message) -> Option<Event> {
-        super::decode_event(seq, time, message)
-    }
-
-    fn seq(event: &Event) -> u64 {
-        event.seq
-    }
+    reads_the_event_log!();
 
     fn keys(event: &Event) -> Vec<String> {
         let s = &event.subject;

@@ -12,16 +12,7 @@ impl Projection for Catalogs {
     const NAME: &'static str = "catalogs";
     const BUCKET: &'static str = PROJ_CATALOG_BUCKET;
     type Record = CatalogRecord;
-    type Input = Event;
-    type Notice = std::convert::Infallible;
-
-    fn decode(seq: u64, time: i64, message: &async_nats::jetstream::Message) -> Option<Event> {
-        super::decode_event(seq, time, message)
-    }
-
-    fn seq(event: &Event) -> u64 {
-        event.seq
-    }
+    reads_the_event_log!();
 
     fn keys(event: &Event) -> Vec<String> {
         let s = &event.subject;

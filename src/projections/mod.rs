@@ -4,6 +4,27 @@
 //! [`registry`] the one list of projections that the wiring, the probe, the metrics and the
 //! CLI take them from.
 
+/// The items of a [`Projection`] that applies the event log and announces nothing: its input
+/// is the log's events, decoded by [`decode_event`].
+macro_rules! reads_the_event_log {
+    () => {
+        type Input = $crate::model::Event;
+        type Notice = std::convert::Infallible;
+
+        fn decode(
+            seq: u64,
+            time: i64,
+            message: &async_nats::jetstream::Message,
+        ) -> Option<$crate::model::Event> {
+            $crate::projections::decode_event(seq, time, message)
+        }
+
+        fn seq(event: &$crate::model::Event) -> u64 {
+            event.seq
+        }
+    };
+}
+
 pub mod accounts;
 pub mod catalogs;
 pub mod oauth;
@@ -71,6 +92,8 @@ pub trait Projection: Send + Sync + 'static {
     /// What the projection announces when a record changes in a way others must hear of
     /// (`Infallible` for projections that announce nothing).
     type Notice: Send + Sync + 'static;
+    /// Most records one flush writes, whatever the runner's configuration allows.
+    const MAX_BATCH_RECORDS: usize = usize::MAX;
 
     /// Decodes a stored message of the stream; `None` for messages this projection ignores.
     fn decode(seq: u64, time: i64, message: &async_nats::jetstream::Message)

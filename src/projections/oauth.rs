@@ -18,16 +18,7 @@ impl Projection for OAuthIndex {
     const NAME: &'static str = "oauth";
     const BUCKET: &'static str = PROJ_OAUTH_BUCKET;
     type Record = OAuthRecord;
-    type Input = Event;
-    type Notice = std::convert::Infallible;
-
-    fn decode(seq: u64, time: i64, message: &async_nats::jetstream::Message) -> Option<Event> {
-        super::decode_event(seq, time, message)
-    }
-
-    fn seq(event: &Event) -> u64 {
-        event.seq
-    }
+    reads_the_event_log!();
 
     fn keys(event: &Event) -> Vec<String> {
         match (&event.subject.event_type, &event.body) {

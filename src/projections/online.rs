@@ -17,6 +17,9 @@ impl Projection for Online {
     type Input = OnlineMessage;
     type Record = OnlineRecord;
     type Notice = Transition;
+    /// Notices go out with their flush, so batches stay small: a burst of heartbeats is
+    /// announced (and held in memory) a thousand transitions at a time, not tens of thousands.
+    const MAX_BATCH_RECORDS: usize = 1024;
 
     /// A heartbeat (payload `{"revision": N, ...}`), an offline announcement (the
     /// `Natster-Offline` header) or a server marker (`Nats-Marker-Reason`).

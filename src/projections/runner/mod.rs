@@ -29,7 +29,7 @@ use super::stored::lease_key;
 use super::Projection;
 use crate::store::lease::{holder_id, lead, Held, Lease};
 use crate::store::log::{Chunk, LogReader};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 use async_nats::jetstream::{kv, stream};
 use flush::{FlushPlan, Flushed, Target};
 use fold::FoldState;
@@ -41,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Fresh starts from the checkpoint after failed writes before the runner gives the lease up.
 const BATCH_ATTEMPTS: usize = 8;
+/// Pause before starting over after an unavailable store, times the attempt.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Chunks of decoded messages queued between the log reader and the folder.
 const READ_AHEAD: usize = 32;
 /// Most messages the reader hands over at once.
@@ -125,6 +127,16 @@ pub enum RunnerError {
     ReaderStopped,
 }
 
+impl RunnerError {
+    /// The store's kind of failure, when the store failed.
+    pub fn kind(&self) -> Option<StoreErrorKind> {
+        match self {
+            RunnerError::Store(error) => Some(error.kind()),
+            _ => None,
+        }
+    }
+}
+
 /// Projection `P` applied from `stream` to `records`, with its counters and checkpoint in
 /// `stats`.
 pub struct ProjectionRunner<P: Projection> {
@@ -178,6 +190,15 @@ impl<P: Projection> ProjectionRunner<P> {
                     if attempt >= BATCH_ATTEMPTS || !held.is_held() {
                         return Err(error);
                     }
+                    match error.kind() {
+                        // Another writer moved a record: the stored state is newer, start from it.
+                        Some(StoreErrorKind::Conflict) => {}
+                        Some(StoreErrorKind::Permanent) => {
+                            tracing::error!(projection = P::NAME, %error, "the server refuses a write of this projection; retrying cannot fix it");
+                        }
+                        // The server may be back shortly: do not hammer it.
+                        _ => tokio::time::sleep(RETRY_PAUSE * attempt as u32).await,
+                    }
                     tracing::debug!(projection = P::NAME, %error, "starting over from the checkpoint");
                 }
             }
@@ -205,6 +226,7 @@ impl<P: Projection> ProjectionRunner<P> {
         flushing: &mut Option<Flushing>,
     ) -> Result<(), RunnerError> {
         let config = &self.config;
+        let max_batch_records = config.max_batch_records.min(P::MAX_BATCH_RECORDS);
         let mut fold = FoldState::<P>::load(&self.stats).await?;
         fold.preload(&self.records).await?;
         let (mut chunks, _reader) = spawn_reader::<P>(self.stream.clone(), fold.checkpoint.0 + 1);
@@ -215,7 +237,7 @@ impl<P: Projection> ProjectionRunner<P> {
         let mut pending_since = tokio::time::Instant::now();
         loop {
             let due = caught_up
-                || fold.dirty.len() >= config.max_batch_records
+                || fold.dirty.len() >= max_batch_records
                 || pending_since.elapsed() >= config.max_linger;
             if flushing.is_none() && fold.has_pending() && due {
                 if !held.is_held() {
@@ -226,7 +248,7 @@ impl<P: Projection> ProjectionRunner<P> {
                 let plan = fold.take_plan(held.owner());
                 *flushing = Some(tokio::spawn(flush::execute(self.target(), plan)));
             }
-            let accepting = fold.dirty.len() < config.max_batch_records;
+            let accepting = fold.dirty.len() < max_batch_records;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return self.finish_in_hand(&mut fold, held, flushing).await,
