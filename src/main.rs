@@ -6,7 +6,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use natster_global::cli::{self, CliError};
+use natster_global::cli;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -14,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
         Ok(0) => Ok(()),
         Ok(code) => std::process::exit(code),
         // A bad setting is one line for the operator.
-        Err(error @ CliError::Settings(_)) => {
+        Err(error) if error.exit_code() == cli::EXIT_BAD_SETTING => {
             eprintln!("error: {error}");
             std::process::exit(error.exit_code());
         }

@@ -4,6 +4,7 @@
 use super::connect::{check_private_file, NatsAuth, NatsConfig};
 use super::settings::SettingsError;
 use crate::model::validate::{catalog_name_problem, is_account_public_key};
+use crate::model::ShareLimits;
 use crate::service::{HubShare, Sealer, ServiceConfig, StoreConfig};
 use crate::tooling::{bootstrap, nats_context};
 use clap::{Args, Parser, Subcommand};
@@ -213,6 +214,15 @@ pub struct ServiceArgs {
     /// Burst of write requests allowed per account above the rate.
     #[arg(long, env = "NATSTER_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// Active shares one account may have as owner.
+    #[arg(long, env = "NATSTER_MAX_OUT_SHARES", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_out_shares: u32,
+    /// Accounts one catalog may be shared with at a time.
+    #[arg(long, env = "NATSTER_MAX_CATALOG_ACCOUNTS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_catalog_accounts: u32,
+    /// Active shares one account may receive.
+    #[arg(long, env = "NATSTER_MAX_IN_SHARES", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_shares: u32,
 }
 
 impl ServiceArgs {
@@ -264,6 +274,11 @@ impl ServiceArgs {
             claim_url_base: self.claim_url_base.clone(),
             rate_per_second: self.rate_limit,
             rate_burst: self.rate_burst,
+            share_limits: ShareLimits {
+                out_shares_per_account: self.max_out_shares as usize,
+                accounts_per_catalog: self.max_catalog_accounts as usize,
+                in_shares_per_account: self.max_in_shares as usize,
+            },
             online_ttl: self.online_ttl,
             ready_max_lag: self.ready_max_lag,
             sealer,

@@ -113,7 +113,7 @@ impl CliError {
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Settings(_) => EXIT_BAD_SETTING,
+            CliError::Settings(_) | CliError::Serve(ServeError::Limits(_)) => EXIT_BAD_SETTING,
             _ => EXIT_FAILED,
         }
     }

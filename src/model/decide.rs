@@ -119,7 +119,7 @@ impl Rejection {
 /// - `Initialize`: the data must name the caller (400); once per account (409).
 /// - `Share`: valid name (400), target a valid account key other than the caller (400),
 ///   initialised caller (404), name not owned by another account (409), not already actively
-///   shared with the target (409).
+///   shared with the target (409), within the share limits of the state (409).
 /// - `Unshare`: valid name and target (400), initialised caller (404), an active share from the
 ///   caller as owner to the target (404).
 /// - `Import`: valid name and owner key other than the caller (400), initialised caller (404),
@@ -272,6 +272,7 @@ fn share(
             "this catalog is already shared with that account".into(),
         ));
     }
+    check_limits(state, origin, target, catalog)?;
     let mut decision = catalog_decision(
         state,
         EventSubject::new(origin, target, catalog, EventType::CatalogShared),
@@ -280,6 +281,42 @@ fn share(
         decision.claim = Some(catalog.to_string());
     }
     Ok(decision)
+}
+
+/// The share limits of [`ShareLimits`](super::limits::ShareLimits): a new share must not
+/// take the owner past its out-shares, the catalog past its accounts, or the target past its
+/// in-shares.
+fn check_limits(
+    state: &DecisionState,
+    origin: &str,
+    target: &str,
+    catalog: &str,
+) -> Result<(), Rejection> {
+    let limits = &state.limits;
+    let (out_shares, in_shares) = state.share_counts(origin, target);
+    if out_shares >= limits.out_shares_per_account {
+        return Err(Rejection::Conflict(format!(
+            "this account already has {out_shares} active shares, the most one account may \
+             have (out-shares limit {}); unshare one first",
+            limits.out_shares_per_account
+        )));
+    }
+    let accounts = state.catalogs.get(catalog).map_or(0, |c| c.shares.len());
+    if accounts >= limits.accounts_per_catalog {
+        return Err(Rejection::Conflict(format!(
+            "this catalog is already shared with {accounts} accounts, the most one catalog may \
+             be shared with (accounts-per-catalog limit {})",
+            limits.accounts_per_catalog
+        )));
+    }
+    if in_shares >= limits.in_shares_per_account {
+        return Err(Rejection::Conflict(format!(
+            "that account already receives {in_shares} active shares, the most one account may \
+             receive (in-shares limit {})",
+            limits.in_shares_per_account
+        )));
+    }
+    Ok(())
 }
 
 fn catalog_decision(state: &DecisionState, subject: EventSubject) -> Decision {

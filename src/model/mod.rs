@@ -4,6 +4,7 @@
 
 pub mod decide;
 pub mod event;
+pub mod limits;
 pub mod online;
 pub mod records;
 pub mod state;
@@ -14,5 +15,6 @@ pub use event::{
     ContextBoundData, Decoded, Event, EventBody, EventSubject, EventType, InitData, NatsterContext,
     NONE,
 };
+pub use limits::ShareLimits;
 pub use records::{AccountRecord, CatalogRecord, OAuthRecord, ShareRef};
 pub use state::DecisionState;

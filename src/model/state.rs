@@ -11,6 +11,10 @@ pub struct AccountAggregate {
     pub init_seq: u64,
     /// Sequence of the last event on the account's `context_bound` subject; 0 = none.
     pub context_seq: u64,
+    /// Active shares from this account, as owner.
+    pub out_shares: usize,
+    /// Active shares to this account.
+    pub in_shares: usize,
 }
 
 /// Decision-relevant facts of one share of a catalog.
@@ -40,6 +44,18 @@ pub struct DecisionState {
     pub pairs: HashMap<String, u64>,
     /// Last stream sequence folded in.
     pub last_seq: u64,
+    /// The share limits `decide` enforces (settings, not folded from the log).
+    pub limits: super::limits::ShareLimits,
+}
+
+impl DecisionState {
+    /// An empty state whose decisions enforce `limits`.
+    pub fn with_limits(limits: super::limits::ShareLimits) -> DecisionState {
+        DecisionState {
+            limits,
+            ..DecisionState::default()
+        }
+    }
 }
 
 impl DecisionState {
@@ -81,17 +97,25 @@ impl DecisionState {
         self.pairs.insert(s.pair_key(), event.seq);
         let catalog = self.catalogs.entry(s.catalog.clone()).or_default();
         catalog.last_seq = event.seq;
+        let mut share_change = 0;
         match s.event_type {
             EventType::CatalogShared if !no_real_target => {
                 if catalog.owner.is_empty() {
                     catalog.owner = s.origin.clone();
                 }
-                if catalog.owner == s.origin {
-                    catalog.shares.entry(s.target.clone()).or_default();
+                if catalog.owner == s.origin && !catalog.shares.contains_key(&s.target) {
+                    catalog
+                        .shares
+                        .insert(s.target.clone(), ShareState::default());
+                    share_change = 1;
                 }
             }
-            EventType::CatalogUnshared if !no_real_target && catalog.owner == s.origin => {
-                catalog.shares.remove(&s.target);
+            EventType::CatalogUnshared
+                if !no_real_target
+                    && catalog.owner == s.origin
+                    && catalog.shares.remove(&s.target).is_some() =>
+            {
+                share_change = -1;
             }
             EventType::CatalogImported if catalog.owner == s.target => {
                 if let Some(share) = catalog.shares.get_mut(&s.origin) {
@@ -100,6 +124,23 @@ impl DecisionState {
             }
             _ => {}
         }
+        if share_change != 0 {
+            self.count_share(&s.origin, &s.target, share_change);
+        }
+    }
+
+    fn count_share(&mut self, owner: &str, target: &str, change: isize) {
+        let owner = self.accounts.entry(owner.to_string()).or_default();
+        owner.out_shares = owner.out_shares.saturating_add_signed(change);
+        let target = self.accounts.entry(target.to_string()).or_default();
+        target.in_shares = target.in_shares.saturating_add_signed(change);
+    }
+
+    /// Active shares from `owner` and to `target` (0 for accounts never seen).
+    pub(super) fn share_counts(&self, owner: &str, target: &str) -> (usize, usize) {
+        let out = self.accounts.get(owner).map_or(0, |a| a.out_shares);
+        let into = self.accounts.get(target).map_or(0, |a| a.in_shares);
+        (out, into)
     }
 
     /// Folds in an event whose subject has the event layout but a type this version does not

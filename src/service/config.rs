@@ -2,6 +2,7 @@
 //! directly by tests and embedding programs.
 
 use crate::api::ApiSettings;
+use crate::model::ShareLimits;
 use crate::otc::Sealer;
 use crate::projections::runner::RunnerConfig;
 use crate::reactions::HubShare;
@@ -30,6 +31,9 @@ pub struct ServiceConfig {
     /// Write requests per second and account, and the burst allowed above it.
     pub rate_per_second: u32,
     pub rate_burst: u32,
+    /// Share limits `decide` enforces; the records they allow must fit the server's
+    /// `max_payload` (checked at start).
+    pub share_limits: ShareLimits,
     /// Tuning of the projection runners.
     pub runner: RunnerConfig,
     /// A catalog is online until this long after its last heartbeat (whole seconds, at
@@ -54,6 +58,7 @@ impl Default for ServiceConfig {
             claim_url_base: "https://natster.io/login/".into(),
             rate_per_second: 100,
             rate_burst: 200,
+            share_limits: ShareLimits::default(),
             runner: Default::default(),
             online_ttl: Duration::from_secs(180),
             ready_max_lag: 10_000,

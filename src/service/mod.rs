@@ -52,6 +52,9 @@ pub enum ServeError {
     Drain(#[from] async_nats::client::DrainError),
     #[error("shutdown did not finish within {0:?}")]
     Timeout(std::time::Duration),
+    /// The settings allow records the server could not store (exit code 2).
+    #[error(transparent)]
+    Limits(#[from] crate::model::limits::LimitsTooLarge),
 }
 
 /// The whole `serve` command: HTTP endpoints on `http_addr` first (live at once, ready once
@@ -131,6 +134,11 @@ impl GlobalService {
         config: ServiceConfig,
         telemetry: Arc<Telemetry>,
     ) -> Result<GlobalService, ServeError> {
+        // The server's INFO (with its max_payload) is in once a round trip has been made.
+        roundtrip::sync(&client).await?;
+        config
+            .share_limits
+            .check_fit(client.server_info().max_payload)?;
         let metrics = telemetry.metrics.clone();
         let js = async_nats::jetstream::new(client.clone());
         let store = Store::ensure(js.clone(), &config.store).await?;
@@ -139,6 +147,7 @@ impl GlobalService {
             js,
             &store.events,
             store.names.clone(),
+            config.share_limits,
             metrics.clone(),
             stop_background.clone(),
         )

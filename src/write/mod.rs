@@ -12,7 +12,7 @@ mod tail;
 
 pub use append::Appended;
 
-use crate::model::{decide, Command, DecisionState, Rejection};
+use crate::model::{decide, Command, DecisionState, Rejection, ShareLimits};
 use crate::store::{StoreError, StoreErrorKind};
 use crate::telemetry::metrics::{EventTypeLabels, Metrics, RejectionLabels};
 use async_nats::jetstream::{self, stream};
@@ -58,15 +58,17 @@ pub struct Decider {
 
 impl Decider {
     /// Starts tailing `events` from the beginning and returns once the state has folded
-    /// everything the stream held at start. The tail ends when `stop` is cancelled.
+    /// everything the stream held at start; decisions enforce `limits`. The tail ends when
+    /// `stop` is cancelled.
     pub async fn start(
         js: jetstream::Context,
         events: &stream::Stream,
         names: jetstream::kv::Store,
+        limits: ShareLimits,
         metrics: Metrics,
         stop: CancellationToken,
     ) -> Result<Decider, ExecuteError> {
-        let state = Arc::new(RwLock::new(DecisionState::default()));
+        let state = Arc::new(RwLock::new(DecisionState::with_limits(limits)));
         let (folded_tx, folded) = watch::channel(0u64);
         tail::spawn(events.clone(), state.clone(), folded_tx, stop);
         let decider = Decider {

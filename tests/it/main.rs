@@ -20,3 +20,4 @@ mod process;
 mod projections;
 mod races;
 mod serve;
+mod tenancy;

@@ -423,3 +423,29 @@ async fn sigterm_under_load_answers_every_request_it_took_and_exits_0() -> Resul
     assert!(logs.contains("\"stopped\""), "{logs}");
     Ok(())
 }
+
+#[tokio::test]
+async fn share_limits_whose_records_exceed_max_payload_are_refused_at_start_with_exit_2(
+) -> Result<()> {
+    let tw = TestWorld::start().await?;
+    let mut args = service_args(&tw);
+    args.extend(["--max-in-shares".into(), "20000".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = Serve::spawn(&args, &[("RUST_LOG", "warn")])?
+        .finish()
+        .await?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.starts_with("error: ")
+            && stderr.contains("--max-in-shares")
+            && stderr.contains("max_payload of 1048576 bytes"),
+        "{stderr}"
+    );
+    // The defaults start on the same server.
+    let args = service_args(&tw);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let serve = Serve::spawn(&args, &[])?;
+    serve.wait_for_line("serving").await?;
+    Ok(())
+}

@@ -1078,3 +1078,102 @@ fn a_context_binding_on_an_unusual_subject_does_not_move_the_guard() {
     state.apply(&event(3, &a, NONE, NONE, EventType::ContextBound));
     assert_eq!(state.accounts[&a].context_seq, 3);
 }
+
+// ----- share limits ----------------------------------------------------------------------
+
+fn limited(out: usize, per_catalog: usize, into: usize) -> Sim {
+    Sim {
+        state: DecisionState::with_limits(crate::model::ShareLimits {
+            out_shares_per_account: out,
+            accounts_per_catalog: per_catalog,
+            in_shares_per_account: into,
+        }),
+        log: vec![],
+    }
+}
+
+fn conflict_text(rejection: Rejection) -> String {
+    match rejection {
+        Rejection::Conflict(text) => text,
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_share_past_the_owners_out_shares_conflicts_naming_the_limit_and_an_unshare_frees_one() {
+    let mut sim = limited(3, 100, 100);
+    let owner = account();
+    sim.ok(&init(&owner));
+    let targets: Vec<String> = (0..4).map(|_| account()).collect();
+    for (i, target) in targets.iter().take(3).enumerate() {
+        sim.ok(&share(&owner, target, &format!("cat{i}")));
+    }
+    let text = conflict_text(sim.reject(&share(&owner, &targets[3], "cat9")));
+    assert!(text.contains("out-shares limit 3"), "{text}");
+    sim.ok(&unshare(&owner, &targets[0], "cat0"));
+    sim.ok(&share(&owner, &targets[3], "cat9"));
+    assert_eq!(sim.state.accounts[&owner].out_shares, 3);
+}
+
+#[test]
+fn a_share_past_the_catalogs_accounts_conflicts() {
+    let mut sim = limited(100, 2, 100);
+    let owner = account();
+    sim.ok(&init(&owner));
+    sim.ok(&share(&owner, &account(), "photos"));
+    sim.ok(&share(&owner, &account(), "photos"));
+    let text = conflict_text(sim.reject(&share(&owner, &account(), "photos")));
+    assert!(text.contains("accounts-per-catalog limit 2"), "{text}");
+    // Another catalog of the same owner is not affected.
+    sim.ok(&share(&owner, &account(), "music"));
+}
+
+#[test]
+fn a_share_past_the_targets_in_shares_conflicts_whoever_shares() {
+    let mut sim = limited(100, 100, 2);
+    let target = account();
+    for i in 0..2 {
+        let owner = account();
+        sim.ok(&init(&owner));
+        sim.ok(&share(&owner, &target, &format!("c{i}")));
+    }
+    let late = account();
+    sim.ok(&init(&late));
+    let text = conflict_text(sim.reject(&share(&late, &target, "late")));
+    assert!(text.contains("in-shares limit 2"), "{text}");
+    // The hub's auto-share obeys the same limits.
+    let text = conflict_text(sim.reject(&auto_share(&account(), &target, "hub")));
+    assert!(text.contains("in-shares limit 2"), "{text}");
+}
+
+#[test]
+fn share_counts_follow_only_shares_that_take_effect() {
+    let mut sim = limited(100, 100, 100);
+    let (owner, other, target) = (account(), account(), account());
+    sim.ok(&init(&owner));
+    sim.ok(&share(&owner, &target, "photos"));
+    // An adopted log may hold a second share of the same pair and a share by a non-owner:
+    // neither is a new active share.
+    sim.append(
+        EventSubject::new(&owner, &target, "photos", EventType::CatalogShared),
+        EventBody::Empty,
+    );
+    sim.append(
+        EventSubject::new(&other, &target, "photos", EventType::CatalogShared),
+        EventBody::Empty,
+    );
+    assert_eq!(sim.state.accounts[&owner].out_shares, 1);
+    assert_eq!(sim.state.accounts[&target].in_shares, 1);
+    assert_eq!(
+        sim.state.accounts.get(&other).map_or(0, |a| a.out_shares),
+        0
+    );
+    // An unshare of a share that is not active changes nothing.
+    sim.append(
+        EventSubject::new(&owner, &other, "photos", EventType::CatalogUnshared),
+        EventBody::Empty,
+    );
+    sim.ok(&unshare(&owner, &target, "photos"));
+    assert_eq!(sim.state.accounts[&owner].out_shares, 0);
+    assert_eq!(sim.state.accounts[&target].in_shares, 0);
+}
