@@ -2,7 +2,8 @@
 //! which only `natster-testkit` turns on): internal mechanisms they drive directly. Never part
 //! of the product build.
 
-pub use crate::projections::rebuild::{rebuild, RebuildReport};
+pub use crate::projections::parking::{list as parked_events, ParkedEvent, RecordLimit};
+pub use crate::projections::rebuild::{rebuild, RebuildReport, RebuildTarget};
 pub use crate::projections::runner::{
     apply_batch, Progress, ProjectionRunner, RunnerConfig, Silent,
 };
@@ -19,6 +20,6 @@ pub use crate::store::log::{decode_event, LogReader};
 pub use crate::store::roundtrip::sync;
 pub use crate::store::{
     online_stream_config, Store, StoreConfig, StoreError, StoreErrorKind, EVENTS_STREAM,
-    PROJ_STATS_BUCKET,
+    PROJ_PARKED_BUCKET, PROJ_STATS_BUCKET,
 };
 pub use crate::telemetry::{http, Phase, Telemetry};

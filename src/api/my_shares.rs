@@ -5,6 +5,7 @@ use crate::contract::{op, ShareSummary};
 use crate::model::online::{online_key, OnlineRecord};
 use crate::model::AccountRecord;
 use crate::projections::{accounts::Accounts, Projection};
+use crate::store::kv::is_valid_key;
 use std::collections::{BTreeSet, HashMap};
 
 impl Handler for op::MyShares {
@@ -18,10 +19,12 @@ impl Handler for op::MyShares {
         let me = &request.caller.account;
         let record: Option<AccountRecord> = read_record(&context.store.accounts, me).await?;
         let mut summaries = record.map(|r| summaries(me, &r)).unwrap_or_default();
-        // One online read per distinct catalog (the owner is the sharing account).
+        // One online read per distinct catalog (the owner is the sharing account); a catalog
+        // of an adopted log whose name no key can hold is never online.
         let catalogs: BTreeSet<String> = summaries
             .iter()
             .map(|s| online_key(&s.from_account, &s.catalog))
+            .filter(|key| is_valid_key(key))
             .collect();
         let online: Vec<Option<OnlineRecord>> = futures::future::try_join_all(
             catalogs

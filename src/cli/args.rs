@@ -79,6 +79,42 @@ pub enum ProjectionsAction {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// List the log messages projections parked because they can never apply them.
+    Parked {
+        /// Only this projection's.
+        #[arg(long)]
+        projection: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Re-apply parked messages once their cause is removed: rebuilds each projection that
+    /// parked one (in log order, the only correct way); what still cannot be applied stays
+    /// parked.
+    ReplayParked {
+        /// Only this projection's parked messages.
+        #[arg(long)]
+        projection: Option<String>,
+        /// Only the projections that parked this log sequence.
+        #[arg(long)]
+        seq: Option<u64>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+impl ProjectionsAction {
+    /// The connection flags of the action.
+    pub fn connect(&self) -> &ConnectArgs {
+        match self {
+            ProjectionsAction::Status { connect, .. }
+            | ProjectionsAction::Rebuild { connect, .. }
+            | ProjectionsAction::Parked { connect, .. }
+            | ProjectionsAction::ReplayParked { connect, .. } => connect,
+        }
+    }
 }
 
 /// Server URL when neither a flag, the environment nor a context names one.

@@ -1,13 +1,17 @@
-//! `natster-global projections status|rebuild`, over the projection registry.
+//! `natster-global projections status|rebuild|parked|replay-parked`, over the projection
+//! registry.
 
 use super::args::{ProjectionsAction, ProjectionsArgs};
 use super::connect::ConnectError;
 use super::settings::SettingsError;
-use crate::projections::rebuild::{rebuild, RebuildReport};
+use crate::projections::parking::{self, ParkedEvent, RecordLimit};
+use crate::projections::rebuild::{rebuild, RebuildReport, RebuildTarget};
 use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::status::{status, ProjectionStatus};
 use crate::projections::{accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, Projection};
-use crate::store::{StoreError, EVENTS_STREAM, ONLINE_STREAM, PROJ_STATS_BUCKET};
+use crate::store::{
+    StoreError, EVENTS_STREAM, ONLINE_STREAM, PROJ_PARKED_BUCKET, PROJ_STATS_BUCKET,
+};
 use async_nats::jetstream;
 
 /// Why `projections` failed.
@@ -32,39 +36,138 @@ pub enum ProjectionsError {
 
 /// Runs the subcommand.
 pub async fn run(args: &ProjectionsArgs) -> Result<(), ProjectionsError> {
-    let connect = match &args.action {
-        ProjectionsAction::Status { connect, .. } | ProjectionsAction::Rebuild { connect, .. } => {
-            connect
-        }
-    };
-    let client = connect
+    let client = args
+        .action
+        .connect()
         .nats_config("natster-global-projections")?
         .connect_once()
         .await?;
+    let limit = RecordLimit::for_max_payload(client.server_info().max_payload);
     let js = jetstream::new(client);
     let events = js
         .get_stream(EVENTS_STREAM)
         .await
         .map_err(ProjectionsError::NoEventStream)?;
     let stats = bucket(&js, PROJ_STATS_BUCKET).await?;
+    let parts = Parts {
+        js: &js,
+        events: &events,
+        stats: &stats,
+        limit,
+    };
     match &args.action {
         ProjectionsAction::Status { json, .. } => print_status(&js, &events, &stats, *json).await,
         ProjectionsAction::Rebuild { projection, .. } => {
             for name in chosen(projection.as_deref())? {
-                let report = match name {
-                    ProjectionName::Accounts => with_bar::<Accounts>(&js, &events, &stats).await?,
-                    ProjectionName::Catalogs => with_bar::<Catalogs>(&js, &events, &stats).await?,
-                    ProjectionName::OAuth => with_bar::<OAuthIndex>(&js, &events, &stats).await?,
-                    ProjectionName::Online => unreachable!("not rebuildable"),
-                };
-                println!(
-                    "{}: replayed {} events up to sequence {}; {} records written, {} unchanged, {} deleted",
-                    report.projection, report.events, report.last_seq, report.written, report.unchanged, report.deleted
-                );
+                print_report(&rebuild_one(&parts, name).await?);
+            }
+            Ok(())
+        }
+        ProjectionsAction::Parked {
+            projection, json, ..
+        } => {
+            if let Some(name) = projection {
+                ProjectionName::parse(name).ok_or_else(|| unknown(name, ProjectionName::ALL))?;
+            }
+            let parked = parking::list(&parked_bucket(&js).await?, projection.as_deref()).await?;
+            print_parked(&parked, *json);
+            Ok(())
+        }
+        ProjectionsAction::ReplayParked {
+            projection, seq, ..
+        } => {
+            let wanted = chosen(projection.as_deref())?;
+            let parked = parking::list(&parked_bucket(&js).await?, None).await?;
+            let names: Vec<ProjectionName> = wanted
+                .into_iter()
+                .filter(|name| {
+                    parked.iter().any(|event| {
+                        event.projection == name.as_str() && seq.is_none_or(|s| event.seq == s)
+                    })
+                })
+                .collect();
+            if names.is_empty() {
+                println!("no parked event matches; nothing to replay");
+            }
+            for name in names {
+                let report = rebuild_one(&parts, name).await?;
+                print_report(&report);
             }
             Ok(())
         }
     }
+}
+
+/// What every action works on.
+struct Parts<'a> {
+    js: &'a jetstream::Context,
+    events: &'a jetstream::stream::Stream,
+    stats: &'a jetstream::kv::Store,
+    limit: RecordLimit,
+}
+
+async fn rebuild_one(
+    parts: &Parts<'_>,
+    name: ProjectionName,
+) -> Result<RebuildReport, ProjectionsError> {
+    match name {
+        ProjectionName::Accounts => with_bar::<Accounts>(parts).await,
+        ProjectionName::Catalogs => with_bar::<Catalogs>(parts).await,
+        ProjectionName::OAuth => with_bar::<OAuthIndex>(parts).await,
+        ProjectionName::Online => unreachable!("not rebuildable"),
+    }
+}
+
+fn print_report(report: &RebuildReport) {
+    println!(
+        "{}: replayed {} events up to sequence {}; {} records written, {} unchanged, {} deleted; {} parked, {} parked before now applied",
+        report.projection,
+        report.events,
+        report.last_seq,
+        report.written,
+        report.unchanged,
+        report.deleted,
+        report.parked,
+        report.unparked
+    );
+}
+
+fn print_parked(parked: &[ParkedEvent], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(parked).expect("parked events serialize")
+        );
+        return;
+    }
+    if parked.is_empty() {
+        println!("no parked events");
+        return;
+    }
+    println!(
+        "{:<10} {:>12} {:<24} {:<60} error",
+        "projection", "seq", "parked at", "subject"
+    );
+    for event in parked {
+        let at = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.parked_unix_ms),
+        );
+        println!(
+            "{:<10} {:>12} {:<24} {:<60} {}",
+            event.projection, event.seq, at, event.subject, event.error
+        );
+    }
+}
+
+async fn parked_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, ProjectionsError> {
+    bucket(js, PROJ_PARKED_BUCKET).await
+}
+
+fn unknown(name: &str, among: impl IntoIterator<Item = ProjectionName>) -> ProjectionsError {
+    ProjectionsError::Unknown(
+        name.to_string(),
+        among.into_iter().map(ProjectionName::as_str).collect(),
+    )
 }
 
 /// The projections `--projection` names (every rebuildable one when none).
@@ -77,10 +180,7 @@ fn chosen(projection: Option<&str>) -> Result<Vec<ProjectionName>, ProjectionsEr
         None => Ok(rebuildable),
         Some(name) => match ProjectionName::parse(name).filter(|p| p.rebuildable()) {
             Some(projection) => Ok(vec![projection]),
-            None => Err(ProjectionsError::Unknown(
-                name.to_string(),
-                rebuildable.iter().map(|p| p.as_str()).collect(),
-            )),
+            None => Err(unknown(name, rebuildable)),
         },
     }
 }
@@ -141,19 +241,23 @@ async fn print_status(
     Ok(())
 }
 
-async fn with_bar<P: Projection>(
-    js: &jetstream::Context,
-    events: &jetstream::stream::Stream,
-    stats: &jetstream::kv::Store,
-) -> Result<RebuildReport, ProjectionsError> {
-    let records = bucket(js, P::BUCKET).await?;
+async fn with_bar<P: Projection>(parts: &Parts<'_>) -> Result<RebuildReport, ProjectionsError> {
+    let records = bucket(parts.js, P::BUCKET).await?;
+    let parked = parked_bucket(parts.js).await?;
     let bar = indicatif::ProgressBar::new(0).with_message(P::NAME);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} events ({eta})")
             .expect("valid template")
             .progress_chars("=> "),
     );
-    let report = rebuild::<P>(events, &records, stats, |done, total| {
+    let target = RebuildTarget {
+        events: parts.events,
+        records: &records,
+        stats: parts.stats,
+        parked: &parked,
+        limit: parts.limit,
+    };
+    let report = rebuild::<P>(target, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })

@@ -22,6 +22,10 @@ macro_rules! reads_the_event_log {
         fn seq(event: &$crate::model::Event) -> u64 {
             event.seq
         }
+
+        fn subject(event: &$crate::model::Event) -> String {
+            event.subject.to_subject()
+        }
     };
 }
 
@@ -29,6 +33,7 @@ pub mod accounts;
 pub mod catalogs;
 pub mod oauth;
 pub mod online;
+pub mod parking;
 pub mod rebuild;
 pub mod registry;
 pub mod runner;
@@ -102,6 +107,9 @@ pub trait Projection: Send + Sync + 'static {
     /// The stream sequence of `input`.
     fn seq(input: &Self::Input) -> u64;
 
+    /// The stream subject of `input` (for parked messages).
+    fn subject(input: &Self::Input) -> String;
+
     /// Keys of the records `input` changes (none for messages this projection ignores).
     fn keys(input: &Self::Input) -> Vec<String>;
 
@@ -148,28 +156,42 @@ pub fn changed<P: Projection>(existed: bool, after: Option<&P::Record>, seq: u64
 }
 
 /// Folds `inputs` (in stream order) into `records`, exactly as the runner does batch by
-/// batch; returns the counter changes. Used by rebuilds and tests.
+/// batch, parking what [`parking::step`] refuses into `parked`; returns the counter changes.
+/// Used by rebuilds and tests.
+pub fn fold_parking<P: Projection>(
+    records: &mut std::collections::BTreeMap<String, P::Record>,
+    inputs: &[P::Input],
+    limit: parking::RecordLimit,
+    parked: &mut Vec<parking::ParkedEvent>,
+) -> CountDelta {
+    let mut delta = CountDelta::default();
+    for input in inputs {
+        match parking::step::<P>(input, limit, |key| Ok(records.get(key))) {
+            Ok(changes) => {
+                for change in changes {
+                    delta += P::tally(change.after.as_ref()) - change.before;
+                    match change.after {
+                        Some(record) => records.insert(change.key, record),
+                        None => records.remove(&change.key),
+                    };
+                }
+            }
+            Err(reason) => parked.push(parking::ParkedEvent::new::<P>(input, &reason)),
+        }
+    }
+    delta
+}
+
+/// [`fold_parking`] at the default record limit, dropping what it parks.
+#[cfg(any(test, feature = "test-util"))]
 pub fn fold<P: Projection>(
     records: &mut std::collections::BTreeMap<String, P::Record>,
     inputs: &[P::Input],
 ) -> CountDelta {
-    let mut delta = CountDelta::default();
-    for input in inputs {
-        for key in P::keys(input) {
-            if records
-                .get(&key)
-                .is_some_and(|r| P::applied_seq(r) >= P::seq(input))
-            {
-                continue;
-            }
-            let before = records.remove(&key);
-            let tally_before = P::tally(before.as_ref());
-            let after = P::apply(&key, before, input);
-            delta += P::tally(after.as_ref()) - tally_before;
-            if let Some(record) = after {
-                records.insert(key, record);
-            }
-        }
-    }
-    delta
+    fold_parking::<P>(
+        records,
+        inputs,
+        parking::RecordLimit::default(),
+        &mut Vec::new(),
+    )
 }

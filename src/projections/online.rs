@@ -44,6 +44,10 @@ impl Projection for Online {
         message.seq
     }
 
+    fn subject(message: &OnlineMessage) -> String {
+        online::online_subject(&message.owner, &message.catalog)
+    }
+
     fn keys(message: &OnlineMessage) -> Vec<String> {
         vec![online::online_key(&message.owner, &message.catalog)]
     }

@@ -6,10 +6,15 @@
 //! differ and deletes records that no longer exist — readers always see a complete record, old
 //! or new, never a gap — sets the counters and checkpoint, and releases the lease; the next
 //! holder continues after the rebuilt checkpoint. Folding is the same code as the incremental
-//! runner, so the result is byte-identical.
+//! runner, so the result is byte-identical, and it parks the same messages: the projection's
+//! parked list becomes what the rebuild parked. A rebuild is also how parked messages are
+//! replayed (`projections replay-parked`): applying one message out of order would be wrong,
+//! applying the whole log in order with the cause removed (a larger `max_payload`, a
+//! repaired record) is right.
 
+use super::parking::{self, ParkedEvent, RecordLimit};
 use super::stored::{checkpoint_key, counters_key, lease_key, rebuild_key, Checkpoint, Counters};
-use super::{fold, Projection};
+use super::{fold_parking, Projection};
 use crate::store::lease::{instance_id, Lease};
 use crate::store::log::LogReader;
 use crate::store::{kv, StoreError};
@@ -31,15 +36,28 @@ pub struct RebuildReport {
     pub unchanged: usize,
     /// Stored records that no longer exist.
     pub deleted: usize,
+    /// Messages the rebuild parked.
+    pub parked: usize,
+    /// Messages parked before that the rebuild applied.
+    pub unparked: usize,
+}
+
+/// Where a rebuild reads and writes.
+pub struct RebuildTarget<'a> {
+    pub events: &'a stream::Stream,
+    pub records: &'a Bucket,
+    pub stats: &'a Bucket,
+    pub parked: &'a Bucket,
+    /// The largest record `records` takes (from the server's `max_payload`).
+    pub limit: RecordLimit,
 }
 
 /// Rebuilds projection `P`; `progress(done, total)` is called as events are replayed.
 pub async fn rebuild<P: Projection>(
-    events: &stream::Stream,
-    records: &Bucket,
-    stats: &Bucket,
+    target: RebuildTarget<'_>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<RebuildReport, StoreError> {
+    let stats = target.stats;
     let mut lease = Lease::new(
         stats.clone(),
         lease_key(P::NAME),
@@ -56,7 +74,7 @@ pub async fn rebuild<P: Projection>(
         last = (done, total);
         progress(done, total);
     };
-    let result = rebuild_leased::<P>(events, records, stats, &mut progress).await;
+    let result = rebuild_leased::<P>(&target, &mut progress).await;
     report_progress(stats, P::NAME, last.0, last.1, false).await;
     lease.release().await;
     result
@@ -96,7 +114,7 @@ impl RebuildProgress {
     }
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -120,6 +138,7 @@ async fn report_progress(stats: &Bucket, name: &str, done: u64, total: u64, runn
 struct Replayed<P: Projection> {
     records: BTreeMap<String, P::Record>,
     counts: super::CountDelta,
+    parked: Vec<ParkedEvent>,
     /// Messages replayed.
     messages: u64,
     /// The log's last sequence when the rebuild began.
@@ -128,10 +147,10 @@ struct Replayed<P: Projection> {
 
 /// Replays the log up to its last sequence now into memory, reporting progress.
 async fn replay<P: Projection>(
-    events: &stream::Stream,
-    stats: &Bucket,
+    target: &RebuildTarget<'_>,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<Replayed<P>, StoreError> {
+    let (events, stats) = (target.events, target.stats);
     let state = events
         .clone()
         .info()
@@ -143,6 +162,7 @@ async fn replay<P: Projection>(
     let mut replayed = Replayed {
         records: BTreeMap::new(),
         counts: super::CountDelta::default(),
+        parked: Vec::new(),
         messages: 0,
         last_seq,
     };
@@ -151,7 +171,12 @@ async fn replay<P: Projection>(
     while reader.position() < last_seq {
         let chunk = reader.next_chunk().await?;
         replayed.messages += chunk.read as u64;
-        replayed.counts += fold::<P>(&mut replayed.records, &chunk.items);
+        replayed.counts += fold_parking::<P>(
+            &mut replayed.records,
+            &chunk.items,
+            target.limit,
+            &mut replayed.parked,
+        );
         progress(replayed.messages, total);
         if reported.elapsed() >= PROGRESS_EVERY {
             report_progress(stats, P::NAME, replayed.messages, total, true).await;
@@ -163,14 +188,14 @@ async fn replay<P: Projection>(
 }
 
 /// Writes the replayed records over the stored ones (only where the bytes differ), deletes
-/// records that no longer exist, then sets the counters and the checkpoint.
+/// records that no longer exist, replaces the parked list, then sets the counters and the
+/// checkpoint.
 async fn rebuild_leased<P: Projection>(
-    events: &stream::Stream,
-    records: &Bucket,
-    stats: &Bucket,
+    target: &RebuildTarget<'_>,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<RebuildReport, StoreError> {
-    let replayed = replay::<P>(events, stats, progress).await?;
+    let (records, stats) = (target.records, target.stats);
+    let replayed = replay::<P>(target, progress).await?;
     let mut report = RebuildReport {
         projection: P::NAME,
         events: replayed.messages,
@@ -194,6 +219,8 @@ async fn rebuild_leased<P: Projection>(
         kv::delete(records, key).await?;
         report.deleted += 1;
     }
+    report.parked = replayed.parked.len();
+    report.unparked = parking::replace(target.parked, P::NAME, &replayed.parked).await?;
     let counters = Counters::default().advanced(replayed.counts, replayed.last_seq);
     kv::put(stats, &counters_key(P::NAME), kv::encode(&counters)).await?;
     let checkpoint = Checkpoint {

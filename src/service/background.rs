@@ -4,6 +4,7 @@
 //! time; all of them end when the stop token is cancelled.
 
 use super::ServiceConfig;
+use crate::projections::parking::RecordLimit;
 use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::runner::{Announce, Progress, ProjectionRunner, Silent};
 use crate::projections::Projection;
@@ -34,6 +35,8 @@ pub(super) struct Parts<'a> {
     pub feeds: &'a Feeds,
     pub config: &'a ServiceConfig,
     pub metrics: &'a Metrics,
+    /// The largest record the server takes.
+    pub record_limit: RecordLimit,
     pub stop: &'a CancellationToken,
 }
 
@@ -129,8 +132,14 @@ fn spawn_runner<P: Projection>(
         stream: stream.clone(),
         records: records.clone(),
         stats: parts.store.stats.clone(),
+        parked: parts.store.parked.clone(),
+        limit: parts.record_limit,
         config: parts.config.runner.clone(),
-        progress: Progress::new(tx, parts.metrics.projection_applied(P::NAME)),
+        progress: Progress::new(
+            tx,
+            parts.metrics.projection_applied(P::NAME),
+            parts.metrics.projection_parked(P::NAME),
+        ),
         announce,
     };
     tasks.push(tokio::spawn(runner.run(parts.stop.clone())));

@@ -18,6 +18,7 @@ pub use config::ServiceConfig;
 use crate::api::{intake, ApiContext};
 use crate::contract::{Op, SERVICE_NAME};
 use crate::otc::{CodeExpiry, NoCredentials};
+use crate::projections::parking::RecordLimit;
 use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::view::StatsView;
 use crate::reactions::Feeds;
@@ -164,6 +165,7 @@ impl GlobalService {
             feeds: &feeds,
             config: &config,
             metrics: &metrics,
+            record_limit: RecordLimit::for_max_payload(client.server_info().max_payload),
             stop: &stop_background,
         });
         telemetry.install_probe(Box::new(probe_of(&client, &view, &store)));

@@ -29,6 +29,17 @@ impl<T> Default for Versioned<T> {
     }
 }
 
+/// Whether `key` is one a KV bucket holds: the rule async-nats applies to every KV operation
+/// (letters, digits and `-/_=.`, not starting or ending with a dot).
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b))
+}
+
 /// Reads the JSON record at `key` and its revision. A stored value that does not decode is a
 /// permanent error.
 pub async fn load<T: DeserializeOwned>(
@@ -50,6 +61,21 @@ pub async fn load<T: DeserializeOwned>(
         }),
         None => Ok(Versioned::default()),
     }
+}
+
+/// Reads the raw value at `key` and its revision.
+pub async fn load_bytes(bucket: &kv::Store, key: &str) -> Result<Versioned<Bytes>, StoreError> {
+    let entry = bucket
+        .entry(key)
+        .await
+        .map_err(|e| StoreError::kv_entry(&bucket.name, &e))?;
+    Ok(match entry {
+        Some(entry) => Versioned {
+            revision: Some(entry.revision),
+            value: (entry.operation == kv::Operation::Put).then_some(entry.value),
+        },
+        None => Versioned::default(),
+    })
 }
 
 /// Decodes a stored JSON record of bucket `bucket`.

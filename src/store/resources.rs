@@ -21,6 +21,9 @@ pub const PROJ_OAUTH_BUCKET: &str = "PROJ_OAUTH";
 /// Counters and checkpoints of the projections (`counters.<projection>`,
 /// `checkpoint.<projection>`).
 pub const PROJ_STATS_BUCKET: &str = "PROJ_STATS";
+/// Messages a projection parked (`<projection>.<seq>`): each log message at most once per
+/// projection, so the bucket grows no faster than the log.
+pub const PROJ_PARKED_BUCKET: &str = "PROJ_PARKED";
 /// One-time codes, each expiring after the code TTL.
 pub const CODES_BUCKET: &str = "NATSTER_CODES";
 /// Heartbeats: the latest per `natster.online.<owner>.<catalog>`, each expiring after the
@@ -66,6 +69,7 @@ pub struct Store {
     pub catalogs: kv::Store,
     pub oauth: kv::Store,
     pub stats: kv::Store,
+    pub parked: kv::Store,
     pub codes: kv::Store,
     pub names: kv::Store,
     pub online: stream::Stream,
@@ -115,6 +119,11 @@ impl Store {
             stats: ensure_bucket(&js, bucket(
                 PROJ_STATS_BUCKET,
                 "natster projection counters and checkpoints",
+            ))
+            .await?,
+            parked: ensure_bucket(&js, bucket(
+                PROJ_PARKED_BUCKET,
+                "natster parked events: log messages a projection can never apply",
             ))
             .await?,
             codes: ensure_bucket(&js, codes).await?,

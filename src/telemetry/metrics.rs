@@ -72,6 +72,7 @@ pub struct Metrics {
     pub rejections: Family<RejectionLabels, Counter>,
     pub append_conflicts: Family<EventTypeLabels, Counter>,
     pub projection_events_applied: Family<ProjectionLabels, Counter>,
+    pub projection_parked_events: Family<ProjectionLabels, Counter>,
     pub projection_applied_sequence: Family<ProjectionLabels, Gauge>,
     pub projection_lag_events: Family<ProjectionLabels, Gauge>,
     pub projection_lag_seconds: Family<ProjectionLabels, FloatGauge>,
@@ -106,6 +107,7 @@ impl Metrics {
             rejections: Family::default(),
             append_conflicts: Family::default(),
             projection_events_applied: Family::default(),
+            projection_parked_events: Family::default(),
             projection_applied_sequence: Family::default(),
             projection_lag_events: Family::default(),
             projection_lag_seconds: Family::default(),
@@ -176,6 +178,12 @@ impl Metrics {
             "projection_events_applied",
             "Log messages applied by this instance, by projection",
             m.projection_events_applied,
+        );
+        registry.register(
+            "projection_parked_events",
+            "Log messages a projection parked because it can never apply them (see \
+             `natster-global projections parked`), by projection",
+            m.projection_parked_events,
         );
         registry.register(
             "projection_applied_sequence",
@@ -271,6 +279,7 @@ impl Metrics {
         for &projection in projections {
             let labels = ProjectionLabels { projection };
             let _ = self.projection_events_applied.get_or_create(&labels);
+            let _ = self.projection_parked_events.get_or_create(&labels);
             let _ = self.projection_applied_sequence.get_or_create(&labels);
             let _ = self.projection_lag_events.get_or_create(&labels);
             let _ = self.projection_lag_seconds.get_or_create(&labels);
@@ -300,6 +309,13 @@ impl Metrics {
         self.request_duration
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The parked-events counter of `projection`.
+    pub fn projection_parked(&self, projection: &'static str) -> Counter {
+        self.projection_parked_events
+            .get_or_create(&ProjectionLabels { projection })
+            .clone()
     }
 
     /// The applied-events counter of `projection`.

@@ -17,7 +17,7 @@ pub use harness::{call, init_data, put_event, seq_of, FeedReader, Harness};
 pub use http::{http_get, metric_value};
 pub use logs::{
     dump_bucket, events_last_seq, mixed_event_log, project_from_empty, publish_log,
-    stream_last_seq, ProjectedBacklog,
+    rebuild_projection, stream_last_seq, ProjectedBacklog,
 };
 pub use natster_global::test_util::sync;
 pub use world::{connect_creds, port, wait_for_jetstream, Cluster, PlainServer, TestWorld};

@@ -54,8 +54,10 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
         stream: store.events.clone(),
         records,
         stats: store.stats.clone(),
+        parked: store.parked.clone(),
+        limit: Default::default(),
         config,
-        progress: test_util::Progress::new(tx, Default::default()),
+        progress: test_util::Progress::new(tx, Default::default(), Default::default()),
         announce: std::sync::Arc::new(test_util::Silent),
     };
     let task = tokio::spawn(runner.run(stop.clone()));
@@ -156,4 +158,27 @@ pub async fn dump_bucket(
         }
     }
     Ok(out)
+}
+
+/// Rebuilds projection `P` in the service account's buckets, as `projections rebuild` does on
+/// a server with `max_payload`.
+pub async fn rebuild_projection<P: test_util::Projection>(
+    js: &async_nats::jetstream::Context,
+    max_payload: usize,
+    progress: impl FnMut(u64, u64),
+) -> Result<test_util::RebuildReport> {
+    let events = js.get_stream(test_util::EVENTS_STREAM).await?;
+    let records = js.get_key_value(P::BUCKET).await?;
+    let stats = js.get_key_value(test_util::PROJ_STATS_BUCKET).await?;
+    let parked = js.get_key_value(test_util::PROJ_PARKED_BUCKET).await?;
+    let target = test_util::RebuildTarget {
+        events: &events,
+        records: &records,
+        stats: &stats,
+        parked: &parked,
+        limit: test_util::RecordLimit::for_max_payload(max_payload),
+    };
+    test_util::rebuild::<P>(target, progress)
+        .await
+        .map_err(anyhow::Error::msg)
 }

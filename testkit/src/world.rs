@@ -25,11 +25,23 @@ impl TestWorld {
         users: &[&str],
         customize: impl FnOnce(&mut World) -> Result<()>,
     ) -> Result<TestWorld> {
+        Self::start_tuned(users, customize, |config| config).await
+    }
+
+    /// [`TestWorld::start_with`], the server config text passed through `tune` first (to
+    /// change a server limit, say).
+    pub async fn start_tuned(
+        users: &[&str],
+        customize: impl FnOnce(&mut World) -> Result<()>,
+        tune: impl FnOnce(String) -> String,
+    ) -> Result<TestWorld> {
         let dir = tempfile::tempdir()?;
         let users: Vec<String> = users.iter().map(|s| s.to_string()).collect();
         let mut world = World::generate(dir.path(), &users)?;
         customize(&mut world)?;
         world.write(false)?;
+        let path = world.server_config_path();
+        std::fs::write(&path, tune(std::fs::read_to_string(&path)?))?;
         let server = NatsServer::start(ServerSpec {
             config: Some(world.server_config_path()),
             ..Default::default()

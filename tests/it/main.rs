@@ -16,6 +16,7 @@ mod online;
 mod operability;
 mod ops_kit;
 mod own_record;
+mod parking;
 mod process;
 mod projections;
 mod races;

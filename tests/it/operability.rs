@@ -2,7 +2,7 @@
 //! discovery, against a real server with real accounts.
 
 use anyhow::{Context, Result};
-use natster_global::test_util::{lease_key, rebuild, Catalogs, Lease};
+use natster_global::test_util::{lease_key, Catalogs, Lease};
 use natster_global::test_util::{Store, StoreConfig};
 use natster_testkit::{call, http_get, init_data, metric_value, put_event, seq_of, Harness};
 use serde_json::{json, Value};
@@ -266,11 +266,9 @@ async fn readiness_follows_projection_lag_and_rebuilds_are_exported() -> Result<
     await_readyz(http, 200, Duration::from_secs(20)).await?;
 
     // A rebuild, run as `projections rebuild` would, shows up on every instance's metrics.
-    let events = js.get_stream("NATSTER_EVENTS").await?;
-    let catalogs = js.get_key_value("PROJ_CATALOG").await?;
     let handle = tokio::runtime::Handle::current();
     let mut seen_running = false;
-    rebuild::<Catalogs>(&events, &catalogs, &stats, |_, _| {
+    natster_testkit::rebuild_projection::<Catalogs>(&js, 1024 * 1024, |_, _| {
         if !seen_running {
             seen_running = tokio::task::block_in_place(|| {
                 handle.block_on(await_metric(
@@ -282,8 +280,7 @@ async fn readiness_follows_projection_lag_and_rebuilds_are_exported() -> Result<
             .is_ok();
         }
     })
-    .await
-    .map_err(anyhow::Error::msg)?;
+    .await?;
     assert!(seen_running, "the rebuild was exported as in progress");
     await_metric(
         http,

@@ -67,6 +67,7 @@ async fn alert_rules_and_dashboard_reference_only_exported_metrics() -> Result<(
         "NatsterGlobalNatsDisconnected",
         "NatsterGlobalProjectionLagHigh",
         "NatsterGlobalProjectionStalled",
+        "NatsterGlobalEventsParked",
         "NatsterGlobalErrorRatioHigh",
         "NatsterGlobalCodesFailing",
     ];

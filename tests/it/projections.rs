@@ -7,11 +7,12 @@ use natster_global::model::{Event, EventBody, EventSubject, EventType};
 use natster_global::service::HubShare;
 use natster_global::service::RunnerConfig;
 use natster_global::test_util::{
-    apply_batch, counters_key, rebuild, status, Accounts, Catalogs, Counters, OAuthIndex,
-    Projection,
+    apply_batch, counters_key, status, Accounts, Catalogs, Counters, OAuthIndex, Projection,
 };
 use natster_global::tooling::bootstrap::HUB;
-use natster_testkit::{call, events_last_seq, init_data, put_event, seq_of, Harness};
+use natster_testkit::{
+    call, events_last_seq, init_data, put_event, rebuild_projection, seq_of, Harness,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -156,7 +157,8 @@ async fn a_stale_writer_cannot_overwrite_newer_state() -> Result<()> {
     }];
     let records = js.get_key_value(Accounts::BUCKET).await?;
     let stats = js.get_key_value("PROJ_STATS").await?;
-    apply_batch::<Accounts>(&records, &stats, &old, init, "stale")
+    let parked = js.get_key_value("PROJ_PARKED").await?;
+    apply_batch::<Accounts>(&records, &stats, &parked, &old, init, "stale")
         .await
         .map_err(anyhow::Error::msg)?;
     assert_eq!(
@@ -215,28 +217,20 @@ async fn rebuild_gives_the_same_bytes_and_repairs_damage() -> Result<()> {
     let events = js.get_stream("NATSTER_EVENTS").await?;
     let stats = js.get_key_value("PROJ_STATS").await?;
 
-    let accounts = js.get_key_value(Accounts::BUCKET).await?;
-    let report = rebuild::<Accounts>(&events, &accounts, &stats, |_, _| {})
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let report = rebuild_projection::<Accounts>(&js, 1024 * 1024, |_, _| {}).await?;
     assert_eq!((report.written, report.deleted), (0, 0), "{report:?}");
     assert_eq!(report.unchanged, 3);
     let catalogs = js.get_key_value(Catalogs::BUCKET).await?;
     // Damage: a corrupted record and a record that should not exist.
     catalogs.put("music", "garbage".into()).await?;
     catalogs.put("ghost", "{}".into()).await?;
-    let report = rebuild::<Catalogs>(&events, &catalogs, &stats, |_, _| {})
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let report = rebuild_projection::<Catalogs>(&js, 1024 * 1024, |_, _| {}).await?;
     assert_eq!(
         (report.written, report.deleted, report.unchanged),
         (1, 1, 1),
         "{report:?}"
     );
-    let oauth = js.get_key_value(OAuthIndex::BUCKET).await?;
-    rebuild::<OAuthIndex>(&events, &oauth, &stats, |_, _| {})
-        .await
-        .map_err(anyhow::Error::msg)?;
+    rebuild_projection::<OAuthIndex>(&js, 1024 * 1024, |_, _| {}).await?;
 
     for bucket in buckets {
         assert_eq!(

@@ -1,6 +1,7 @@
 //! One flush: everything a batch writes, in the order that makes a crash anywhere safe.
 
 use super::Announce;
+use crate::projections::parking::{self, ParkedEvent};
 use crate::projections::stored::{checkpoint_key, counters_key, Checkpoint, Counters};
 use crate::store::{kv, StoreError};
 use async_nats::jetstream::kv::Store as Bucket;
@@ -13,6 +14,8 @@ pub(super) struct FlushPlan<N> {
     pub counters: Option<(Counters, Option<u64>)>,
     /// What the batch announces.
     pub notices: Vec<N>,
+    /// Messages of the batch the projection could not apply.
+    pub parked: Vec<ParkedEvent>,
     /// Key, serialized record (`None`: delete), expected revision.
     pub writes: Vec<(String, Option<Bytes>, Option<u64>)>,
     pub checkpoint: (u64, Option<u64>),
@@ -35,6 +38,9 @@ pub(super) struct Target<N> {
     pub records: Bucket,
     pub stats: Bucket,
     pub announce: Arc<dyn Announce<N>>,
+    /// Where parked messages are recorded, and counted.
+    pub parked: Bucket,
+    pub parked_total: prometheus_client::metrics::counter::Counter,
     pub concurrency: usize,
 }
 
@@ -45,7 +51,9 @@ pub(super) struct Target<N> {
 /// 2. the notices, before the records, so a crash can repeat a notice but never lose one;
 /// 3. every touched record (compare-and-set on its revision, up to `concurrency` at once),
 ///    each carrying `applied_seq`, so replays change nothing;
-/// 4. the checkpoint: the batch's acknowledgement. The next holder starts after it, and
+/// 4. the messages it parked, each recorded once (a replay finds them recorded and neither
+///    counts nor logs them again);
+/// 5. the checkpoint: the batch's acknowledgement. The next holder starts after it, and
 ///    readers waiting for `Natster-Min-Seq` trust it only once the records are written. A
 ///    checkpoint moved by someone else is left alone (a checkpoint only moves forward; a stale
 ///    writer finishing an old batch changes nothing).
@@ -75,6 +83,19 @@ pub(super) async fn execute<N>(
         .buffer_unordered(target.concurrency.max(1))
         .try_collect()
         .await?;
+    for event in &plan.parked {
+        if parking::record(&target.parked, event).await? {
+            target.parked_total.inc();
+            tracing::warn!(
+                projection = target.projection,
+                seq = event.seq,
+                subject = %event.subject,
+                error = %event.error,
+                "parked an event this projection cannot apply; it moves on without it \
+                 (`natster-global projections parked` lists it)"
+            );
+        }
+    }
     let checkpoint = write_checkpoint(&target, plan.checkpoint, plan.last_seq, plan.owner).await?;
     Ok(Flushed {
         counters,

@@ -3,9 +3,10 @@
 //! written.
 
 use super::flush::{FlushPlan, Flushed};
+use crate::projections::parking::{self, ParkedEvent, RecordLimit, Stored};
 use crate::projections::stored::{checkpoint_key, counters_key, Checkpoint, Counters};
 use crate::projections::{changed, CountDelta, Projection};
-use crate::store::kv::{self, Versioned};
+use crate::store::kv::{self, is_valid_key};
 use crate::store::StoreError;
 use async_nats::jetstream::kv::{Operation, Store as Bucket};
 use futures::StreamExt;
@@ -23,7 +24,9 @@ const PRELOAD_STALL: Duration = Duration::from_secs(10);
 /// of it away.
 pub(super) struct FoldState<P: Projection> {
     /// Key → (record as folded, revision as stored by the last finished flush).
-    cache: HashMap<String, (Option<P::Record>, Option<u64>)>,
+    cache: HashMap<String, (Stored<P::Record>, Option<u64>)>,
+    /// The largest record the bucket takes.
+    limit: RecordLimit,
     /// Keys folded since the last flush started.
     pub(super) dirty: HashSet<String>,
     /// Keys being written by the flush in flight (never evicted while it runs).
@@ -38,20 +41,34 @@ pub(super) struct FoldState<P: Projection> {
     delta: CountDelta,
     counted_something: bool,
     notices: Vec<P::Notice>,
+    /// Messages parked since the last flush started.
+    parked: Vec<ParkedEvent>,
     /// Checkpoint as stored, and its revision.
     pub(super) checkpoint: (u64, Option<u64>),
     /// Last sequence folded and not yet handed to a flush.
     pending_seq: Option<u64>,
 }
 
+/// A stored value as the fold holds it.
+fn readable<R: serde::de::DeserializeOwned>(bucket: &str, bytes: &[u8]) -> Stored<R> {
+    match kv::decode(bucket, bytes) {
+        Ok(record) => Stored::Readable(Some(record)),
+        Err(error) => Stored::Unreadable(error.to_string()),
+    }
+}
+
 impl<P: Projection> FoldState<P> {
     /// The counters and checkpoint of `P` as stored, nothing cached.
-    pub(super) async fn load(stats: &Bucket) -> Result<FoldState<P>, StoreError> {
+    pub(super) async fn load(
+        stats: &Bucket,
+        limit: RecordLimit,
+    ) -> Result<FoldState<P>, StoreError> {
         let counters = kv::load::<Counters>(stats, &counters_key(P::NAME)).await?;
         let checkpoint = kv::load::<Checkpoint>(stats, &checkpoint_key(P::NAME)).await?;
         let stored = counters.value.unwrap_or_default();
         Ok(FoldState {
             cache: HashMap::new(),
+            limit,
             dirty: HashSet::new(),
             in_flight: HashSet::new(),
             complete: false,
@@ -60,6 +77,7 @@ impl<P: Projection> FoldState<P> {
             delta: CountDelta::default(),
             counted_something: false,
             notices: Vec::new(),
+            parked: Vec::new(),
             checkpoint: (
                 checkpoint.value.map_or(0, |c| c.applied_seq),
                 checkpoint.revision,
@@ -99,8 +117,8 @@ impl<P: Projection> FoldState<P> {
                     .ok_or_else(|| StoreError::unavailable(action(), "the bucket reader ended"))?
                     .map_err(|e| StoreError::unavailable(action(), e))?;
                 let record = match entry.operation {
-                    Operation::Put => Some(kv::decode(&records.name, &entry.value)?),
-                    Operation::Delete | Operation::Purge => None,
+                    Operation::Put => readable(&records.name, &entry.value),
+                    Operation::Delete | Operation::Purge => Stored::Readable(None),
                 };
                 self.cache.insert(entry.key, (record, Some(entry.revision)));
                 if entry.delta == 0 {
@@ -132,54 +150,72 @@ impl<P: Projection> FoldState<P> {
             // `fold` knows a key it does not hold is absent.
             return Ok(());
         }
+        // A key the bucket cannot hold is never read: its message parks.
         let missing: BTreeSet<String> = inputs
             .iter()
             .flat_map(P::keys)
-            .filter(|key| !self.cache.contains_key(key))
+            .filter(|key| is_valid_key(key) && !self.cache.contains_key(key))
             .collect();
         let loaded: Vec<_> = futures::stream::iter(missing)
             .map(|key| async move {
-                let result = kv::load::<P::Record>(records, &key).await;
+                let result = kv::load_bytes(records, &key).await;
                 (key, result)
             })
             .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
         for (key, result) in loaded {
-            let Versioned { value, revision } = result?;
-            self.cache.insert(key, (value, revision));
+            let stored = result?;
+            let record = match &stored.value {
+                Some(bytes) => readable(&records.name, bytes),
+                None => Stored::Readable(None),
+            };
+            self.cache.insert(key, (record, stored.revision));
         }
         Ok(())
     }
 
     /// Folds `inputs` (stream order, every key loaded by `ensure_loaded`) ending at
-    /// `last_seq` into memory.
+    /// `last_seq` into memory; a message [`parking::step`] refuses changes nothing and is
+    /// parked.
     pub(super) fn fold(&mut self, inputs: &[P::Input], last_seq: u64) {
         for input in inputs {
             let seq = P::seq(input);
-            for key in P::keys(input) {
-                let (record, _) = match self.cache.get_mut(&key) {
-                    Some(entry) => entry,
-                    None => {
-                        assert!(self.complete, "every touched key was loaded");
-                        self.cache.entry(key.clone()).or_insert((None, None))
-                    }
-                };
-                if record.as_ref().is_some_and(|r| P::applied_seq(r) >= seq) {
+            let cache = &self.cache;
+            let complete = self.complete;
+            let step = parking::step::<P>(input, self.limit, |key| match cache.get(key) {
+                Some((Stored::Readable(record), _)) => Ok(record.as_ref()),
+                Some((Stored::Unreadable(detail), _)) => Err(parking::ParkReason::Unreadable {
+                    key: key.to_string(),
+                    detail: detail.clone(),
+                }),
+                None => {
+                    assert!(complete, "every touched key was loaded");
+                    Ok(None)
+                }
+            });
+            let changes = match step {
+                Ok(changes) => changes,
+                Err(reason) => {
+                    self.parked.push(ParkedEvent::new::<P>(input, &reason));
                     continue;
                 }
-                let tally_before = P::tally(record.as_ref());
-                let existed = record.is_some();
-                let (after, notice) = P::apply_announcing(&key, record.take(), input);
-                *record = after;
+            };
+            for change in changes {
+                let changed = changed::<P>(change.existed, change.after.as_ref(), seq);
                 if seq > self.counted_base {
-                    let change = P::tally(record.as_ref()) - tally_before;
-                    self.counted_something |= !change.is_zero();
-                    self.delta += change;
-                    self.notices.extend(notice);
+                    let delta = P::tally(change.after.as_ref()) - change.before;
+                    self.counted_something |= !delta.is_zero();
+                    self.delta += delta;
+                    self.notices.extend(change.notice);
                 }
-                if changed::<P>(existed, record.as_ref(), seq) {
-                    self.dirty.insert(key);
+                let entry = self
+                    .cache
+                    .entry(change.key.clone())
+                    .or_insert((Stored::Readable(None), None));
+                entry.0 = Stored::Readable(change.after);
+                if changed {
+                    self.dirty.insert(change.key);
                 }
             }
         }
@@ -208,12 +244,16 @@ impl<P: Projection> FoldState<P> {
             .iter()
             .map(|key| {
                 let (record, revision) = &self.cache[key];
+                let Stored::Readable(record) = record else {
+                    unreachable!("an unreadable record is never folded")
+                };
                 (key.clone(), record.as_ref().map(kv::encode), *revision)
             })
             .collect();
         FlushPlan {
             counters,
             notices: std::mem::take(&mut self.notices),
+            parked: std::mem::take(&mut self.parked),
             writes,
             checkpoint: self.checkpoint,
             last_seq,

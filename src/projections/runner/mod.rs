@@ -25,6 +25,7 @@
 mod flush;
 mod fold;
 
+use super::parking::RecordLimit;
 use super::stored::lease_key;
 use super::Projection;
 use crate::store::lease::{holder_id, lead, Held, Lease};
@@ -34,6 +35,7 @@ use async_nats::jetstream::{kv, stream};
 use flush::{FlushPlan, Flushed, Target};
 use fold::FoldState;
 use futures::future::BoxFuture;
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -92,19 +94,22 @@ impl Announce<std::convert::Infallible> for Silent {
 }
 
 /// Where a runner reports how far it got: the last applied sequence (for read-your-writes
-/// waits) and the number of stream messages applied (for metrics).
+/// waits), the number of stream messages applied and of messages parked (for metrics).
 pub struct Progress {
     applied: watch::Sender<u64>,
-    messages: prometheus_client::metrics::counter::Counter,
+    messages: Counter,
+    parked: Counter,
 }
 
 impl Progress {
-    /// Reports applied sequences to `applied`, counting messages into `messages`.
-    pub fn new(
-        applied: watch::Sender<u64>,
-        messages: prometheus_client::metrics::counter::Counter,
-    ) -> Progress {
-        Progress { applied, messages }
+    /// Reports applied sequences to `applied`, counting messages into `messages` and parked
+    /// messages into `parked`.
+    pub fn new(applied: watch::Sender<u64>, messages: Counter, parked: Counter) -> Progress {
+        Progress {
+            applied,
+            messages,
+            parked,
+        }
     }
 
     /// Finishes a flush in `fold` and reports it.
@@ -138,11 +143,14 @@ impl RunnerError {
 }
 
 /// Projection `P` applied from `stream` to `records`, with its counters and checkpoint in
-/// `stats`.
+/// `stats` and the messages it cannot apply in `parked`.
 pub struct ProjectionRunner<P: Projection> {
     pub stream: stream::Stream,
     pub records: kv::Store,
     pub stats: kv::Store,
+    pub parked: kv::Store,
+    /// The largest record `records` takes (from the server's `max_payload`).
+    pub limit: RecordLimit,
     pub config: RunnerConfig,
     pub progress: Progress,
     pub announce: Arc<dyn Announce<P::Notice>>,
@@ -211,6 +219,8 @@ impl<P: Projection> ProjectionRunner<P> {
             records: self.records.clone(),
             stats: self.stats.clone(),
             announce: self.announce.clone(),
+            parked: self.parked.clone(),
+            parked_total: self.progress.parked.clone(),
             concurrency: self.config.write_concurrency,
         }
     }
@@ -227,7 +237,7 @@ impl<P: Projection> ProjectionRunner<P> {
     ) -> Result<(), RunnerError> {
         let config = &self.config;
         let max_batch_records = config.max_batch_records.min(P::MAX_BATCH_RECORDS);
-        let mut fold = FoldState::<P>::load(&self.stats).await?;
+        let mut fold = FoldState::<P>::load(&self.stats, self.limit).await?;
         fold.preload(&self.records).await?;
         let (mut chunks, _reader) = spawn_reader::<P>(self.stream.clone(), fold.checkpoint.0 + 1);
         // Whether the last message read was the stream's last; while it is not, a flush waits
@@ -329,11 +339,12 @@ fn spawn_reader<P: Projection>(
 pub async fn apply_batch<P: Projection<Notice = std::convert::Infallible>>(
     records: &kv::Store,
     stats: &kv::Store,
+    parked: &kv::Store,
     inputs: &[P::Input],
     last_seq: u64,
     owner: &str,
 ) -> Result<(), StoreError> {
-    let mut fold = FoldState::<P>::load(stats).await?;
+    let mut fold = FoldState::<P>::load(stats, RecordLimit::default()).await?;
     fold.ensure_loaded(records, inputs, 64).await?;
     fold.fold(inputs, last_seq);
     let plan = fold.take_plan(owner);
@@ -342,6 +353,8 @@ pub async fn apply_batch<P: Projection<Notice = std::convert::Infallible>>(
         records: records.clone(),
         stats: stats.clone(),
         announce: Arc::new(Silent),
+        parked: parked.clone(),
+        parked_total: Counter::default(),
         concurrency: 64,
     };
     flush::execute(target, plan).await?;
