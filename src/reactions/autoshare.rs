@@ -8,9 +8,10 @@
 //! nothing new. Across restarts, an unacked init is redelivered and finds the share active.
 
 use crate::model::validate::is_account_public_key;
-use crate::model::{Command, Decoded, EventType, Rejection};
+use crate::model::{Command, Decoded, EventType};
 use crate::store::pinned::pinned_messages;
 use crate::store::StoreError;
+use crate::telemetry::Metrics;
 use crate::write::{Decider, ExecuteError};
 use async_nats::jetstream::{consumer, stream};
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub async fn run(
     decider: Decider,
     hub: HubShare,
     takeover_after: Duration,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let mut messages = pinned_messages(
@@ -59,6 +61,16 @@ pub async fn run(
             // Make sure the decision sees everything up to the init, so an existing share is
             // recognised.
             let _ = decider.wait_folded(event.seq, Duration::from_secs(5)).await;
+            let already = decider.read(|state| {
+                state
+                    .shared_with(&hub.catalog, &hub.account)
+                    .contains(&account)
+            });
+            if already {
+                tracing::debug!("auto-share not needed: the hub catalog is shared already");
+                let _ = message.ack().await;
+                continue;
+            }
             let command = Command::AutoShare {
                 hub: hub.account.clone(),
                 target: account.clone(),
@@ -74,13 +86,19 @@ pub async fn run(
                         "shared the hub catalog with a new account"
                     )
                 }
-                Err(ExecuteError::Rejected(Rejection::Conflict(reason))) => {
-                    tracing::debug!(%reason, "auto-share not needed")
-                }
+                // A refusal is final (the hub's catalog name owned by another account, a
+                // share limit): the account goes without the hub catalog, which an operator
+                // must hear of.
                 Err(ExecuteError::Rejected(rejection)) => {
-                    tracing::warn!(reason = %rejection, "auto-share refused")
+                    metrics.autoshare_failed(rejection.reason());
+                    tracing::warn!(
+                        account = %account,
+                        reason = %rejection,
+                        "auto-share of the hub catalog refused; this account does not get it"
+                    )
                 }
                 Err(error) => {
+                    metrics.autoshare_failed("unavailable");
                     tracing::warn!(%error, "auto-share failed; the init will be redelivered");
                     continue;
                 }

@@ -72,14 +72,20 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
     let events = parts.store.events.clone();
     if let Some(hub) = parts.config.hub.clone() {
         let (events, decider, stop) = (events.clone(), parts.decider.clone(), parts.stop.clone());
+        let metrics = parts.metrics.clone();
         started.tasks.push(spawn_restarting(
             "auto-share reactor",
             parts.stop.clone(),
             takeover / 4,
             move || {
-                let (events, decider, hub, stop) =
-                    (events.clone(), decider.clone(), hub.clone(), stop.clone());
-                async move { autoshare::run(&events, decider, hub, takeover, stop).await }
+                let (events, decider, hub, metrics, stop) = (
+                    events.clone(),
+                    decider.clone(),
+                    hub.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                );
+                async move { autoshare::run(&events, decider, hub, takeover, metrics, stop).await }
             },
         ));
     }

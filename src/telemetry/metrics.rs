@@ -42,6 +42,24 @@ pub struct RejectionLabels {
     pub reason: &'static str,
 }
 
+/// Why something was dropped or failed, from a small fixed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// Why an auto-share did not happen: a rejection's reason, or `unavailable`.
+pub const AUTOSHARE_FAILURE_REASONS: [&str; 5] = [
+    "bad_request",
+    "forbidden",
+    "not_found",
+    "conflict",
+    "unavailable",
+];
+
+/// Why a heartbeat without a reply subject was dropped.
+pub const HEARTBEAT_DROP_REASONS: [&str; 2] = ["rate", "online_catalogs"];
+
 /// A read model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProjectionLabels {
@@ -85,6 +103,8 @@ pub struct Metrics {
     pub codes_claimed: Counter,
     pub codes_expired: Counter,
     pub heartbeats_received: Counter,
+    pub heartbeats_dropped: Family<ReasonLabels, Counter>,
+    pub autoshare_failures: Family<ReasonLabels, Counter>,
     pub feed_messages_sent: Family<FeedLabels, Counter>,
     pub nats_connected: Gauge,
     pub nats_reconnects: Counter,
@@ -120,6 +140,8 @@ impl Metrics {
             codes_claimed: Counter::default(),
             codes_expired: Counter::default(),
             heartbeats_received: Counter::default(),
+            heartbeats_dropped: Family::default(),
+            autoshare_failures: Family::default(),
             feed_messages_sent: Family::default(),
             nats_connected: Gauge::default(),
             nats_reconnects: Counter::default(),
@@ -244,6 +266,18 @@ impl Metrics {
             m.heartbeats_received,
         );
         registry.register(
+            "heartbeats_dropped",
+            "Heartbeats without a reply subject dropped unrecorded, by reason (rate: past the \
+             account's heartbeat budget; online_catalogs: past its cap on catalogs online)",
+            m.heartbeats_dropped,
+        );
+        registry.register(
+            "autoshare_failures",
+            "Auto-shares of the hub catalog that did not happen, by reason (a refusal is final \
+             for that account; unavailable is retried)",
+            m.autoshare_failures,
+        );
+        registry.register(
             "feed_messages_sent",
             "Feed messages published, one per recipient, by kind",
             m.feed_messages_sent,
@@ -275,6 +309,16 @@ impl Metrics {
                     .rejections
                     .get_or_create(&RejectionLabels { r#type, reason });
             }
+        }
+        for reason in HEARTBEAT_DROP_REASONS {
+            let _ = self
+                .heartbeats_dropped
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for reason in AUTOSHARE_FAILURE_REASONS {
+            let _ = self
+                .autoshare_failures
+                .get_or_create(&ReasonLabels { reason });
         }
         for &projection in projections {
             let labels = ProjectionLabels { projection };
@@ -309,6 +353,20 @@ impl Metrics {
         self.request_duration
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an auto-share that did not happen.
+    pub fn autoshare_failed(&self, reason: &'static str) {
+        self.autoshare_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a heartbeat dropped unrecorded.
+    pub fn heartbeat_dropped(&self, reason: &'static str) {
+        self.heartbeats_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The parked-events counter of `projection`.

@@ -449,3 +449,20 @@ async fn share_limits_whose_records_exceed_max_payload_are_refused_at_start_with
     serve.wait_for_line("serving").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn text_logs_to_a_pipe_carry_no_colour_codes() -> Result<()> {
+    let tw = TestWorld::start().await?;
+    let args = service_args(&tw);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--log-format", "text"]);
+    let mut serve = Serve::spawn(&args, &[("RUST_LOG", "info")])?;
+    serve.wait_for_line("serving").await?;
+    serve.signal("TERM")?;
+    assert!(serve.wait_exit(Duration::from_secs(15)).await?.success());
+    serve.all_lines_read().await;
+    let logs = serve.text();
+    assert!(logs.contains(" INFO "), "levels are plain words: {logs}");
+    assert!(!logs.contains('\u{1b}'), "no ANSI escape codes: {logs:?}");
+    Ok(())
+}

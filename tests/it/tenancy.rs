@@ -139,3 +139,58 @@ async fn an_account_at_its_share_limits_gets_409s_naming_them_and_others_stay_re
     assert_eq!(out_shares, accepted);
     harness.stop().await
 }
+
+/// Scrapes `/metrics` until `series` reads `value` (15 s at most).
+async fn await_metric(addr: std::net::SocketAddr, series: &str, value: f64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, text) = natster_testkit::http_get(addr, "/metrics").await?;
+        if natster_testkit::metric_value(&text, series) == Some(value) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{series} never became {value}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_auto_share_refused_because_another_account_owns_the_hub_name_is_counted() -> Result<()>
+{
+    use natster_global::service::HubShare;
+    let mut h = Harness::without_instances(&["alice", "bob", "carol"]).await?;
+    let hub = HubShare {
+        account: h.key(natster_global::tooling::bootstrap::HUB),
+        catalog: "hubcatalog".into(),
+    };
+    let (alice, carol) = (h.connect("alice").await?, h.connect("carol").await?);
+    let (a, b, c) = (h.key("alice"), h.key("bob"), h.key("carol"));
+    // Before the hub is configured, alice takes the hub's catalog name.
+    h.add_instance(|_| {}).await?;
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let taken = put_event(
+        &alice,
+        "catalog_shared",
+        "hubcatalog",
+        &b,
+        serde_json::Value::Null,
+    )
+    .await?;
+    assert_eq!(taken.code, 200, "{taken:?}");
+    h.services.pop().context("instance")?.stop().await?;
+    h.add_instance(move |c| c.hub = Some(hub)).await?;
+    let http = h.serve_http(0).await?;
+    seq_of(&put_event(&carol, "natster_initialized", "none", "none", init_data(&c)).await?)?;
+    // Both inits (alice's from before the hub) lead to a refused auto-share, each counted once.
+    await_metric(
+        http,
+        r#"natster_autoshare_failures_total{reason="conflict"}"#,
+        2.0,
+    )
+    .await?;
+    let shares = call(&carol, "my.shares", "", None).await?;
+    assert_eq!(shares.data, json!([]), "carol did not get the hub catalog");
+    h.stop().await
+}
