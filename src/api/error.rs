@@ -43,6 +43,17 @@ impl ApiError {
             "this account sends write requests faster than allowed; slow down and retry",
         )
     }
+    /// 409: a limit of the caller is reached.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, message)
+    }
+    /// 429: past the caller's heartbeat budget.
+    pub fn rate_limited_heartbeats() -> Self {
+        Self::new(
+            429,
+            "this account sends heartbeats faster than its heartbeat budget allows; slow down",
+        )
+    }
     /// 503: not ready.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, message)

@@ -5,7 +5,7 @@
 use super::{ApiContext, ApiError, ApiRequest, Handler};
 use crate::contract::{op, EmptyReply, FeedKind, HeartbeatRequest};
 use crate::model::online::{online_subject, OFFLINE_HEADER};
-use crate::model::validate::catalog_name_problem;
+use crate::model::validate::{catalog_name_problem, is_account_public_key};
 use crate::store::StoreError;
 
 impl Handler for op::HeartbeatsPut {
@@ -17,14 +17,21 @@ impl Handler for op::HeartbeatsPut {
     ) -> Result<EmptyReply, ApiError> {
         context.metrics.heartbeats_received.inc();
         let heartbeat = request.body::<Self>("heartbeat")?;
+        // Malformed input is a 400 before any authorization: "nope" is no account key at all,
+        // a valid key of another account is 403.
+        if !is_account_public_key(&heartbeat.account_key) {
+            return Err(ApiError::bad_request(
+                "account_key must be an account public key (56 characters starting with A)",
+            ));
+        }
+        if let Some(problem) = catalog_name_problem(&heartbeat.catalog) {
+            return Err(ApiError::bad_request(problem));
+        }
         let owner = &request.caller.account;
         if &heartbeat.account_key != owner {
             return Err(ApiError::forbidden(
                 "a heartbeat can only be sent for the caller's own account",
             ));
-        }
-        if let Some(problem) = catalog_name_problem(&heartbeat.catalog) {
-            return Err(ApiError::bad_request(problem));
         }
         // One look at the decision state: who owns the name, and who it is shared with.
         let (current_owner, recipients) = context.decider.read(|state| {
@@ -37,6 +44,17 @@ impl Handler for op::HeartbeatsPut {
             return Err(ApiError::forbidden(
                 "this catalog is owned by another account",
             ));
+        }
+        let now = std::time::Instant::now();
+        if let Err(capped) =
+            context
+                .online_catalogs
+                .heartbeat(owner, &heartbeat.catalog, heartbeat.offline, now)
+        {
+            if !request.replies {
+                context.metrics.heartbeat_dropped("online_catalogs");
+            }
+            return Err(ApiError::conflict(capped.to_string()));
         }
         let message = HeartbeatRequest {
             offline: false,

@@ -171,6 +171,7 @@ async fn handle(
             caller,
             payload: &message.payload,
             headers: message.headers.as_ref(),
+            replies: message.reply.is_some(),
         },
     )
     .await

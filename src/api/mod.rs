@@ -12,6 +12,7 @@ mod events_put;
 mod heartbeats_put;
 pub mod intake;
 mod my_shares;
+pub mod online_catalogs;
 mod otc_claim;
 mod otc_generate;
 mod request;
@@ -60,6 +61,10 @@ pub struct ApiContext {
     pub credentials: Arc<dyn CredentialsProvider>,
     pub feeds: Feeds,
     pub rate_limiter: RateLimiter,
+    /// Per-account heartbeat budget (its own, separate from writes).
+    pub heartbeat_limiter: RateLimiter,
+    /// The cap on catalogs online per account.
+    pub online_catalogs: online_catalogs::OnlineCatalogs,
     pub metrics: Metrics,
     /// Counts issued codes that expire unclaimed.
     pub codes: CodeExpiry,
@@ -109,6 +114,18 @@ pub async fn dispatch(
             .is_err()
     {
         return Err(ApiError::rate_limited());
+    }
+    if op == Op::HeartbeatsPut
+        && context
+            .heartbeat_limiter
+            .check_key(&request.caller.account)
+            .is_err()
+    {
+        context.metrics.heartbeats_received.inc();
+        if !request.replies {
+            context.metrics.heartbeat_dropped("rate");
+        }
+        return Err(ApiError::rate_limited_heartbeats());
     }
     let request = &request;
     match op {

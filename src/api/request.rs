@@ -38,6 +38,8 @@ pub struct ApiRequest<'a> {
     pub caller: Caller,
     pub payload: &'a Bytes,
     pub headers: Option<&'a async_nats::HeaderMap>,
+    /// Whether the request has a reply subject (the original heartbeat client sends none).
+    pub replies: bool,
 }
 
 impl ApiRequest<'_> {

@@ -250,6 +250,15 @@ pub struct ServiceArgs {
     /// Burst of write requests allowed per account above the rate.
     #[arg(long, env = "NATSTER_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// Heartbeats per second allowed per account (a budget separate from writes).
+    #[arg(long, env = "NATSTER_HEARTBEAT_RATE", default_value_t = 50)]
+    pub heartbeat_rate: u32,
+    /// Burst of heartbeats allowed per account above the rate.
+    #[arg(long, env = "NATSTER_HEARTBEAT_BURST", default_value_t = 500)]
+    pub heartbeat_burst: u32,
+    /// Catalogs one account may have online at once.
+    #[arg(long, env = "NATSTER_MAX_ONLINE_CATALOGS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_online_catalogs: u32,
     /// Active shares one account may have as owner.
     #[arg(long, env = "NATSTER_MAX_OUT_SHARES", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_out_shares: u32,
@@ -310,6 +319,9 @@ impl ServiceArgs {
             claim_url_base: self.claim_url_base.clone(),
             rate_per_second: self.rate_limit,
             rate_burst: self.rate_burst,
+            heartbeat_rate_per_second: self.heartbeat_rate,
+            heartbeat_burst: self.heartbeat_burst,
+            max_online_catalogs: self.max_online_catalogs as usize,
             share_limits: ShareLimits {
                 out_shares_per_account: self.max_out_shares as usize,
                 accounts_per_catalog: self.max_catalog_accounts as usize,

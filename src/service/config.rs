@@ -31,6 +31,13 @@ pub struct ServiceConfig {
     /// Write requests per second and account, and the burst allowed above it.
     pub rate_per_second: u32,
     pub rate_burst: u32,
+    /// Heartbeats per second and account, and the burst allowed above it (a budget of their
+    /// own: catalog servers heartbeat every catalog, so writes and heartbeats never starve
+    /// each other).
+    pub heartbeat_rate_per_second: u32,
+    pub heartbeat_burst: u32,
+    /// Catalogs one account may have online at once.
+    pub max_online_catalogs: usize,
     /// Share limits `decide` enforces; the records they allow must fit the server's
     /// `max_payload` (checked at start).
     pub share_limits: ShareLimits,
@@ -58,6 +65,9 @@ impl Default for ServiceConfig {
             claim_url_base: "https://natster.io/login/".into(),
             rate_per_second: 100,
             rate_burst: 200,
+            heartbeat_rate_per_second: 50,
+            heartbeat_burst: 500,
+            max_online_catalogs: 1_000,
             share_limits: ShareLimits::default(),
             runner: Default::default(),
             online_ttl: Duration::from_secs(180),
@@ -81,9 +91,19 @@ impl ServiceConfig {
 
     /// One token bucket per caller account: `rate_per_second`, bursts up to `rate_burst`.
     pub(crate) fn rate_limiter(&self) -> crate::api::RateLimiter {
-        use std::num::NonZeroU32;
-        let rate = NonZeroU32::new(self.rate_per_second.max(1)).expect("non-zero");
-        let burst = NonZeroU32::new(self.rate_burst.max(1)).expect("non-zero");
-        governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        keyed_limiter(self.rate_per_second, self.rate_burst)
     }
+
+    /// One token bucket per caller account for heartbeats.
+    pub(crate) fn heartbeat_limiter(&self) -> crate::api::RateLimiter {
+        keyed_limiter(self.heartbeat_rate_per_second, self.heartbeat_burst)
+    }
+}
+
+/// A token bucket per key: `rate` per second, bursts up to `burst`.
+fn keyed_limiter(rate: u32, burst: u32) -> crate::api::RateLimiter {
+    use std::num::NonZeroU32;
+    let rate = NonZeroU32::new(rate.max(1)).expect("non-zero");
+    let burst = NonZeroU32::new(burst.max(1)).expect("non-zero");
+    governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
 }

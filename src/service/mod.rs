@@ -15,6 +15,7 @@ pub use crate::reactions::HubShare;
 pub use crate::store::StoreConfig;
 pub use config::ServiceConfig;
 
+use crate::api::online_catalogs::OnlineCatalogs;
 use crate::api::{intake, ApiContext};
 use crate::contract::{Op, SERVICE_NAME};
 use crate::otc::{CodeExpiry, NoCredentials};
@@ -183,6 +184,8 @@ impl GlobalService {
             settings: config.api_settings(),
             credentials: Arc::new(NoCredentials),
             rate_limiter: config.rate_limiter(),
+            heartbeat_limiter: config.heartbeat_limiter(),
+            online_catalogs: OnlineCatalogs::new(config.max_online_catalogs, config.online_ttl),
             metrics,
         });
         let (micro, endpoint_loops, tracker) = serve_endpoints(&client, &context, &config).await?;

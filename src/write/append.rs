@@ -18,18 +18,19 @@ pub struct Appended {
 }
 
 /// Claims catalog `name` for `owner`: an atomic create, so of two accounts racing for an
-/// unowned name exactly one succeeds. A claim already held by `owner` (a retry, or a crash
-/// between claim and append) counts as made.
+/// unowned name exactly one succeeds. Returns the revision of a claim this call created; a
+/// claim already held by `owner` (a retry, or a crash between claim and append) counts as
+/// made (`None`: not this call's to release).
 pub(super) async fn claim(
     names: &jetstream::kv::Store,
     name: &str,
     owner: &str,
-) -> Result<(), ExecuteError> {
+) -> Result<Option<u64>, ExecuteError> {
     match kv::create(names, name, owner.to_string().into()).await {
-        Ok(_) => Ok(()),
+        Ok(revision) => Ok(Some(revision)),
         Err(error) if error.is_conflict() => {
             if kv::get(names, name).await?.as_deref() == Some(owner.as_bytes()) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(
                     Rejection::Conflict("this catalog name is owned by another account".into())

@@ -45,6 +45,13 @@ pub enum ExecuteError {
     Store(#[from] StoreError),
 }
 
+/// A catalog-name claim one call created.
+struct Claimed {
+    name: String,
+    owner: String,
+    revision: u64,
+}
+
 /// Decides and appends commands; cheap to clone.
 #[derive(Clone)]
 pub struct Decider {
@@ -153,11 +160,54 @@ impl Decider {
         msg_id: Option<&str>,
         labels: &EventTypeLabels,
     ) -> Result<Appended, ExecuteError> {
+        // A name claim this call created, released if the call ends without an append.
+        let mut claimed: Option<Claimed> = None;
+        let result = self.attempts(command, msg_id, labels, &mut claimed).await;
+        if let (Err(_), Some(claim)) = (&result, claimed) {
+            self.release_claim(claim).await;
+        }
+        result
+    }
+
+    /// Releases a name claim whose append did not happen, so that no claim outlives a failed
+    /// append: unless the log shows the claimant owning the name after all (an append whose
+    /// acknowledgement was lost), the claim is deleted at the revision it was created with.
+    async fn release_claim(&self, claim: Claimed) {
+        let owns = match self.log_end().await {
+            Ok(end) => {
+                let _ = self.wait_folded(end, CATCH_UP_TIMEOUT).await;
+                self.read(|state| state.owner_of(&claim.name) == Some(claim.owner.as_str()))
+            }
+            Err(_) => false,
+        };
+        if owns {
+            return;
+        }
+        if let Err(error) = self
+            .names
+            .delete_expect_revision(&claim.name, Some(claim.revision))
+            .await
+        {
+            tracing::warn!(%error, "a name claim of a failed append could not be released");
+        }
+    }
+
+    /// Decides and appends until an append succeeds, a rule refuses, or the attempts run
+    /// out; records in `claimed` a name claim it created.
+    async fn attempts(
+        &self,
+        command: &Command,
+        msg_id: Option<&str>,
+        labels: &EventTypeLabels,
+        claimed: &mut Option<Claimed>,
+    ) -> Result<Appended, ExecuteError> {
         let mut last_error = None;
         let mut confirmed = false;
         for _ in 0..MAX_ATTEMPTS {
             let decision = match self.read(|state| decide(state, command)) {
                 Ok(decision) => decision,
+                // Malformed input is refused at once: no state can make it valid.
+                Err(rejection @ Rejection::BadRequest(_)) => return Err(rejection.into()),
                 // A refusal is not guarded by the server as an append is: before refusing,
                 // make sure the state holds every event acknowledged so far (a caller's own
                 // previous append may not have reached this instance's tail yet).
@@ -170,7 +220,15 @@ impl Decider {
                 Err(rejection) => return Err(rejection.into()),
             };
             if let Some(name) = &decision.claim {
-                append::claim(&self.names, name, &decision.subject.origin).await?;
+                if let Some(revision) =
+                    append::claim(&self.names, name, &decision.subject.origin).await?
+                {
+                    *claimed = Some(Claimed {
+                        name: name.clone(),
+                        owner: decision.subject.origin.clone(),
+                        revision,
+                    });
+                }
             }
             match append::append(&self.js, &decision, msg_id).await {
                 Ok(appended) => return Ok(appended),

@@ -194,3 +194,169 @@ async fn an_auto_share_refused_because_another_account_owns_the_hub_name_is_coun
     assert_eq!(shares.data, json!([]), "carol did not get the hub catalog");
     h.stop().await
 }
+
+#[tokio::test]
+async fn malformed_input_is_400_before_403_and_a_failed_append_leaves_no_name_claim() -> Result<()>
+{
+    let h = Harness::start(&["alice", "bob"]).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let heartbeat = |key: &str| {
+        serde_json::to_vec(&json!({"account_key": key, "catalog": "movies", "revision": 1}))
+    };
+    let nope = call(&alice, "heartbeats.put", heartbeat("nope")?, None).await?;
+    assert_eq!(nope.code, 400, "{nope:?}");
+    let other = call(&alice, "heartbeats.put", heartbeat(&b)?, None).await?;
+    assert_eq!(other.code, 403, "{other:?}");
+
+    for (client, key) in [(&alice, &a), (&bob, &b)] {
+        seq_of(
+            &put_event(
+                client,
+                "natster_initialized",
+                "none",
+                "none",
+                init_data(key),
+            )
+            .await?,
+        )?;
+    }
+    // The log refuses every append for a while (full): alice's first share of a name fails,
+    // and its claim of the name goes with it.
+    let js = h.service_js().await?;
+    let mut events = js.get_stream("NATSTER_EVENTS").await?;
+    let mut config = events.info().await?.config.clone();
+    let held = events.info().await?.state.messages;
+    config.max_messages = held as i64;
+    js.update_stream(&config).await?;
+    let failed = put_event(
+        &alice,
+        "catalog_shared",
+        "movies",
+        &b,
+        serde_json::Value::Null,
+    )
+    .await?;
+    assert_eq!(failed.code, 503, "{failed:?}");
+    let names = js.get_key_value("NATSTER_NAMES").await?;
+    assert_eq!(
+        names.get("movies").await?,
+        None,
+        "no claim outlives the failed append"
+    );
+    config.max_messages = -1;
+    js.update_stream(&config).await?;
+    let taken = put_event(
+        &bob,
+        "catalog_shared",
+        "movies",
+        &a,
+        serde_json::Value::Null,
+    )
+    .await?;
+    assert_eq!(taken.code, 200, "the name is free for anyone: {taken:?}");
+    h.stop().await
+}
+
+#[tokio::test]
+async fn heartbeats_have_their_own_budget_and_a_cap_on_catalogs_online() -> Result<()> {
+    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
+    h.add_instance(|config| {
+        config.heartbeat_rate_per_second = 1;
+        config.heartbeat_burst = 20;
+        config.max_online_catalogs = 5;
+    })
+    .await?;
+    let http = h.serve_http(0).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let beat = |key: &str, catalog: &str, offline: bool| {
+        serde_json::to_vec(&json!({
+            "account_key": key, "catalog": catalog, "revision": 1, "offline": offline
+        }))
+        .expect("serializes")
+    };
+    // 40 heartbeats at once: the burst is taken, the rest are 429.
+    let started = Instant::now();
+    let answers = futures::stream::iter(0..40)
+        .map(|_| call(&alice, "heartbeats.put", beat(&a, "movies", false), None))
+        .buffer_unordered(40)
+        .collect::<Vec<_>>()
+        .await;
+    let codes: Vec<u16> = answers
+        .into_iter()
+        .map(|answer| answer.map(|envelope| envelope.code))
+        .collect::<Result<_>>()?;
+    let accepted = codes.iter().filter(|&&c| c == 200).count();
+    let limited = codes.iter().filter(|&&c| c == 429).count();
+    assert_eq!(accepted + limited, 40, "{codes:?}");
+    let refilled = started.elapsed().as_secs() as usize + 1;
+    assert!((20..=20 + refilled).contains(&accepted), "{codes:?}");
+    let refused = call(&alice, "heartbeats.put", beat(&a, "movies", false), None).await?;
+    if refused.code == 429 {
+        assert!(refused
+            .error
+            .unwrap_or_default()
+            .contains("heartbeat budget"));
+    }
+    // Writes have their own budget.
+    let init = put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?;
+    assert_eq!(init.code, 200, "{init:?}");
+    // Heartbeats without a reply subject past the budget are dropped and counted.
+    for _ in 0..10 {
+        alice
+            .publish(
+                "natster.global.heartbeats.put",
+                beat(&a, "movies", false).into(),
+            )
+            .await?;
+    }
+    alice.flush().await?;
+    await_metric(http, "natster_heartbeats_received_total", 51.0).await?;
+    let (_, text) = natster_testkit::http_get(http, "/metrics").await?;
+    let dropped =
+        natster_testkit::metric_value(&text, r#"natster_heartbeats_dropped_total{reason="rate"}"#)
+            .context("dropped series")?;
+    assert!(dropped >= 8.0, "{dropped}");
+
+    // The cap on catalogs online: five, then a sixth is refused until one stops.
+    for i in 1..=5 {
+        let answer = call(
+            &bob,
+            "heartbeats.put",
+            beat(&b, &format!("c{i}"), false),
+            None,
+        )
+        .await?;
+        assert_eq!(answer.code, 200, "{answer:?}");
+    }
+    let sixth = call(&bob, "heartbeats.put", beat(&b, "c6", false), None).await?;
+    assert_eq!(sixth.code, 409, "{sixth:?}");
+    assert!(
+        sixth
+            .error
+            .unwrap_or_default()
+            .contains("online-catalogs limit 5"),
+        "names the limit"
+    );
+    assert_eq!(
+        call(&bob, "heartbeats.put", beat(&b, "c1", false), None)
+            .await?
+            .code,
+        200,
+        "an online catalog keeps beating"
+    );
+    assert_eq!(
+        call(&bob, "heartbeats.put", beat(&b, "c1", true), None)
+            .await?
+            .code,
+        200
+    );
+    assert_eq!(
+        call(&bob, "heartbeats.put", beat(&b, "c6", false), None)
+            .await?
+            .code,
+        200
+    );
+    h.stop().await
+}
