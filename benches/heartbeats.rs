@@ -162,7 +162,14 @@ async fn main() -> Result<()> {
         .collect();
     let server = PlainServer::start().await?;
     let client = server.connect().await?;
-    let service = GlobalService::start(client.clone(), ServiceConfig::default()).await?;
+    // Throughput, not the per-account heartbeat budget, is measured here: each account sends
+    // all its catalogs' heartbeats at once, three times over.
+    let config = ServiceConfig {
+        heartbeat_rate_per_second: 1_000_000,
+        heartbeat_burst: 1_000_000,
+        ..ServiceConfig::default()
+    };
+    let service = GlobalService::start(client.clone(), config).await?;
     let rss_before = rss_mib()?;
 
     let raw = raw_publish(&jetstream::new(client.clone()), &keys, catalogs).await?;

@@ -47,6 +47,13 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(409, message)
     }
+    /// 429: the caller already has its share of the in-flight slots.
+    pub fn too_many_in_flight(share: usize) -> Self {
+        Self::new(
+            429,
+            format!("this account already has {share} requests in flight and as many waiting (its share of the service); wait for answers before sending more"),
+        )
+    }
     /// 429: past the caller's heartbeat budget.
     pub fn rate_limited_heartbeats() -> Self {
         Self::new(

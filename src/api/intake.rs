@@ -1,6 +1,7 @@
 //! Request intake: one loop per micro-service endpoint, a task per request (bounded), the
 //! reply envelope, and the request's span and metrics.
 
+use super::slots::{AccountSlots, Admission, Slot};
 use super::{dispatch, ApiContext, ApiError, ApiRequest, Caller};
 use crate::contract::{Envelope, Op, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use bytes::Bytes;
@@ -41,9 +42,24 @@ impl CallerOrder {
     }
 }
 
+/// What every endpoint loop shares.
+#[derive(Clone)]
+pub struct Intake {
+    pub context: Arc<ApiContext>,
+    pub max_request_bytes: usize,
+    pub tracker: TaskTracker,
+    /// Requests handled at once, all ops and accounts together.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Each account's fair share of `in_flight`.
+    pub slots: Arc<AccountSlots>,
+    pub client: async_nats::Client,
+}
+
 /// Takes requests of one op until the endpoint is stopped; each is handled in its own task,
 /// at most `in_flight`'s permits at once across all ops (beyond that, requests wait in the
-/// subscription, so a flood cannot grow memory without bound).
+/// subscription, so a flood cannot grow memory without bound), and at most the account's
+/// share of them per caller account (beyond that, 429 at once, so one account cannot take
+/// the slots everybody else needs).
 ///
 /// Every request runs in a `request` span (op, caller account, reply code), is counted in the
 /// Prometheus metrics, and in the `$SRV.STATS` of its endpoint (errors included).
@@ -55,53 +71,164 @@ impl CallerOrder {
 pub async fn serve_endpoint(
     op: Op,
     mut endpoint: async_nats::service::endpoint::Endpoint,
-    context: Arc<ApiContext>,
-    max_request_bytes: usize,
-    tracker: TaskTracker,
-    in_flight: Arc<tokio::sync::Semaphore>,
-    client: async_nats::Client,
+    intake: Intake,
 ) {
-    use tracing::Instrument;
+    let Intake {
+        context,
+        max_request_bytes,
+        tracker,
+        in_flight,
+        slots,
+        client,
+    } = intake;
     let mut order = CallerOrder::default();
     while let Some(request) = endpoint.next().await {
         let received = std::time::Instant::now();
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
+        let account = request
+            .message
+            .subject
+            .split('.')
+            .next()
+            .unwrap_or_default();
+        let admission = slots.admit(account);
+        let turn = |order: &mut CallerOrder| {
+            (op == Op::EventsPut).then(|| order.take(&request.message.subject))
         };
-        let turn = (op == Op::EventsPut).then(|| order.take(&request.message.subject));
-        let (context, client) = (context.clone(), client.clone());
-        let span = tracing::info_span!(
-            "request",
-            op = op.name(),
-            caller = tracing::field::Empty,
-            code = tracing::field::Empty,
-        );
-        tracker.spawn(
-            async move {
-                let _permit = permit;
-                let _turn = match turn {
-                    Some((previous, done, running)) => {
-                        if let Some(previous) = previous {
-                            let _ = previous.await;
-                        }
-                        Some((done, running))
-                    }
-                    None => None,
+        match admission {
+            Admission::Now(slot) => {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
                 };
-                let result = handle(&context, op, &request.message, max_request_bytes).await;
-                let code = match &result {
-                    Ok(_) => 200,
-                    Err(error) => error.code,
-                };
-                tracing::Span::current().record("code", code);
-                answer(&client, request, op, result).await;
-                context
-                    .metrics
-                    .observe_request(op.name(), code, received.elapsed());
+                let turn = turn(&mut order);
+                tracker.spawn(run_request(RequestRun {
+                    op,
+                    request,
+                    context: context.clone(),
+                    client: client.clone(),
+                    max_request_bytes,
+                    turn,
+                    received,
+                    held: (slot, Some(permit)),
+                }));
             }
-            .instrument(span),
-        );
+            // Past its account's share: waits for the account's slot in its own task, and
+            // only then for the shared permit; the loop goes on with other accounts.
+            Admission::Wait(waiting) => {
+                let turn = turn(&mut order);
+                let (in_flight, context, client) =
+                    (in_flight.clone(), context.clone(), client.clone());
+                tracker.spawn(async move {
+                    let slot = waiting.acquired().await;
+                    let Ok(permit) = in_flight.acquire_owned().await else {
+                        return;
+                    };
+                    run_request(RequestRun {
+                        op,
+                        request,
+                        context,
+                        client,
+                        max_request_bytes,
+                        turn,
+                        received,
+                        held: (slot, Some(permit)),
+                    })
+                    .await;
+                });
+            }
+            Admission::Refused => refuse(&context, &client, request, op, &slots, received).await,
+        }
     }
+}
+
+/// One request taken by the intake, with the slots it holds.
+struct RequestRun {
+    op: Op,
+    request: async_nats::service::Request,
+    context: Arc<ApiContext>,
+    client: async_nats::Client,
+    max_request_bytes: usize,
+    /// The caller's `events.put` turn: the previous one to wait for, and this one's end.
+    turn: Option<(Option<Turn>, oneshot::Sender<()>, Arc<()>)>,
+    received: std::time::Instant,
+    /// The account's slot and the shared permit, given back when the request is answered.
+    held: (Slot, Option<tokio::sync::OwnedSemaphorePermit>),
+}
+
+/// Handles and answers one request in a `request` span (op, caller account, reply code).
+async fn run_request(run: RequestRun) {
+    use tracing::Instrument;
+    let RequestRun {
+        op,
+        request,
+        context,
+        client,
+        max_request_bytes,
+        turn,
+        received,
+        held,
+    } = run;
+    let span = tracing::info_span!(
+        "request",
+        op = op.name(),
+        caller = tracing::field::Empty,
+        code = tracing::field::Empty,
+    );
+    async move {
+        let _held = held;
+        let _turn = match turn {
+            Some((previous, done, running)) => {
+                if let Some(previous) = previous {
+                    let _ = previous.await;
+                }
+                Some((done, running))
+            }
+            None => None,
+        };
+        let result = handle(&context, op, &request.message, max_request_bytes).await;
+        let code = match &result {
+            Ok(_) => 200,
+            Err(error) => error.code,
+        };
+        tracing::Span::current().record("code", code);
+        answer(&client, request, op, result).await;
+        context
+            .metrics
+            .observe_request(op.name(), code, received.elapsed());
+    }
+    .instrument(span)
+    .await
+}
+
+/// Refuses a request of an account that holds its share of the slots and has as many
+/// waiting: 429, or for a heartbeat without reply subject, dropped and counted.
+async fn refuse(
+    context: &ApiContext,
+    client: &async_nats::Client,
+    request: async_nats::service::Request,
+    op: Op,
+    slots: &AccountSlots,
+    received: std::time::Instant,
+) {
+    use tracing::Instrument;
+    if request.message.reply.is_none() && op == Op::HeartbeatsPut {
+        context.metrics.heartbeats_received.inc();
+        context.metrics.heartbeat_dropped("in_flight");
+    }
+    let caller = request
+        .message
+        .subject
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let span = tracing::info_span!("request", op = op.name(), caller, code = 429);
+    let error = ApiError::too_many_in_flight(slots.per_account());
+    answer(client, request, op, Err(error))
+        .instrument(span)
+        .await;
+    context
+        .metrics
+        .observe_request(op.name(), 429, received.elapsed());
 }
 
 /// Subject for the empty error reply the micro-service library sends when it counts an error

@@ -16,6 +16,7 @@ pub mod online_catalogs;
 mod otc_claim;
 mod otc_generate;
 mod request;
+pub mod slots;
 mod stats;
 mod whoami;
 

@@ -11,6 +11,11 @@ use std::time::Duration;
 /// How long a read waits for `Natster-Min-Seq`.
 pub const MIN_SEQ_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a read waits for this instance's tail of the log to reach `Natster-Min-Seq`
+/// before taking it for a sequence the log does not hold (the tail follows the log within
+/// milliseconds), so such a request gives its slot back at once.
+pub const BEYOND_LOG_WAIT: Duration = Duration::from_millis(250);
+
 /// The proven identity of a request: the account public key in the subject's first token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -81,6 +86,17 @@ impl ApiRequest<'_> {
         let wanted: u64 = raw.trim().parse().map_err(|_| {
             ApiError::bad_request("Natster-Min-Seq must be a stream sequence number")
         })?;
+        if context
+            .decider
+            .wait_folded(wanted, BEYOND_LOG_WAIT)
+            .await
+            .is_err()
+        {
+            return Err(ApiError::unavailable(format!(
+                "the event log has not reached sequence {wanted} (this instance has read it up to {}); retry once the write it follows is acknowledged",
+                context.decider.folded()
+            )));
+        }
         context
             .view
             .wait_applied(projections, wanted, MIN_SEQ_WAIT)

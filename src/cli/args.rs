@@ -211,6 +211,9 @@ pub struct ServiceArgs {
     /// Requests handled at once, all ops together; more wait in their subscriptions.
     #[arg(long, env = "NATSTER_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+    /// Requests one account may have in flight at once (its fair share); beyond, 429.
+    #[arg(long, env = "NATSTER_MAX_IN_FLIGHT_PER_ACCOUNT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight_per_account: u32,
     /// Bound on finishing in-flight requests after SIGTERM (e.g. 10s).
     #[arg(long, env = "NATSTER_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -307,6 +310,7 @@ impl ServiceArgs {
             },
             max_request_bytes: self.max_request_bytes,
             max_in_flight: self.max_in_flight as usize,
+            max_in_flight_per_account: self.max_in_flight_per_account as usize,
             shutdown_timeout: self.shutdown_timeout,
             web_accounts: self.web_accounts.clone(),
             hub: match (&self.hub_account, &self.hub_catalog) {

@@ -20,6 +20,9 @@ pub struct ServiceConfig {
     pub queue_group: String,
     /// Requests handled at once (all ops together); more wait in their subscriptions.
     pub max_in_flight: usize,
+    /// Requests one account may have in flight at once (its fair share of `max_in_flight`;
+    /// `Natster-Min-Seq` waits count); beyond it, 429 at once.
+    pub max_in_flight_per_account: usize,
     /// Bound on finishing in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
     /// Accounts allowed to claim codes and read contexts (the website).
@@ -59,6 +62,7 @@ impl Default for ServiceConfig {
             max_request_bytes: 64 * 1024,
             queue_group: crate::contract::SERVICE_NAME.into(),
             max_in_flight: 1024,
+            max_in_flight_per_account: 64,
             shutdown_timeout: Duration::from_secs(10),
             web_accounts: vec![],
             hub: None,

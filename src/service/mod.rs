@@ -16,6 +16,7 @@ pub use crate::store::StoreConfig;
 pub use config::ServiceConfig;
 
 use crate::api::online_catalogs::OnlineCatalogs;
+use crate::api::slots::AccountSlots;
 use crate::api::{intake, ApiContext};
 use crate::contract::{Op, SERVICE_NAME};
 use crate::otc::{CodeExpiry, NoCredentials};
@@ -326,6 +327,7 @@ async fn serve_endpoints(
         .map_err(ServeError::Service)?;
     let tracker = TaskTracker::new();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
+    let slots = AccountSlots::new(config.max_in_flight_per_account, config.max_in_flight);
     let mut loops = Vec::new();
     for &op in Op::ALL {
         let endpoint = micro
@@ -337,11 +339,14 @@ async fn serve_endpoints(
         loops.push(tokio::spawn(intake::serve_endpoint(
             op,
             endpoint,
-            context.clone(),
-            config.max_request_bytes,
-            tracker.clone(),
-            in_flight.clone(),
-            client.clone(),
+            intake::Intake {
+                context: context.clone(),
+                max_request_bytes: config.max_request_bytes,
+                tracker: tracker.clone(),
+                in_flight: in_flight.clone(),
+                slots: slots.clone(),
+                client: client.clone(),
+            },
         )));
     }
     Ok((micro, loops, tracker))

@@ -58,7 +58,7 @@ pub const AUTOSHARE_FAILURE_REASONS: [&str; 5] = [
 ];
 
 /// Why a heartbeat without a reply subject was dropped.
-pub const HEARTBEAT_DROP_REASONS: [&str; 2] = ["rate", "online_catalogs"];
+pub const HEARTBEAT_DROP_REASONS: [&str; 3] = ["rate", "online_catalogs", "in_flight"];
 
 /// A read model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -268,7 +268,8 @@ impl Metrics {
         registry.register(
             "heartbeats_dropped",
             "Heartbeats without a reply subject dropped unrecorded, by reason (rate: past the \
-             account's heartbeat budget; online_catalogs: past its cap on catalogs online)",
+             account's heartbeat budget; online_catalogs: past its cap on catalogs online; in_flight: past its share of \
+             the in-flight slots and as many waiting)",
             m.heartbeats_dropped,
         );
         registry.register(

@@ -101,6 +101,11 @@ impl Decider {
         Ok(())
     }
 
+    /// The last log sequence the state has folded.
+    pub fn folded(&self) -> u64 {
+        *self.folded.borrow()
+    }
+
     /// Reads the current decision state.
     pub fn read<T>(&self, f: impl FnOnce(&DecisionState) -> T) -> T {
         f(&self.state.read().expect("decision state lock"))

@@ -360,3 +360,42 @@ async fn heartbeats_have_their_own_budget_and_a_cap_on_catalogs_online() -> Resu
     );
     h.stop().await
 }
+
+#[tokio::test]
+async fn one_account_waiting_on_unreachable_sequences_does_not_starve_another() -> Result<()> {
+    let h = Harness::start(&["alice", "bob"]).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    // 1,500 reads of a sequence the log will not reach soon, all at once.
+    let flood = tokio::spawn(async move {
+        futures::stream::iter(0..1_500)
+            .map(|_| call(&alice, "whoami", "", Some(4_611_686_018_427_387_904)))
+            .buffer_unordered(1_500)
+            .collect::<Vec<_>>()
+            .await
+    });
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let stats = call(&bob, "stats", "", None).await?;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(stats.code, 200, "{stats:?}");
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "bob waited {slowest:?} behind alice's flood"
+    );
+    let answers = flood.await?;
+    let mut by_code = std::collections::BTreeMap::<u16, usize>::new();
+    for answer in answers {
+        let answer = answer?;
+        *by_code.entry(answer.code).or_default() += 1;
+        let error = answer.error.unwrap_or_default();
+        match answer.code {
+            429 => assert!(error.contains("64 requests in flight"), "{error}"),
+            503 => assert!(error.contains("has not reached sequence"), "{error}"),
+            other => anyhow::bail!("unexpected {other}: {error}"),
+        }
+    }
+    assert!(by_code.get(&429).copied().unwrap_or(0) > 0, "{by_code:?}");
+    h.stop().await
+}
