@@ -352,7 +352,7 @@ async fn min_seq_beyond_the_log_is_503_naming_both_sequences() -> Result<()> {
     assert_code(&envelope, 503);
     let error = envelope.error.unwrap_or_default();
     assert!(
-        error.contains("999999") && error.contains("applied sequence 0"),
+        error.contains("999999") && error.contains("read it up to 0"),
         "{error}"
     );
     let mut headers = async_nats::HeaderMap::new();
