@@ -16,7 +16,7 @@ pub use crate::projections::{
     Projection,
 };
 pub use crate::store::lease::Lease;
-pub use crate::store::log::{decode_event, LogReader};
+pub use crate::store::log::LogReader;
 pub use crate::store::roundtrip::sync;
 pub use crate::store::{
     online_stream_config, Store, StoreConfig, StoreError, StoreErrorKind, EVENTS_STREAM,

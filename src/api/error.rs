@@ -102,6 +102,7 @@ impl From<ExecuteError> for ApiError {
     fn from(error: ExecuteError) -> Self {
         match error {
             ExecuteError::Rejected(rejection) => rejection.into(),
+            reused @ ExecuteError::KeyReused { .. } => ApiError::new(409, reused.to_string()),
             other => {
                 tracing::warn!(detail = %other, "append failed");
                 ApiError::unavailable(

@@ -20,6 +20,9 @@ pub const ACCOUNT_UPDATES_PREFIX: &str = "natster.projections.account";
 pub const MIN_SEQ_HEADER: &str = "Natster-Min-Seq";
 /// Request header of `events.put`: retries with the same id append once.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// Header of an event appended under a caller's idempotency key: the fingerprint of the
+/// request it answers, so a retry can be told from a different request reusing the key.
+pub const REQUEST_FINGERPRINT_HEADER: &str = "Natster-Request-Fingerprint";
 
 /// Whether an export or import is of a service (request/reply) or a stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

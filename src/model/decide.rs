@@ -18,7 +18,8 @@ use super::event::{ContextBoundData, EventBody, EventSubject, EventType, InitDat
 use super::state::DecisionState;
 
 /// What a caller asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     /// `natster_initialized` by `caller` (data must name the caller's key).
     Initialize { caller: String, data: InitData },
@@ -65,6 +66,15 @@ impl Command {
             Command::Import { .. } => EventType::CatalogImported,
             Command::BindContext { .. } => EventType::ContextBound,
         }
+    }
+
+    /// A digest of everything the command asks for: two requests under one idempotency key
+    /// are the same request exactly when their fingerprints are equal. Stable across
+    /// instances and restarts (a hash of the command's JSON, whose field order is fixed).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec(self).expect("a command serialises to JSON");
+        data_encoding::BASE64URL_NOPAD.encode(&Sha256::digest(&json)[..18])
     }
 }
 

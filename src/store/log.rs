@@ -8,7 +8,6 @@
 //! a repeat. Sequences and times come from each message's metadata, never the local clock.
 
 use super::error::StoreError;
-use crate::model::Decoded;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::stream::ReadyChunks;
 use futures::StreamExt;
@@ -19,17 +18,6 @@ const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Decodes one stored message, given its stream sequence and timestamp (Unix seconds);
 /// `None` for a message that means nothing to the reader (it still moves the position).
 pub type Decoder<T> = fn(seq: u64, time: i64, message: &jetstream::Message) -> Option<T>;
-
-/// The event log's decoder: every message is an event, an event of an unknown type, or a
-/// message foreign to the layout.
-pub fn decode_event(seq: u64, time: i64, message: &jetstream::Message) -> Option<Decoded> {
-    Some(Decoded::from_parts(
-        seq,
-        time,
-        &message.subject,
-        &message.payload,
-    ))
-}
 
 /// Messages read together.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! append of its event.
 
 use super::ExecuteError;
-use crate::contract::MSG_ID_HEADER;
+use crate::contract::{MSG_ID_HEADER, REQUEST_FINGERPRINT_HEADER};
 use crate::model::{Decision, Rejection};
 use crate::store::{kv, StoreError};
 use async_nats::jetstream;
@@ -43,23 +43,29 @@ pub(super) async fn claim(
 }
 
 /// Appends the decided event with its expectation (`Nats-Expected-Last-Subject-Sequence`, and
-/// `-Subject` for a wildcard aggregate) and a `Nats-Msg-Id`: `msg_id` when the caller gave
-/// one, else one derived from the event and the aggregate version it was decided on, so
-/// identical requests racing on the same state append once. A stale expectation is a
-/// conflict naming the aggregate's actual last sequence.
+/// `-Subject` for a wildcard aggregate) and a `Nats-Msg-Id`: the caller's idempotency key
+/// when `request` names one (with the request's fingerprint beside it), else one derived from
+/// the event and the aggregate version it was decided on, so identical requests racing on the
+/// same state append once. A stale expectation is a conflict naming the aggregate's actual
+/// last sequence.
 pub(super) async fn append(
     js: &jetstream::Context,
     decision: &Decision,
-    msg_id: Option<&str>,
+    request: Option<(&str, &str)>,
 ) -> Result<Appended, StoreError> {
     let subject = decision.subject.to_subject();
     let body = decision.body.encode();
     let mut headers = async_nats::HeaderMap::new();
-    let id = match msg_id {
-        Some(id) => id.to_string(),
-        None => derived_msg_id(&subject, &body, decision.expectation.last_seq),
-    };
-    headers.insert(MSG_ID_HEADER, id.as_str());
+    match request {
+        Some((key, fingerprint)) => {
+            headers.insert(MSG_ID_HEADER, key);
+            headers.insert(REQUEST_FINGERPRINT_HEADER, fingerprint);
+        }
+        None => headers.insert(
+            MSG_ID_HEADER,
+            derived_msg_id(&subject, &body, decision.expectation.last_seq).as_str(),
+        ),
+    }
     headers.insert(
         "Nats-Expected-Last-Subject-Sequence",
         decision.expectation.last_seq.to_string().as_str(),

@@ -5,9 +5,15 @@
 //! A decision is made against that state and appended with `Nats-Expected-Last-Subject-
 //! Sequence` (and its `-Subject` companion for wildcard aggregates), so a decision made on
 //! stale state fails at the server; the decider then waits until its state has folded the
-//! newer events and decides again. `Nats-Msg-Id` makes a retried request append once.
+//! newer events and decides again.
+//!
+//! Retries are exact: a request under a caller's idempotency key (`Nats-Msg-Id`) is appended
+//! with its fingerprint, and the tail remembers both for the stream's duplicate window
+//! ([`retries`]), so a retry gets the first append's sequence even if the state has changed
+//! since, and a different request under the same key is refused; neither appends.
 
 mod append;
+mod retries;
 mod tail;
 
 pub use append::Appended;
@@ -16,7 +22,8 @@ use crate::model::{decide, Command, DecisionState, Rejection, ShareLimits};
 use crate::store::{StoreError, StoreErrorKind};
 use crate::telemetry::metrics::{EventTypeLabels, Metrics, RejectionLabels};
 use async_nats::jetstream::{self, stream};
-use std::sync::{Arc, RwLock};
+use retries::RecentRequests;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +41,10 @@ pub enum ExecuteError {
     /// The command breaks a rule; nothing was appended.
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    /// The idempotency key was already used, within the duplicate window, for a different
+    /// request (appended at `seq`); nothing was appended.
+    #[error("this Nats-Msg-Id was already used for a different request (appended at sequence {seq}); use a new id")]
+    KeyReused { seq: u64 },
     /// The decision state did not fold the log up to this sequence in time; safe to retry.
     #[error("the decision state did not reach sequence {0}")]
     Behind(u64),
@@ -59,6 +70,7 @@ pub struct Decider {
     events: stream::Stream,
     names: jetstream::kv::Store,
     state: Arc<RwLock<DecisionState>>,
+    recent: Arc<Mutex<RecentRequests>>,
     folded: watch::Receiver<u64>,
     metrics: Metrics,
 }
@@ -76,13 +88,24 @@ impl Decider {
         stop: CancellationToken,
     ) -> Result<Decider, ExecuteError> {
         let state = Arc::new(RwLock::new(DecisionState::with_limits(limits)));
+        let window = events.cached_info().config.duplicate_window;
+        let recent = Arc::new(Mutex::new(RecentRequests::new(
+            i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
+        )));
         let (folded_tx, folded) = watch::channel(0u64);
-        tail::spawn(events.clone(), state.clone(), folded_tx, stop);
+        tail::spawn(
+            events.clone(),
+            state.clone(),
+            recent.clone(),
+            folded_tx,
+            stop,
+        );
         let decider = Decider {
             js,
             events: events.clone(),
             names,
             state,
+            recent,
             folded,
             metrics,
         };
@@ -128,10 +151,12 @@ impl Decider {
 
     /// Decides `command` and appends its event.
     ///
-    /// `msg_id` scopes idempotency: the same id within the stream's duplicate window appends
-    /// once and returns the first append's sequence. Without one, an id is derived from the
-    /// decided event and the aggregate version it was decided on, so identical requests racing
-    /// on the same state append once.
+    /// `msg_id` is the caller's idempotency key: within the stream's duplicate window, the
+    /// same key with the same command (by [`Command::fingerprint`]) returns the first append's
+    /// sequence whatever the state is now, the same key with another command is a conflict,
+    /// and neither appends; this holds across instances and restarts. Without a key, an id is
+    /// derived from the decided event and the aggregate version it was decided on, so
+    /// identical requests racing on the same state append once.
     pub async fn execute(
         &self,
         command: &Command,
@@ -206,9 +231,14 @@ impl Decider {
         labels: &EventTypeLabels,
         claimed: &mut Option<Claimed>,
     ) -> Result<Appended, ExecuteError> {
+        let request = msg_id.map(|key| (key, command.fingerprint()));
+        let request = request.as_ref().map(|(key, print)| (*key, print.as_str()));
         let mut last_error = None;
         let mut confirmed = false;
         for _ in 0..MAX_ATTEMPTS {
+            if let Some(answer) = request.and_then(|(key, print)| self.earlier(key, print)) {
+                return answer;
+            }
             let decision = match self.read(|state| decide(state, command)) {
                 Ok(decision) => decision,
                 // Malformed input is refused at once: no state can make it valid.
@@ -235,7 +265,16 @@ impl Decider {
                     });
                 }
             }
-            match append::append(&self.js, &decision, msg_id).await {
+            match append::append(&self.js, &decision, request).await {
+                // The server took it for a retry of an append under the same key: answer as
+                // that append's request decides, once the tail has folded it.
+                Ok(appended) if appended.duplicate => {
+                    let Some((key, print)) = request else {
+                        return Ok(appended);
+                    };
+                    self.wait_folded(appended.seq, CATCH_UP_TIMEOUT).await?;
+                    return self.earlier(key, print).unwrap_or(Ok(appended));
+                }
                 Ok(appended) => return Ok(appended),
                 Err(error) if error.is_conflict() => {
                     self.metrics.append_conflicts.get_or_create(labels).inc();
@@ -253,6 +292,24 @@ impl Decider {
             Some(error) => error.into(),
             // Every attempt lost to a concurrent append.
             None => ExecuteError::Behind(self.log_end().await?),
+        })
+    }
+
+    /// The answer to a request under idempotency `key` with `fingerprint`, if one was
+    /// appended under that key within the duplicate window.
+    fn earlier(&self, key: &str, fingerprint: &str) -> Option<Result<Appended, ExecuteError>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let recent = self.recent.lock().expect("recent requests lock");
+        let earlier = recent.get(key, now)?;
+        Some(if earlier.fingerprint == fingerprint {
+            Ok(Appended {
+                seq: earlier.seq,
+                duplicate: true,
+            })
+        } else {
+            Err(ExecuteError::KeyReused { seq: earlier.seq })
         })
     }
 

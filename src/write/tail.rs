@@ -1,10 +1,12 @@
 //! The decision state's tail: every instance folds the whole log into memory, in order, with
 //! the shared log reader.
 
-use crate::model::DecisionState;
-use crate::store::log::{decode_event, LogReader};
-use async_nats::jetstream::stream;
-use std::sync::{Arc, RwLock};
+use super::retries::RecentRequests;
+use crate::contract::{MSG_ID_HEADER, REQUEST_FINGERPRINT_HEADER};
+use crate::model::{DecisionState, Decoded};
+use crate::store::log::LogReader;
+use async_nats::jetstream::{self, stream};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -12,17 +14,42 @@ use tokio_util::sync::CancellationToken;
 /// Messages folded under one hold of the state's write lock.
 const CHUNK: usize = 1024;
 
-/// Spawns the task that folds `events` from its first message into `state` until `stop` is
-/// cancelled; `folded` receives the last sequence folded after every chunk. A stream that
-/// cannot be read is tried again every 250 ms.
+/// A log message as the write side folds it.
+struct Folded {
+    decoded: Decoded,
+    seq: u64,
+    time: i64,
+    /// The idempotency key and request fingerprint it was appended under, if a caller gave one.
+    request: Option<(String, String)>,
+}
+
+fn decode(seq: u64, time: i64, message: &jetstream::Message) -> Option<Folded> {
+    let request = message.headers.as_ref().and_then(|headers| {
+        let key = headers.get(MSG_ID_HEADER)?.as_str();
+        let fingerprint = headers.get(REQUEST_FINGERPRINT_HEADER)?.as_str();
+        Some((key.to_string(), fingerprint.to_string()))
+    });
+    Some(Folded {
+        decoded: Decoded::from_parts(seq, time, &message.subject, &message.payload),
+        seq,
+        time,
+        request,
+    })
+}
+
+/// Spawns the task that folds `events` from its first message into `state` and `recent` until
+/// `stop` is cancelled; `folded` receives the last sequence folded after every chunk (both
+/// hold everything up to it by then). A stream that cannot be read is tried again every
+/// 250 ms.
 pub(super) fn spawn(
     events: stream::Stream,
     state: Arc<RwLock<DecisionState>>,
+    recent: Arc<Mutex<RecentRequests>>,
     folded: watch::Sender<u64>,
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let mut reader = LogReader::new(events, 1, decode_event, CHUNK);
+        let mut reader = LogReader::new(events, 1, decode, CHUNK);
         loop {
             let chunk = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -30,10 +57,18 @@ pub(super) fn spawn(
             };
             match chunk {
                 Ok(chunk) => {
+                    {
+                        let mut recent = recent.lock().expect("recent requests lock");
+                        for message in &chunk.items {
+                            if let Some((key, fingerprint)) = &message.request {
+                                recent.record(key, fingerprint, message.seq, message.time);
+                            }
+                        }
+                    }
                     let seq = {
                         let mut state = state.write().expect("decision state lock");
                         for message in &chunk.items {
-                            state.apply_decoded(message);
+                            state.apply_decoded(&message.decoded);
                         }
                         state.last_seq
                     };

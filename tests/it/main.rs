@@ -20,5 +20,6 @@ mod parking;
 mod process;
 mod projections;
 mod races;
+mod retries;
 mod serve;
 mod tenancy;
