@@ -13,7 +13,7 @@ use super::{ApiContext, ApiError, ApiRequest, Handler, MIN_SEQ_WAIT};
 use crate::contract::op;
 use crate::model::validate::oauth_id_problem;
 use crate::model::{Command, ContextBoundData, NatsterContext};
-use crate::otc;
+use crate::otc::{self, unix_now, StoredCode};
 use crate::projections::{oauth::OAuthIndex, Projection};
 use crate::store::kv;
 use crate::write::ExecuteError;
@@ -43,17 +43,24 @@ impl Handler for op::OtcClaim {
             return Err(ApiError::bad_request(problem));
         }
         let codes = &context.store.codes;
-        let entry = kv::load::<NatsterContext>(codes, &claim.code)
+        let entry = kv::load::<StoredCode>(codes, &claim.code)
             .await
             .map_err(|error| ApiError::store("one-time codes cannot be read", &error))?;
-        let (Some(stored), Some(revision)) = (entry.value, entry.revision) else {
+        let (Some(code), Some(revision)) = (entry.value, entry.revision) else {
             return Err(unknown());
         };
+        if !code.is_valid_at(unix_now()) {
+            return Err(unknown());
+        }
+        let stored = code.context;
         let command = Command::BindContext {
             account: stored.account_public_key.clone(),
             data: ContextBoundData {
                 oauth_id: claim.oauth_id,
                 bound_context: stored.clone(),
+                // Decided from the state.
+                previous_oauth_id: None,
+                previous_account: None,
             },
         };
         let code_hash =

@@ -1,12 +1,13 @@
 //! `otc.generate`: a one-time code that lets the website bind the caller's context to an
-//! OAuth identity. Codes carry 128 bits from the OS CSPRNG, expire with the codes bucket's
-//! TTL, and are claimed at most once. The context's access token is sealed before it is
+//! OAuth identity. Codes carry 128 bits from the OS CSPRNG, are claimable for the code TTL in
+//! force when they are generated (stored with the code, so `valid_minutes` holds whatever the
+//! bucket's max age), and are claimed at most once. The context's access token is sealed before it is
 //! stored; the code itself is never logged.
 
 use super::{ApiContext, ApiError, ApiRequest, Handler};
 use crate::contract::{op, OtcGenerateReply};
 use crate::model::NatsterContext;
-use crate::otc::new_code;
+use crate::otc::{new_code, unix_now, StoredCode};
 use crate::store::kv;
 
 impl Handler for op::OtcGenerate {
@@ -32,9 +33,13 @@ impl Handler for op::OtcGenerate {
             ));
         }
         let sealer = context.sealer()?;
-        let stored = NatsterContext {
-            access_token: sealer.seal(&natster_context.access_token),
-            ..natster_context
+        let ttl = context.settings.code_ttl;
+        let stored = StoredCode {
+            context: NatsterContext {
+                access_token: sealer.seal(&natster_context.access_token),
+                ..natster_context
+            },
+            valid_until: Some(unix_now() + ttl.as_secs()),
         };
         let code = new_code();
         kv::create(&context.store.codes, &code, kv::encode(&stored))
@@ -42,7 +47,6 @@ impl Handler for op::OtcGenerate {
             .map_err(|error| ApiError::store("one-time codes cannot be stored", &error))?;
         context.metrics.codes_issued.inc();
         context.codes.issued(code.clone());
-        let ttl = context.settings.code_ttl;
         Ok(OtcGenerateReply {
             claim_url: format!("{}{code}", context.settings.claim_url_base),
             code,

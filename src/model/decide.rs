@@ -68,6 +68,14 @@ impl Command {
         }
     }
 
+    /// Whether the decision reads facts of other aggregates that its expectation does not
+    /// guard (a binding reads who else holds the OAuth id): the decider brings its state up to
+    /// the log's end before deciding it. The rest of such a race is documented where it is
+    /// decided.
+    pub fn reads_unguarded_state(&self) -> bool {
+        matches!(self, Command::BindContext { .. })
+    }
+
     /// A digest of everything the command asks for: two requests under one idempotency key
     /// are the same request exactly when their fingerprints are equal. Stable across
     /// instances and restarts (a hash of the command's JSON, whose field order is fixed).
@@ -136,7 +144,8 @@ impl Rejection {
 ///   an active share from `owner` to the caller (404), not already imported (409).
 /// - `AutoShare`: like `Share` without the initialised-origin rule.
 /// - `BindContext`: initialised account (404); the context names that account, and the OAuth
-///   id is 1–256 characters (400).
+///   id is 1–256 characters (400). The event names the OAuth id the account leaves and the
+///   account the OAuth id leaves, if any.
 pub fn decide(state: &DecisionState, command: &Command) -> Result<Decision, Rejection> {
     match command {
         Command::Initialize { caller, data } => initialize(state, caller, data),
@@ -238,6 +247,12 @@ fn import(
     }
 }
 
+/// A binding is guarded by the account's own binding subject only: two bindings of one OAuth
+/// id to two accounts appended at the same instant can both miss the other, and then the
+/// older account keeps showing the id in its record (`context.get` answers the newer one).
+/// Bindings come from people claiming codes, so this is left unguarded rather than
+/// serialising every binding through a wildcard expectation the server resolves by scanning
+/// every subject.
 fn bind_context(
     state: &DecisionState,
     account: &str,
@@ -252,9 +267,21 @@ fn bind_context(
     if let Some(problem) = super::validate::oauth_id_problem(&data.oauth_id) {
         return Err(Rejection::BadRequest(problem.into()));
     }
+    let bindings = &state.bindings;
+    let data = ContextBoundData {
+        previous_oauth_id: bindings
+            .oauth_id_of(account)
+            .filter(|id| *id != data.oauth_id)
+            .map(str::to_string),
+        previous_account: bindings
+            .account_of(&data.oauth_id)
+            .filter(|other| *other != account)
+            .map(str::to_string),
+        ..data.clone()
+    };
     Ok(Decision {
         subject: EventSubject::new(account, NONE, NONE, EventType::ContextBound),
-        body: EventBody::ContextBound(data.clone()),
+        body: EventBody::ContextBound(data),
         expectation: Expectation {
             last_seq: state.accounts.get(account).map_or(0, |a| a.context_seq),
             filter: None,

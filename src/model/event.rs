@@ -172,6 +172,15 @@ impl NatsterContext {
 pub struct ContextBoundData {
     pub oauth_id: String,
     pub bound_context: NatsterContext,
+    /// The OAuth id the account was bound to until this binding, when it was another one:
+    /// this binding unbinds it. Decided by the service (absent in events of the original
+    /// service, whose rebindings leave the old id bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_oauth_id: Option<String>,
+    /// The account the OAuth id was bound to until this binding, when it was another one: the
+    /// binding moves the OAuth id away from it. Decided by the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_account: Option<String>,
 }
 
 /// The decoded body of an event. Historical logs hold empty or `null` bodies for share

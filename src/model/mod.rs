@@ -2,6 +2,7 @@
 //! state and `decide`, the records the read models store, the catalog-online rule, and the
 //! input rules. Nothing here touches NATS; everything here is deterministic.
 
+pub mod bindings;
 pub mod decide;
 pub mod event;
 pub mod limits;

@@ -1,7 +1,7 @@
 //! The decision state: everything `decide` looks at, folded from the event log in stream order
 //! by [`DecisionState::apply`]. Pure: the shell (`crate::write`) feeds it the log.
 
-use super::event::{Decoded, Event, EventSubject, EventType, NONE};
+use super::event::{Decoded, Event, EventBody, EventSubject, EventType, NONE};
 use std::collections::{BTreeMap, HashMap};
 
 /// Decision-relevant facts of one account.
@@ -42,6 +42,8 @@ pub struct DecisionState {
     pub catalogs: HashMap<String, CatalogAggregate>,
     /// Last sequence on each `origin.target.catalog` pair (any event type).
     pub pairs: HashMap<String, u64>,
+    /// Which OAuth id each account is bound to.
+    pub bindings: super::bindings::Bindings,
     /// Last stream sequence folded in.
     pub last_seq: u64,
     /// The share limits `decide` enforces (settings, not folded from the log).
@@ -79,12 +81,20 @@ impl DecisionState {
                     account.init_seq = event.seq;
                 }
             }
-            // Only the exact subject a binding is guarded by counts for its expectation.
-            EventType::ContextBound if s.target == NONE && s.catalog == NONE => {
-                self.accounts
-                    .entry(s.origin.clone())
-                    .or_default()
-                    .context_seq = event.seq;
+            EventType::ContextBound => {
+                // Only the exact subject a binding is guarded by counts for its expectation;
+                // every binding counts for who is bound to whom, as in the projections.
+                if s.target == NONE && s.catalog == NONE {
+                    self.accounts
+                        .entry(s.origin.clone())
+                        .or_default()
+                        .context_seq = event.seq;
+                }
+                if let EventBody::ContextBound(data) = &event.body {
+                    if !data.oauth_id.is_empty() {
+                        self.bindings.bind(&s.origin, &data.oauth_id);
+                    }
+                }
             }
             _ => {}
         }

@@ -1,11 +1,12 @@
 //! Counting one-time codes that expire unclaimed.
 //!
-//! The server expires codes on its own (the bucket's max age), so nothing happens in the
-//! service when one runs out. Each instance remembers the codes it issued until just after
-//! their expiry and looks at them in the bucket (see [`watch`]): a claim, by any instance,
-//! leaves a delete marker; a code that is gone without one expired. Memory holds only the
-//! codes issued within one TTL; codes issued before a restart are not counted. The TTL must
-//! exceed about 1.4 s (the look after it comes 1 s late).
+//! A code stops being claimable at its deadline and the server removes it on its own (the
+//! bucket's max age), so nothing happens in the service when one runs out. Each instance
+//! remembers the codes it issued until just after their deadline and looks at them in the
+//! bucket (see [`watch`]): a claim, by any instance, leaves a delete marker; a code still
+//! there, or gone without a marker, expired. Memory holds only the codes issued within one
+//! TTL; codes issued before a restart are not counted. The TTL must exceed about 1.4 s (the
+//! look after it comes 1 s late).
 
 use crate::store::kv as store_kv;
 use async_nats::jetstream::kv;
@@ -17,10 +18,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long after its TTL a code is looked at (the server expires on a timer of its own).
+/// How long after its deadline a code is looked at (claims in flight at the deadline finish).
 const MARGIN: Duration = Duration::from_secs(1);
-/// Looks at a code still present after its TTL before giving up on it.
-const LOOKS: u8 = 5;
 
 /// Remembers issued codes; cheap to clone.
 #[derive(Clone)]
@@ -80,20 +79,18 @@ async fn watch(
                     }
                 };
                 let unclaimed = entry.value.is_some();
-                match (look, unclaimed, entry.revision.is_none()) {
-                    (Look::BeforeTtl, true, _) => pending.push(Reverse((
+                let vanished = entry.revision.is_none();
+                match look {
+                    Look::BeforeTtl if unclaimed => pending.push(Reverse((
                         Instant::now() + early + MARGIN,
-                        Look::AfterTtl(0),
+                        Look::AfterTtl,
                         code,
                     ))),
-                    (Look::AfterTtl(_), _, true) => {
+                    // Past its deadline a code still there cannot be claimed any more.
+                    Look::AfterTtl if unclaimed || vanished => {
                         expired.inc();
                     }
-                    (Look::AfterTtl(n), true, _) if n + 1 < LOOKS => {
-                        // The server expires on a timer of its own; look again shortly.
-                        pending.push(Reverse((Instant::now() + MARGIN, Look::AfterTtl(n + 1), code)));
-                    }
-                    _ => {} // claimed, or gave up
+                    _ => {} // claimed
                 }
             }
         }
@@ -104,8 +101,7 @@ async fn watch(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Look {
     BeforeTtl,
-    /// After the TTL, with the number of earlier looks after it.
-    AfterTtl(u8),
+    AfterTtl,
 }
 
 async fn sleep_until(at: Option<Instant>) {

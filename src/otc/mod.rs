@@ -11,8 +11,10 @@ pub use credentials::{CredentialsProvider, NoCredentials};
 pub use expiry::CodeExpiry;
 pub use seal::{Sealer, SeedFileError};
 
+use crate::model::NatsterContext;
 use data_encoding::BASE64URL_NOPAD;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 
 /// Longest code accepted (codes this service issues have 22 characters).
 const MAX_CODE: usize = 64;
@@ -34,6 +36,33 @@ pub fn is_well_formed(code: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A code's value in the codes bucket: the context it binds (access token sealed) and when
+/// it stops being claimable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCode {
+    #[serde(flatten)]
+    pub context: NatsterContext,
+    /// Unix seconds from which the code is refused: its generation plus the code TTL in force
+    /// then, whatever the bucket's max age is now. Absent in codes stored by earlier versions
+    /// (the bucket's max age bounds those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<u64>,
+}
+
+impl StoredCode {
+    /// Whether the code can still be claimed at `now` (Unix seconds).
+    pub fn is_valid_at(&self, now: u64) -> bool {
+        self.valid_until.is_none_or(|until| now < until)
+    }
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -47,5 +76,27 @@ mod tests {
         assert!(super::is_well_formed(&a));
         assert!(!super::is_well_formed("a.b"));
         assert!(!super::is_well_formed(""));
+    }
+
+    #[test]
+    fn a_stored_code_is_the_context_plus_its_deadline() {
+        let context = crate::model::NatsterContext {
+            account_public_key: "A".into(),
+            ..Default::default()
+        };
+        let code = super::StoredCode {
+            context: context.clone(),
+            valid_until: Some(100),
+        };
+        let json = serde_json::to_value(&code).unwrap();
+        assert_eq!(json["account_public_key"], "A");
+        assert_eq!(json["valid_until"], 100);
+        assert!(code.is_valid_at(99));
+        assert!(!code.is_valid_at(100));
+        // A code stored as a bare context (earlier versions) has no deadline of its own.
+        let old: super::StoredCode =
+            serde_json::from_value(serde_json::to_value(&context).unwrap()).unwrap();
+        assert_eq!(old.valid_until, None);
+        assert!(old.is_valid_at(u64::MAX));
     }
 }

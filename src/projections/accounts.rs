@@ -17,7 +17,18 @@ impl Projection for Accounts {
     fn keys(event: &Event) -> Vec<String> {
         let s = &event.subject;
         match s.event_type {
-            EventType::NatsterInitialized | EventType::ContextBound => vec![s.origin.clone()],
+            EventType::NatsterInitialized => vec![s.origin.clone()],
+            EventType::ContextBound => {
+                let mut keys = vec![s.origin.clone()];
+                if let EventBody::ContextBound(data) = &event.body {
+                    if let Some(left) = data.previous_account.as_deref() {
+                        if !left.is_empty() && left != s.origin {
+                            keys.push(left.to_string());
+                        }
+                    }
+                }
+                keys
+            }
             EventType::CatalogShared | EventType::CatalogUnshared
                 if s.target != NONE && s.target != s.origin && s.catalog != NONE =>
             {
@@ -31,6 +42,9 @@ impl Projection for Accounts {
         let s = &event.subject;
         if s.event_type == EventType::CatalogUnshared && record.is_none() {
             return None;
+        }
+        if s.event_type == EventType::ContextBound && key != s.origin {
+            return unbind_moved(record, event);
         }
         let mut record = record.unwrap_or_else(|| AccountRecord {
             account_key: key.to_string(),
@@ -89,6 +103,20 @@ impl Projection for Accounts {
             ..CountDelta::default()
         }
     }
+}
+
+/// The record of the account an OAuth id moves away from: its `oauth_id` goes, unless it is
+/// bound to another one by now.
+fn unbind_moved(record: Option<AccountRecord>, event: &Event) -> Option<AccountRecord> {
+    let EventBody::ContextBound(data) = &event.body else {
+        return record;
+    };
+    let mut record = record?;
+    if record.oauth_id.as_deref() == Some(data.oauth_id.as_str()) {
+        record.oauth_id = None;
+        record.applied_seq = event.seq;
+    }
+    Some(record)
 }
 
 #[cfg(test)]

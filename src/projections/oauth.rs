@@ -11,7 +11,8 @@ pub fn key(oauth_id: &str) -> String {
     BASE64URL_NOPAD.encode(oauth_id.as_bytes())
 }
 
-/// The OAuth index projection. The last binding of an OAuth id wins.
+/// The OAuth index projection. The last binding of an OAuth id wins, and a binding removes
+/// the record of the OAuth id its account leaves (if that record still names the account).
 pub struct OAuthIndex;
 
 impl Projection for OAuthIndex {
@@ -25,14 +26,24 @@ impl Projection for OAuthIndex {
             (EventType::ContextBound, EventBody::ContextBound(data))
                 if !data.oauth_id.is_empty() =>
             {
-                vec![key(&data.oauth_id)]
+                let mut keys = vec![key(&data.oauth_id)];
+                if let Some(left) = data.previous_oauth_id.as_deref() {
+                    if !left.is_empty() && left != data.oauth_id {
+                        keys.push(key(left));
+                    }
+                }
+                keys
             }
             _ => vec![],
         }
     }
 
-    fn apply(_key: &str, record: Option<OAuthRecord>, event: &Event) -> Option<OAuthRecord> {
+    fn apply(at: &str, record: Option<OAuthRecord>, event: &Event) -> Option<OAuthRecord> {
         match &event.body {
+            // The OAuth id the account leaves: gone, unless another account holds it by now.
+            EventBody::ContextBound(data) if at != key(&data.oauth_id) => {
+                record.filter(|r| r.account_key != event.subject.origin)
+            }
             EventBody::ContextBound(data) => Some(OAuthRecord {
                 oauth_id: data.oauth_id.clone(),
                 account_key: event.subject.origin.clone(),

@@ -126,7 +126,7 @@ impl Store {
                 "natster parked events: log messages a projection can never apply",
             ))
             .await?,
-            codes: ensure_bucket(&js, codes).await?,
+            codes: ensure_codes_bucket(&js, codes).await?,
             names: ensure_bucket(&js, bucket(
                 NAMES_BUCKET,
                 "natster catalog name claims: name to owning account",
@@ -196,6 +196,37 @@ async fn ensure_stream(
             StoreError::unavailable(format!("create stream {}", config.name), create_error)
         }),
     }
+}
+
+/// The codes bucket, its max age raised to the code TTL if it is shorter (a bucket created
+/// under a shorter TTL would drop codes before the time their replies announce; a longer max
+/// age is harmless, since every code carries its own deadline).
+async fn ensure_codes_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, StoreError> {
+    let ttl = config.max_age;
+    let bucket = ensure_bucket(js, config).await?;
+    let stream_name = format!("KV_{}", bucket.name);
+    let mut stream = js
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| StoreError::unavailable(format!("open stream {stream_name}"), e))?;
+    let mut stream_config = stream
+        .info()
+        .await
+        .map_err(|e| StoreError::unavailable(format!("read stream {stream_name}"), e))?
+        .config
+        .clone();
+    if !stream_config.max_age.is_zero() && stream_config.max_age < ttl {
+        let from = stream_config.max_age;
+        stream_config.max_age = ttl;
+        js.update_stream(stream_config)
+            .await
+            .map_err(|e| StoreError::unavailable(format!("update stream {stream_name}"), e))?;
+        tracing::info!(bucket = %bucket.name, ?from, to = ?ttl, "raised the codes' max age to the code TTL");
+    }
+    Ok(bucket)
 }
 
 async fn ensure_bucket(

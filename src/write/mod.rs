@@ -235,6 +235,11 @@ impl Decider {
         let request = request.as_ref().map(|(key, print)| (*key, print.as_str()));
         let mut last_error = None;
         let mut confirmed = false;
+        if command.reads_unguarded_state() {
+            self.wait_folded(self.log_end().await?, CATCH_UP_TIMEOUT)
+                .await?;
+            confirmed = true;
+        }
         for _ in 0..MAX_ATTEMPTS {
             if let Some(answer) = request.and_then(|(key, print)| self.earlier(key, print)) {
                 return answer;

@@ -3,6 +3,7 @@
 
 mod api_ops;
 mod architecture;
+mod bindings;
 mod call;
 mod cli_bootstrap_dev;
 mod client;

@@ -450,6 +450,53 @@ async fn one_time_codes_are_counted_issued_claimed_and_expired() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_code_is_claimable_for_the_ttl_its_reply_announced_whatever_the_bucket_keeps(
+) -> Result<()> {
+    let mut h = Harness::without_instances(&["alice"]).await?;
+    // The codes bucket is created under a 5-minute TTL...
+    h.add_instance(|_| {}).await?;
+    for service in std::mem::take(&mut h.services) {
+        service.stop().await?;
+    }
+    // ...and the service then runs with 2 s: a code lives 2 s though the bucket keeps it.
+    h.add_instance(|config| config.store.code_ttl = Duration::from_secs(2))
+        .await?;
+    let http = h.serve_http(0).await?;
+    let (alice, web) = (
+        h.connect("alice").await?,
+        h.connect(natster_global::tooling::bootstrap::WEB).await?,
+    );
+    let a = h.key("alice");
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let context = serde_json::to_vec(&json!({"account_public_key": a, "access_token": "t"}))?;
+    let generated = call(&alice, "otc.generate", context, None).await?;
+    let code = generated.data["code"].as_str().context("code")?.to_string();
+    await_metric(http, "natster_codes_expired_total", 1.0).await?;
+    let js = h.service_js().await?;
+    let codes = js.get_key_value("NATSTER_CODES").await?;
+    assert!(
+        codes.get(&code).await?.is_some(),
+        "the bucket still holds it"
+    );
+    let claim = json!({"code": code, "oauth_id": "github|1"});
+    let refused = call(&web, "otc.claim", serde_json::to_vec(&claim)?, None).await?;
+    assert_eq!(refused.code, 404, "{refused:?}");
+
+    // A TTL longer than the bucket's max age raises it, so codes outlive their replies' word.
+    for service in std::mem::take(&mut h.services) {
+        service.stop().await?;
+    }
+    h.add_instance(|config| config.store.code_ttl = Duration::from_secs(900))
+        .await?;
+    let mut stream = js.get_stream("KV_NATSTER_CODES").await?;
+    assert_eq!(
+        stream.info().await?.config.max_age,
+        Duration::from_secs(900)
+    );
+    h.stop().await
+}
+
+#[tokio::test]
 async fn losing_nats_makes_the_service_unready_until_it_reconnects() -> Result<()> {
     let mut h = Harness::start(&["alice"]).await?;
     let http = h.serve_http(0).await?;

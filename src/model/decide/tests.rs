@@ -72,6 +72,7 @@ fn context_data(account: &str, oauth_id: &str) -> ContextBoundData {
             user_id: "user".into(),
             creds: "creds".into(),
         },
+        ..ContextBoundData::default()
     }
 }
 
@@ -675,6 +676,41 @@ fn bind_context_happy_path_and_rebinding() {
     assert_eq!(d.expectation.filter, None);
     assert_eq!(sim.state.accounts[&k[0]].context_seq, 5);
     assert_eq!(sim.state.accounts[&k[1]].context_seq, 4);
+}
+
+#[test]
+fn a_binding_names_the_oauth_id_and_the_account_it_replaces() {
+    let (mut sim, k) = Sim::initialized(2);
+    let replaced = |d: &Decision| match &d.body {
+        EventBody::ContextBound(data) => (
+            data.previous_oauth_id.clone(),
+            data.previous_account.clone(),
+        ),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(replaced(&sim.ok(&bind(&k[0], "u1"))), (None, None));
+    // The same binding again replaces nothing.
+    assert_eq!(replaced(&sim.ok(&bind(&k[0], "u1"))), (None, None));
+    assert_eq!(
+        replaced(&sim.ok(&bind(&k[0], "u2"))),
+        (Some("u1".into()), None)
+    );
+    // u2 moves to k1, which was bound to nothing; k0 is left with none.
+    assert_eq!(
+        replaced(&sim.ok(&bind(&k[1], "u2"))),
+        (None, Some(k[0].clone()))
+    );
+    assert_eq!(sim.state.bindings.oauth_id_of(&k[0]), None);
+    assert_eq!(
+        replaced(&sim.ok(&bind(&k[0], "u1"))),
+        (None, None),
+        "u1 was left when k0 moved to u2"
+    );
+    assert_eq!(
+        replaced(&sim.ok(&bind(&k[0], "u2"))),
+        (Some("u1".into()), Some(k[1].clone()))
+    );
+    assert!(sim.state.bindings.oauth_id_of(&k[1]).is_none());
 }
 
 #[test]

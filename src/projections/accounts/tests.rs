@@ -62,6 +62,7 @@ impl Log {
                 access_token: "SEALED-ACCESS-TOKEN".into(),
                 ..NatsterContext::default()
             },
+            ..ContextBoundData::default()
         });
         self.push_body(key, NONE, NONE, EventType::ContextBound, body)
     }

@@ -393,6 +393,7 @@ fn agrees_with_the_decision_state_on_decided_logs() {
                         account_public_key: a,
                         ..NatsterContext::default()
                     },
+                    ..ContextBoundData::default()
                 },
             },
         };

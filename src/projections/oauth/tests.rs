@@ -40,6 +40,7 @@ impl Log {
         let body = EventBody::ContextBound(ContextBoundData {
             oauth_id: oauth_id.into(),
             bound_context: context(account, token),
+            ..ContextBoundData::default()
         });
         self.push_body(account, EventType::ContextBound, body)
     }
@@ -116,6 +117,7 @@ fn keys_only_for_decoded_context_bound_events() {
     let body = EventBody::ContextBound(ContextBoundData {
         oauth_id: "github|1".into(),
         bound_context: context(&a, "t"),
+        ..ContextBoundData::default()
     });
     for ty in [
         EventType::NatsterInitialized,
@@ -238,4 +240,80 @@ fn an_empty_oauth_id_from_an_adopted_log_touches_nothing() {
         body: EventBody::ContextBound(crate::model::ContextBoundData::default()),
     };
     assert!(OAuthIndex::keys(&event).is_empty());
+}
+
+/// For any sequence of bindings `decide` accepts, the OAuth index and the account records
+/// agree with the decision state: an OAuth id resolves to the account bound to it now, or to
+/// nothing, and an account shows the one id it is bound to now.
+#[test]
+fn rebinding_unbinds_in_both_projections_on_decided_logs() {
+    use crate::model::{decide, Command, DecisionState, InitData};
+    use crate::projections::accounts::Accounts;
+    let accounts: Vec<String> = (0..4).map(|_| account()).collect();
+    let ids = ["u1", "u2", "u3", "u4", "u5"];
+    let mut state = DecisionState::default();
+    let mut events: Vec<Event> = Vec::new();
+    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    let inits = accounts.iter().map(|a| Command::Initialize {
+        caller: a.clone(),
+        data: InitData {
+            account_key: a.clone(),
+            ..InitData::default()
+        },
+    });
+    let binds: Vec<Command> = (0..400)
+        .map(|_| {
+            let a = accounts[next(accounts.len())].clone();
+            Command::BindContext {
+                account: a.clone(),
+                data: ContextBoundData {
+                    oauth_id: ids[next(ids.len())].into(),
+                    bound_context: context(&a, "sealed"),
+                    ..ContextBoundData::default()
+                },
+            }
+        })
+        .collect();
+    for command in inits.chain(binds) {
+        let decision = decide(&state, &command).expect("decided");
+        let event = Event {
+            seq: events.len() as u64 + 1,
+            time: 1,
+            subject: decision.subject,
+            body: decision.body,
+        };
+        state.apply(&event);
+        events.push(event);
+    }
+    let (by_id, _) = folded(&events);
+    let mut by_account = BTreeMap::new();
+    fold::<Accounts>(&mut by_account, &events);
+    for id in ids {
+        assert_eq!(
+            by_id.get(&key(id)).map(|r| r.account_key.as_str()),
+            state.bindings.account_of(id),
+            "{id}"
+        );
+    }
+    let moves = |pick: fn(&ContextBoundData) -> bool| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.body, EventBody::ContextBound(d) if pick(d)))
+            .count()
+    };
+    assert!(moves(|d| d.previous_oauth_id.is_some()) > 10);
+    assert!(moves(|d| d.previous_account.is_some()) > 10);
+    for a in &accounts {
+        assert_eq!(
+            by_account[a].oauth_id.as_deref(),
+            state.bindings.oauth_id_of(a),
+            "{a}"
+        );
+    }
 }
