@@ -2,8 +2,11 @@
 //! binding either side again unbinds what it replaced, in `context.get` and in `whoami`.
 
 use anyhow::{Context, Result};
+use natster_global::test_util::{Accounts, OAuthIndex};
 use natster_global::tooling::bootstrap::WEB;
-use natster_testkit::{call, events_last_seq, init_data, put_event, seq_of, Harness};
+use natster_testkit::{
+    call, dump_bucket, events_last_seq, init_data, put_event, rebuild_projection, seq_of, Harness,
+};
 use serde_json::json;
 
 /// Generates a code as `account` and claims it for `oauth_id` as the website.
@@ -57,5 +60,19 @@ async fn rebinding_an_account_or_moving_an_oauth_id_unbinds_what_it_replaced() -
     assert!(who.data["oauth_id"].is_null(), "{who:?}");
     let who = call(&bob, "whoami", "", Some(last)).await?;
     assert_eq!(who.data["oauth_id"], "github|2");
+
+    // A rebuild from the log agrees, byte for byte.
+    let dump = || async {
+        let mut all = Vec::new();
+        for bucket in ["PROJ_ACCOUNT", "PROJ_OAUTH"] {
+            all.push(dump_bucket(&js.get_key_value(bucket).await?).await?);
+        }
+        anyhow::Ok(all)
+    };
+    let incremental = dump().await?;
+    assert_eq!(incremental[1].len(), 1, "only github|2 is bound");
+    rebuild_projection::<Accounts>(&js, 1024 * 1024, |_, _| {}).await?;
+    rebuild_projection::<OAuthIndex>(&js, 1024 * 1024, |_, _| {}).await?;
+    assert_eq!(dump().await?, incremental);
     h.stop().await
 }
