@@ -19,6 +19,7 @@ pub mod service;
 pub mod tooling;
 
 pub(crate) mod api;
+pub(crate) mod crashpoint;
 pub(crate) mod otc;
 pub(crate) mod projections;
 pub(crate) mod reactions;

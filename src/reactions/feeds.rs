@@ -5,6 +5,7 @@
 use crate::contract::{feed_subject, FeedKind, OnlineNotice};
 use crate::model::online::Transition;
 use crate::projections::runner::Announce;
+use crate::store::StoreError;
 use crate::telemetry::metrics::FeedLabels;
 use crate::write::Decider;
 use futures::future::BoxFuture;
@@ -69,6 +70,14 @@ impl Feeds {
         }
     }
 
+    /// Returns once the server has every message published so far (a round trip on the same
+    /// connection): what a caller waits for before it records that it announced them.
+    pub async fn confirm(&self) -> Result<(), StoreError> {
+        crate::store::roundtrip::sync(&self.client)
+            .await
+            .map_err(|error| StoreError::unavailable("confirm feed messages", error))
+    }
+
     /// Accounts `owner`'s catalog `catalog` is actively shared with (none when the catalog is
     /// unknown or owned by someone else).
     pub fn shared_with(&self, catalog: &str, owner: &str) -> Vec<String> {
@@ -79,7 +88,10 @@ impl Feeds {
 /// The online projection's notices: each transition to the owner and every account the
 /// catalog is shared with, as `catalog_online` / `catalog_offline`.
 impl Announce<Transition> for Feeds {
-    fn announce<'a>(&'a self, transitions: &'a [Transition]) -> BoxFuture<'a, ()> {
+    fn announce<'a>(
+        &'a self,
+        transitions: &'a [Transition],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             for transition in transitions {
                 let mut recipients = vec![transition.owner.clone()];
@@ -92,6 +104,7 @@ impl Announce<Transition> for Feeds {
                 self.publish(&recipients, kind, &online_notice(transition))
                     .await;
             }
+            self.confirm().await
         })
     }
 }

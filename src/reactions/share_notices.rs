@@ -2,7 +2,9 @@
 //! to the share's target and to the owner, once, whatever the number of instances.
 //!
 //! A durable consumer (filtered to share events, pinned to one instance at a time like the
-//! auto-share reactor) delivers each event; the notice is published, then the event acked.
+//! auto-share reactor) delivers each event; the notice is published, the server is seen to
+//! hold it (a round trip), then the event acked; an unacked event comes again after the
+//! consumer's ack wait.
 //! The consumer starts at the events appended after it was first created: an adopted log's
 //! history is not announced again. A crash between publishing and acking repeats a notice;
 //! nothing is lost.
@@ -59,7 +61,13 @@ pub async fn run(
                     EventType::CatalogShared => FeedKind::CatalogShared,
                     _ => FeedKind::CatalogUnshared,
                 };
+                crate::crashpoint::reached(crate::crashpoint::BEFORE_SHARE_NOTICE).await;
                 feeds.publish(&recipients, kind, &notice).await;
+                // The ack is what moves the consumer on: only once the server has the notice.
+                if let Err(error) = feeds.confirm().await {
+                    tracing::warn!(%error, "share notice not confirmed; it comes again");
+                    continue;
+                }
             }
         }
         if let Err(error) = message.ack().await {

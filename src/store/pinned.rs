@@ -28,7 +28,8 @@ pub async fn pinned_messages(
                 filter_subjects,
                 deliver_policy,
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                // An event left unacked (its handler died) comes again this long after.
+                ack_wait: (takeover_after * 2).max(Duration::from_secs(2)),
                 priority_policy: consumer::PriorityPolicy::PinnedClient,
                 priority_groups: vec![group.into()],
                 priority_timeout: takeover_after,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// What each top-level module of `src/` may use, lowest layer first. `test_util` (the test
 /// kit's seam) and `cli` (the command line) sit on top and may use anything.
 const LAYERS: &[(&str, &[&str])] = &[
+    ("crashpoint", &[]),
     ("model", &[]),
     ("contract", &["model"]),
     ("telemetry", &["model", "contract"]),
@@ -16,10 +17,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("client", &["model", "contract", "store"]),
     ("tooling", &["model", "contract"]),
     ("write", &["model", "contract", "store", "telemetry"]),
-    ("projections", &["model", "contract", "store"]),
+    ("projections", &["crashpoint", "model", "contract", "store"]),
     (
         "reactions",
         &[
+            "crashpoint",
             "model",
             "contract",
             "store",

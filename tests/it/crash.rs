@@ -1,5 +1,7 @@
 //! Crash safety: `kill -9` the service in the middle of a batch of a 20 000-event backlog (records
-//! written, checkpoint not), restart it, and every bucket equals a clean rebuild, byte for byte.
+//! written, checkpoint not), restart it, and every bucket equals a clean rebuild, byte for byte;
+//! `kill -9` it between counting a transition and announcing it (and between receiving a share
+//! event and announcing it), and the restart announces both.
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
@@ -10,6 +12,7 @@ use natster_global::test_util::{
 };
 use natster_global::tooling::bootstrap::NATSTER;
 use natster_testkit::{dump_bucket, mixed_event_log, publish_log, stream_last_seq, TestWorld};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -194,5 +197,127 @@ async fn kill_9_during_a_backlog_then_restart_equals_a_clean_rebuild() -> Result
     assert_eq!(a.total_initialized, 2_000);
     let c = counters(Catalogs::NAME).await?;
     assert_eq!(c.share_count, catalog_counts.share_count);
+    Ok(())
+}
+
+/// `serve` as a child process whose tasks halt at the crash points `halt_at` (empty: none),
+/// with its warn log on a channel line by line.
+fn spawn_halting_serve(
+    tw: &TestWorld,
+    halt_at: &str,
+) -> Result<(Child, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natster-global"))
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--nats-url",
+            &tw.server.url(),
+            "--creds",
+        ])
+        .arg(tw.world.creds_path(NATSTER))
+        .env_remove("USER_JWT")
+        .env("RUST_LOG", "warn")
+        .env("NATSTER_HALT_AT", halt_at)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    Ok((child, lines))
+}
+
+/// Calls `op` until the service answers (it is starting); returns the first envelope.
+async fn call_when_up(
+    client: &async_nats::Client,
+    op: &str,
+    body: serde_json::Value,
+) -> Result<natster_global::contract::Envelope> {
+    let started = Instant::now();
+    loop {
+        match natster_testkit::call(client, op, serde_json::to_vec(&body)?, None).await {
+            Ok(envelope) => return Ok(envelope),
+            // No responders yet.
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+#[tokio::test]
+async fn kill_9_before_notices_go_out_then_restart_announces_them() -> Result<()> {
+    let tw = TestWorld::start().await?;
+    let (alice, bob) = (tw.connect("alice").await?, tw.connect("bob").await?);
+    let (a, b) = (tw.key("alice"), tw.key("bob"));
+    let mut feed = natster_testkit::FeedReader::open(&bob).await?;
+    let (mut first, mut log) = spawn_halting_serve(&tw, "before-announce,before-share-notice")?;
+    for (client, key) in [(&alice, &a), (&bob, &b)] {
+        let init = json!({"catalog": "none", "target": "none", "event_type": "natster_initialized",
+            "data": natster_testkit::init_data(key)});
+        assert_eq!(call_when_up(client, "events.put", init).await?.code, 200);
+    }
+    let share =
+        json!({"catalog": "films", "target": b, "event_type": "catalog_shared", "data": null});
+    assert_eq!(call_when_up(&alice, "events.put", share).await?.code, 200);
+    let heartbeat = json!({"catalog": "films", "account_key": a, "revision": 3});
+    assert_eq!(
+        call_when_up(&alice, "heartbeats.put", heartbeat)
+            .await?
+            .code,
+        200
+    );
+
+    // The share notice is received but not published; the transition to online is counted
+    // but not announced.
+    let mut halted = std::collections::BTreeSet::new();
+    while halted.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), log.recv())
+            .await
+            .context("the service never halted at both points")?
+            .context("the service's log ended")?;
+        for point in ["before-announce", "before-share-notice"] {
+            if line.contains("halted at a crash point") && line.contains(point) {
+                halted.insert(point);
+            }
+        }
+    }
+    let js = jetstream::new(tw.connect(NATSTER).await?);
+    let counters: Counters = serde_json::from_slice(
+        &js.get_key_value("PROJ_STATS")
+            .await?
+            .get(counters_key("online"))
+            .await?
+            .context("online counters")?,
+    )?;
+    assert_eq!(counters.running_catalogs, 1, "counted before the kill");
+    assert!(
+        feed.next_notice(Duration::from_millis(200)).await.is_err(),
+        "no notice went out before the kill"
+    );
+    first.kill()?; // SIGKILL
+    first.wait()?;
+
+    let (mut second, _log) = spawn_halting_serve(&tw, "")?;
+    let mut kinds = std::collections::BTreeSet::new();
+    while !(kinds.contains("catalog_shared") && kinds.contains("catalog_online")) {
+        let (kind, payload) = feed.next_notice(Duration::from_secs(40)).await?;
+        assert_eq!(payload["catalog"], "films", "{kind}: {payload}");
+        kinds.insert(kind);
+    }
+    second.kill()?;
+    second.wait()?;
     Ok(())
 }

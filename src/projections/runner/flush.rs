@@ -48,7 +48,8 @@ pub(super) struct Target<N> {
 /// 1. the counters (compare-and-set): the changes of the messages after their `counted_seq`,
 ///    which moves to the batch's last sequence, so a crash after it never counts a message
 ///    twice (on replay those messages are at or below `counted_seq`);
-/// 2. the notices, before the records, so a crash can repeat a notice but never lose one;
+/// 2. the notices, before the records, so a crash can repeat a notice but never lose one (the
+///    fold announces every change of a record not yet written, counted before or not);
 /// 3. every touched record (compare-and-set on its revision, up to `concurrency` at once),
 ///    each carrying `applied_seq`, so replays change nothing;
 /// 4. the messages it parked, each recorded once (a replay finds them recorded and neither
@@ -70,7 +71,8 @@ pub(super) async fn execute<N>(
         None => None,
     };
     if !plan.notices.is_empty() {
-        target.announce.announce(&plan.notices).await;
+        crate::crashpoint::reached(crate::crashpoint::BEFORE_ANNOUNCE).await;
+        target.announce.announce(&plan.notices).await?;
     }
     let revisions: Vec<(String, Option<u64>)> = futures::stream::iter(plan.writes)
         .map(|(key, record, revision)| {

@@ -35,8 +35,8 @@ pub(super) struct FoldState<P: Projection> {
     complete: bool,
     /// Counters as stored, and their revision.
     counters: (Counters, Option<u64>),
-    /// Messages above this sequence had their counter changes added to `delta` and their
-    /// notices to `notices` (below it, a replay: counted and announced before).
+    /// Messages above this sequence had their counter changes added to `delta` (below it, a
+    /// replay: counted before).
     counted_base: u64,
     delta: CountDelta,
     counted_something: bool,
@@ -207,8 +207,10 @@ impl<P: Projection> FoldState<P> {
                     let delta = P::tally(change.after.as_ref()) - change.before;
                     self.counted_something |= !delta.is_zero();
                     self.delta += delta;
-                    self.notices.extend(change.notice);
                 }
+                // Notices go out before records are written, so a change to a record not yet
+                // written is announced again whether or not it was counted: at least once.
+                self.notices.extend(change.notice);
                 let entry = self
                     .cache
                     .entry(change.key.clone())

@@ -79,17 +79,22 @@ impl Default for RunnerConfig {
 }
 
 /// Publishes what a projection announces; called once per flush, after the counters and before
-/// the records are written (a crash can repeat a notice, never lose one).
+/// the records are written. It returns once the server holds the notices; an error fails the
+/// flush, which is tried again. Together: a crash or an outage can repeat a notice, never lose
+/// one.
 pub trait Announce<N>: Send + Sync {
-    fn announce<'a>(&'a self, notices: &'a [N]) -> BoxFuture<'a, ()>;
+    fn announce<'a>(&'a self, notices: &'a [N]) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 /// The hook of projections that announce nothing.
 pub struct Silent;
 
 impl Announce<std::convert::Infallible> for Silent {
-    fn announce<'a>(&'a self, _: &'a [std::convert::Infallible]) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+    fn announce<'a>(
+        &'a self,
+        _: &'a [std::convert::Infallible],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
     }
 }
 
