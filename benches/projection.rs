@@ -35,8 +35,8 @@ use natster_global::service::ServiceConfig;
 use natster_global::test_util::{Accounts, Projection};
 use natster_global::test_util::{Store, StoreConfig};
 use natster_testkit::{
-    mixed_event_log, project_from_empty, publish_acked, publish_log, rate_at_in_flight, request_ok,
-    stream_last_seq, PlainServer,
+    cpu_seconds, mixed_event_log, project_from_empty, publish_acked, publish_log,
+    rate_at_in_flight, request_ok, stream_last_seq, PlainServer,
 };
 use std::time::{Duration, Instant};
 
@@ -176,17 +176,6 @@ async fn our_projector(js: &jetstream::Context, n: usize) -> Result<(f64, f64)> 
     }
     let writes = run.record_writes + run.stats_writes;
     Ok((rate(n, run.elapsed), writes as f64 / n as f64))
-}
-
-/// CPU time (user + system) a process has used, from `/proc/<pid>/stat` ("self" for this one).
-fn cpu_seconds(pid: &str) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
-        .split(' ')
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }
 
 /// Last sequence of every stream, by name.

@@ -2,6 +2,7 @@
 //! reply envelope, and the request's span and metrics.
 
 use super::slots::{AccountSlots, Admission, Slot};
+use super::throttle::{Refusal, Throttle};
 use super::{dispatch, ApiContext, ApiError, ApiRequest, Caller};
 use crate::contract::{Envelope, Op, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use bytes::Bytes;
@@ -53,6 +54,8 @@ pub struct Intake {
     /// Each account's fair share of `in_flight`.
     pub slots: Arc<AccountSlots>,
     pub client: async_nats::Client,
+    /// Sends refusals (429) late.
+    pub throttle: Throttle,
 }
 
 /// Takes requests of one op until the endpoint is stopped; each is handled in its own task,
@@ -80,6 +83,7 @@ pub async fn serve_endpoint(
         in_flight,
         slots,
         client,
+        throttle,
     } = intake;
     let mut order = CallerOrder::default();
     while let Some(request) = endpoint.next().await {
@@ -105,6 +109,7 @@ pub async fn serve_endpoint(
                     request,
                     context: context.clone(),
                     client: client.clone(),
+                    throttle: throttle.clone(),
                     max_request_bytes,
                     turn,
                     received,
@@ -115,8 +120,12 @@ pub async fn serve_endpoint(
             // only then for the shared permit; the loop goes on with other accounts.
             Admission::Wait(waiting) => {
                 let turn = turn(&mut order);
-                let (in_flight, context, client) =
-                    (in_flight.clone(), context.clone(), client.clone());
+                let (in_flight, context, client, throttle) = (
+                    in_flight.clone(),
+                    context.clone(),
+                    client.clone(),
+                    throttle.clone(),
+                );
                 tracker.spawn(async move {
                     let slot = waiting.acquired().await;
                     let Ok(permit) = in_flight.acquire_owned().await else {
@@ -127,6 +136,7 @@ pub async fn serve_endpoint(
                         request,
                         context,
                         client,
+                        throttle,
                         max_request_bytes,
                         turn,
                         received,
@@ -135,7 +145,9 @@ pub async fn serve_endpoint(
                     .await;
                 });
             }
-            Admission::Refused => refuse(&context, &client, request, op, &slots, received).await,
+            Admission::Refused => {
+                refuse(&context, &client, &throttle, request, op, &slots, received).await
+            }
         }
     }
 }
@@ -146,6 +158,7 @@ struct RequestRun {
     request: async_nats::service::Request,
     context: Arc<ApiContext>,
     client: async_nats::Client,
+    throttle: Throttle,
     max_request_bytes: usize,
     /// The caller's `events.put` turn: the previous one to wait for, and this one's end.
     turn: Option<(Option<Turn>, oneshot::Sender<()>, Arc<()>)>,
@@ -162,6 +175,7 @@ async fn run_request(run: RequestRun) {
         request,
         context,
         client,
+        throttle,
         max_request_bytes,
         turn,
         received,
@@ -190,7 +204,7 @@ async fn run_request(run: RequestRun) {
             Err(error) => error.code,
         };
         tracing::Span::current().record("code", code);
-        answer(&client, request, op, result).await;
+        answer(&client, &throttle, request, op, result).await;
         context
             .metrics
             .observe_request(op.name(), code, received.elapsed());
@@ -204,6 +218,7 @@ async fn run_request(run: RequestRun) {
 async fn refuse(
     context: &ApiContext,
     client: &async_nats::Client,
+    throttle: &Throttle,
     request: async_nats::service::Request,
     op: Op,
     slots: &AccountSlots,
@@ -223,7 +238,7 @@ async fn refuse(
         .to_string();
     let span = tracing::info_span!("request", op = op.name(), caller, code = 429);
     let error = ApiError::too_many_in_flight(slots.per_account());
-    answer(client, request, op, Err(error))
+    answer(client, throttle, request, op, Err(error))
         .instrument(span)
         .await;
     context
@@ -235,13 +250,15 @@ async fn refuse(
 /// (nobody subscribes to it; see [`answer`]).
 const DISCARDED_REPLY: &str = "_natster.discarded-reply";
 
-/// Sends the envelope (when the request has a reply subject).
+/// Sends the envelope (when the request has a reply subject); a refusal (429) goes through
+/// the [`Throttle`], which sends it late.
 ///
 /// An error is also recorded in the endpoint's `$SRV.STATS` (`num_errors`, `last_error`): the
 /// library counts an error only when it sends the reply itself, and then with an empty body,
 /// so the envelope goes out first and the library's empty reply is sent where nobody listens.
 async fn answer(
     client: &async_nats::Client,
+    throttle: &Throttle,
     mut request: async_nats::service::Request,
     op: Op,
     result: Result<Bytes, ApiError>,
@@ -263,11 +280,26 @@ async fn answer(
             headers.insert(SERVICE_ERROR_CODE_HEADER, error.code.to_string().as_str());
             let envelope =
                 Envelope::<serde_json::Value>::failure(error.code, error.message.clone());
-            let sent = client
-                .publish_with_headers(reply, headers, envelope.to_bytes())
-                .await;
-            if let Err(error) = sent {
-                tracing::warn!(op = op.name(), %error, "reply could not be sent");
+            if error.code == 429 {
+                let account = request
+                    .message
+                    .subject
+                    .split('.')
+                    .next()
+                    .unwrap_or_default();
+                let refusal = Refusal {
+                    reply,
+                    headers,
+                    envelope: envelope.to_bytes(),
+                };
+                throttle.refuse(account, refusal).await;
+            } else {
+                let sent = client
+                    .publish_with_headers(reply, headers, envelope.to_bytes())
+                    .await;
+                if let Err(error) = sent {
+                    tracing::warn!(op = op.name(), %error, "reply could not be sent");
+                }
             }
             request.message.reply = Some(DISCARDED_REPLY.into());
             let _ = request

@@ -18,6 +18,7 @@ mod otc_generate;
 mod request;
 pub mod slots;
 mod stats;
+pub mod throttle;
 mod whoami;
 
 pub use error::ApiError;

@@ -240,7 +240,7 @@ pub struct ServiceArgs {
         default_value = "https://natster.io/login/"
     )]
     pub claim_url_base: String,
-    /// How long a one-time code stays valid (applies when the codes bucket is created).
+    /// How long a one-time code can be claimed (stored with each code when it is generated).
     #[arg(long, env = "NATSTER_CODE_TTL", default_value = "5m", value_parser = parse_duration)]
     pub code_ttl: Duration,
     /// A catalog counts as online until this long after its last heartbeat (whole seconds,
@@ -259,6 +259,10 @@ pub struct ServiceArgs {
     /// Burst of heartbeats allowed per account above the rate.
     #[arg(long, env = "NATSTER_HEARTBEAT_BURST", default_value_t = 500)]
     pub heartbeat_burst: u32,
+    /// How long after it is decided a refusal (429) is sent (0s: at once): a client that sends
+    /// again as soon as it is refused is slowed to its own concurrency per delay.
+    #[arg(long, env = "NATSTER_REFUSAL_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub refusal_delay: Duration,
     /// Catalogs one account may have online at once.
     #[arg(long, env = "NATSTER_MAX_ONLINE_CATALOGS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_online_catalogs: u32,
@@ -326,6 +330,7 @@ impl ServiceArgs {
             heartbeat_rate_per_second: self.heartbeat_rate,
             heartbeat_burst: self.heartbeat_burst,
             max_online_catalogs: self.max_online_catalogs as usize,
+            refusal_delay: self.refusal_delay,
             share_limits: ShareLimits {
                 out_shares_per_account: self.max_out_shares as usize,
                 accounts_per_catalog: self.max_catalog_accounts as usize,

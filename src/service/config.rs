@@ -41,6 +41,9 @@ pub struct ServiceConfig {
     pub heartbeat_burst: u32,
     /// Catalogs one account may have online at once.
     pub max_online_catalogs: usize,
+    /// How long after it is decided a refusal (429) is sent (zero: at once): a client that
+    /// sends again as soon as it is refused is slowed to its own concurrency per delay.
+    pub refusal_delay: Duration,
     /// Share limits `decide` enforces; the records they allow must fit the server's
     /// `max_payload` (checked at start).
     pub share_limits: ShareLimits,
@@ -72,6 +75,7 @@ impl Default for ServiceConfig {
             heartbeat_rate_per_second: 50,
             heartbeat_burst: 500,
             max_online_catalogs: 1_000,
+            refusal_delay: Duration::from_secs(1),
             share_limits: ShareLimits::default(),
             runner: Default::default(),
             online_ttl: Duration::from_secs(180),

@@ -17,6 +17,7 @@ pub use config::ServiceConfig;
 
 use crate::api::online_catalogs::OnlineCatalogs;
 use crate::api::slots::AccountSlots;
+use crate::api::throttle::Throttle;
 use crate::api::{intake, ApiContext};
 use crate::contract::{Op, SERVICE_NAME};
 use crate::otc::{CodeExpiry, NoCredentials};
@@ -328,6 +329,11 @@ async fn serve_endpoints(
     let tracker = TaskTracker::new();
     let in_flight = Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1)));
     let slots = AccountSlots::new(config.max_in_flight_per_account, config.max_in_flight);
+    let throttle = Throttle::new(
+        client.clone(),
+        config.refusal_delay,
+        context.metrics.refusals_dropped.clone(),
+    );
     let mut loops = Vec::new();
     for &op in Op::ALL {
         let endpoint = micro
@@ -346,6 +352,7 @@ async fn serve_endpoints(
                 in_flight: in_flight.clone(),
                 slots: slots.clone(),
                 client: client.clone(),
+                throttle: throttle.clone(),
             },
         )));
     }

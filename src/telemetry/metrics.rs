@@ -104,6 +104,7 @@ pub struct Metrics {
     pub codes_expired: Counter,
     pub heartbeats_received: Counter,
     pub heartbeats_dropped: Family<ReasonLabels, Counter>,
+    pub refusals_dropped: Counter,
     pub autoshare_failures: Family<ReasonLabels, Counter>,
     pub feed_messages_sent: Family<FeedLabels, Counter>,
     pub nats_connected: Gauge,
@@ -141,6 +142,7 @@ impl Metrics {
             codes_expired: Counter::default(),
             heartbeats_received: Counter::default(),
             heartbeats_dropped: Family::default(),
+            refusals_dropped: Counter::default(),
             autoshare_failures: Family::default(),
             feed_messages_sent: Family::default(),
             nats_connected: Gauge::default(),
@@ -271,6 +273,12 @@ impl Metrics {
              account's heartbeat budget; online_catalogs: past its cap on catalogs online; in_flight: past its share of \
              the in-flight slots and as many waiting)",
             m.heartbeats_dropped,
+        );
+        registry.register(
+            "refusals_dropped",
+            "Requests refused (429) whose reply was never sent, because their account already had \
+             the most refusals waiting for the refusal delay; the client's request times out",
+            m.refusals_dropped,
         );
         registry.register(
             "autoshare_failures",

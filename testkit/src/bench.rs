@@ -1,7 +1,7 @@
 //! Helpers of the benchmarks: rates at a number of requests in flight, acknowledged
-//! publishes, requests that must succeed.
+//! publishes, requests that must succeed, the CPU a process has used.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// Runs `op(i)` for every `i` in `0..n`, `in_flight` at a time, and returns operations per
 /// second. The first error ends the run and is returned.
@@ -46,4 +46,15 @@ pub async fn request_ok(
         String::from_utf8_lossy(&reply.payload)
     );
     Ok(())
+}
+
+/// CPU time (user + system) a process has used, from `/proc/<pid>/stat` ("self" for this one).
+pub fn cpu_seconds(pid: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
+        .split(' ')
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
 }

@@ -12,7 +12,7 @@ mod http;
 mod logs;
 mod world;
 
-pub use bench::{publish_acked, rate_at_in_flight, request_ok};
+pub use bench::{cpu_seconds, publish_acked, rate_at_in_flight, request_ok};
 pub use harness::{call, init_data, put_event, seq_of, FeedReader, Harness};
 pub use http::{http_get, metric_value};
 pub use logs::{

@@ -1,0 +1,102 @@
+//! Refusals answered late: a 429 goes out `delay` after it is decided, so a client that sends
+//! again as soon as it is refused (a loop with no back-off) is slowed to its own concurrency
+//! per `delay` instead of spinning, and the CPU it can take from everybody else is bounded by
+//! what it keeps in flight. A held refusal holds no slot: only its reply subject and envelope.
+//!
+//! Bounded: at most [`MAX_HELD_PER_ACCOUNT`] refusals held per account and [`MAX_HELD`] in
+//! all; beyond either, the request gets no reply (the client's request times out, which slows
+//! it further) and is counted in `natster_refusals_dropped_total`.
+
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Refusals one account may have held at once.
+pub const MAX_HELD_PER_ACCOUNT: usize = 1_024;
+/// Refusals held at once, all accounts together (each about 300 bytes).
+pub const MAX_HELD: usize = 65_536;
+
+/// Holds refusals until their delay has passed; cheap to clone.
+#[derive(Clone)]
+pub struct Throttle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    delay: Duration,
+    held: Mutex<Held>,
+    dropped: Counter,
+}
+
+#[derive(Default)]
+struct Held {
+    by_account: HashMap<String, usize>,
+    total: usize,
+}
+
+/// A refusal's reply, ready to send.
+pub struct Refusal {
+    pub reply: async_nats::Subject,
+    pub headers: async_nats::HeaderMap,
+    pub envelope: Bytes,
+}
+
+impl Throttle {
+    /// Sends refusals on `client` `delay` after they are handed over (at once for a zero
+    /// delay); `dropped` counts the ones never sent.
+    pub fn new(client: async_nats::Client, delay: Duration, dropped: Counter) -> Throttle {
+        Throttle {
+            inner: Arc::new(Inner {
+                client,
+                delay,
+                held: Mutex::new(Held::default()),
+                dropped,
+            }),
+        }
+    }
+
+    /// Sends `refusal` to `account`'s request after the delay, or never if the account (or
+    /// everybody) already has the most refusals held. Returns at once.
+    pub async fn refuse(&self, account: &str, refusal: Refusal) {
+        let inner = &self.inner;
+        if inner.delay.is_zero() {
+            send(&inner.client, refusal).await;
+            return;
+        }
+        {
+            let mut held = inner.held.lock().expect("throttle lock");
+            let mine = held.by_account.get(account).copied().unwrap_or(0);
+            if mine >= MAX_HELD_PER_ACCOUNT || held.total >= MAX_HELD {
+                inner.dropped.inc();
+                return;
+            }
+            held.by_account.insert(account.to_string(), mine + 1);
+            held.total += 1;
+        }
+        let (inner, account) = (self.inner.clone(), account.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(inner.delay).await;
+            send(&inner.client, refusal).await;
+            let mut held = inner.held.lock().expect("throttle lock");
+            held.total -= 1;
+            if let Some(mine) = held.by_account.get_mut(&account) {
+                *mine -= 1;
+                if *mine == 0 {
+                    held.by_account.remove(&account);
+                }
+            }
+        });
+    }
+}
+
+async fn send(client: &async_nats::Client, refusal: Refusal) {
+    if let Err(error) = client
+        .publish_with_headers(refusal.reply, refusal.headers, refusal.envelope)
+        .await
+    {
+        tracing::warn!(%error, "refusal could not be sent");
+    }
+}
