@@ -1,7 +1,7 @@
 //! Noisy neighbour: 100 accounts run a normal mix of requests at a steady rate while one more
 //! account pushes every limit at once, against the same run without it. Default settings.
 //!
-//! The quiet mix, per account, 20 requests/s on a fixed schedule (open loop: a slow reply
+//! The quiet mix, per account, 20 requests/s (`QUIET_RATE`) on a fixed schedule (open loop: a slow reply
 //! never delays the next request): 40 % `whoami`, 20 % `stats`, 10 % `my.shares`, 20 %
 //! `heartbeats.put` of its own catalog, 10 % `events.put` (a share, then its unshare).
 //! The noisy account, at the same time: `events.put` shares at 1 000/s with its shares at the
@@ -10,8 +10,9 @@
 //! catalogs online), and 1 500 `whoami` waiting on a `Natster-Min-Seq` the log does not hold,
 //! sent again as soon as they are answered.
 //!
-//! Rounds alternate quiet-only and with the noisy account; each side's median of 3 is
-//! reported with the ratios. `cargo bench --bench noisy_neighbour` runs the full measurement;
+//! `NOISY=writes,heartbeats,waits` picks the parts of the noisy load (all by default).
+//! Rounds (`ROUNDS`, 5, of `WINDOW_SECS`, 15 s) alternate quiet-only and with the noisy
+//! account; each side's median is reported with the ratios. `cargo bench --bench noisy_neighbour` runs the full measurement;
 //! without `--bench` (as `cargo test --all-targets` runs it) a short smoke run checks that
 //! every quiet request succeeds with the noisy account running.
 
@@ -30,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const QUIET_RATE: u64 = 20;
 const NOISY_CATALOGS: usize = 10;
 const NOISY_WRITES_PER_SECOND: u64 = 1_000;
 const NOISY_HEARTBEATS_PER_SECOND: u64 = 2_000;
@@ -39,8 +39,18 @@ const NOISY_WAITS: usize = 1_500;
 
 struct Sizes {
     quiet: usize,
+    /// Requests per second of each quiet account.
+    rate: u64,
     window: Duration,
     rounds: usize,
+}
+
+/// `name` from the environment, else `default`.
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// One quiet account.
@@ -139,13 +149,14 @@ fn quiet_op(quiet: &Quiet, n: u64, shared: bool) -> (&'static str, Vec<u8>) {
 
 /// Runs every quiet account's schedule for `window`; waits for the last reply.
 async fn quiet_round(
+    rate: u64,
     quiet: &Arc<Vec<Quiet>>,
     shared: &Arc<Vec<std::sync::atomic::AtomicBool>>,
     window: Duration,
     server_pid: &str,
 ) -> Result<QuietRun> {
-    let per_account = (window.as_secs_f64() * QUIET_RATE as f64) as u64;
-    let period = Duration::from_secs_f64(1.0 / QUIET_RATE as f64);
+    let per_account = (window.as_secs_f64() * rate as f64) as u64;
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
     let (cpu_here, cpu_server) = (cpu_seconds("self")?, cpu_seconds(server_pid)?);
     let started = Instant::now();
     let mut accounts = Vec::new();
@@ -208,8 +219,11 @@ fn start_noisy(
     counts: Arc<NoisyCounts>,
     stop: CancellationToken,
 ) {
+    // `NOISY=writes,heartbeats,waits` runs only those parts (all by default).
+    let parts = std::env::var("NOISY").unwrap_or_else(|_| "writes,heartbeats,waits".into());
+    let runs = |part: &str| parts.split(',').any(|p| p == part);
     // Shares of names beyond the cap, open loop.
-    {
+    if runs("writes") {
         let (client, counts, stop, targets) = (
             client.clone(),
             counts.clone(),
@@ -237,7 +251,7 @@ fn start_noisy(
         });
     }
     // Heartbeats without a reply subject, as catalog servers send them, open loop.
-    {
+    if runs("heartbeats") {
         let (client, counts, stop, key) =
             (client.clone(), counts.clone(), stop.clone(), key.clone());
         tokio::spawn(async move {
@@ -262,7 +276,7 @@ fn start_noisy(
         });
     }
     // Reads waiting on a sequence the log does not hold, re-sent as soon as answered.
-    for _ in 0..NOISY_WAITS {
+    for _ in 0..if runs("waits") { NOISY_WAITS } else { 0 } {
         let (client, counts, stop) = (client.clone(), counts.clone(), stop.clone());
         tokio::spawn(async move {
             let mut headers = async_nats::HeaderMap::new();
@@ -290,12 +304,14 @@ async fn main() -> Result<()> {
     let sizes = if full {
         Sizes {
             quiet: 100,
-            window: Duration::from_secs(8),
-            rounds: 3,
+            rate: env_or("QUIET_RATE", 20),
+            window: Duration::from_secs(env_or("WINDOW_SECS", 15)),
+            rounds: env_or("ROUNDS", 5) as usize,
         }
     } else {
         Sizes {
             quiet: 5,
+            rate: 20,
             window: Duration::from_secs(1),
             rounds: 1,
         }
@@ -379,7 +395,7 @@ async fn main() -> Result<()> {
     let mut beside = Vec::new();
     let mut noisy_rates = Vec::new();
     for round in 0..sizes.rounds {
-        let run = quiet_round(&quiet, &shared, sizes.window, &server_pid).await?;
+        let run = quiet_round(sizes.rate, &quiet, &shared, sizes.window, &server_pid).await?;
         println!(
             "round {round} quiet only: {:.0} ops/s, p99 {:?}, {} failed",
             run.per_second(),
@@ -398,7 +414,7 @@ async fn main() -> Result<()> {
             stop.clone(),
         );
         let started = Instant::now();
-        let run = quiet_round(&quiet, &shared, sizes.window, &server_pid).await?;
+        let run = quiet_round(sizes.rate, &quiet, &shared, sizes.window, &server_pid).await?;
         let noisy_elapsed = started.elapsed();
         stop.cancel();
         let sent = counts.sent.load(Ordering::Relaxed);

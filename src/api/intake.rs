@@ -3,7 +3,7 @@
 
 use super::slots::{AccountSlots, Admission, Slot};
 use super::throttle::{Refusal, Throttle};
-use super::{dispatch, ApiContext, ApiError, ApiRequest, Caller};
+use super::{dispatch, over_budget, ApiContext, ApiError, ApiRequest, Caller};
 use crate::contract::{Envelope, Op, SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use bytes::Bytes;
 use futures::future::{FutureExt, Shared};
@@ -61,8 +61,9 @@ pub struct Intake {
 /// Takes requests of one op until the endpoint is stopped; each is handled in its own task,
 /// at most `in_flight`'s permits at once across all ops (beyond that, requests wait in the
 /// subscription, so a flood cannot grow memory without bound), and at most the account's
-/// share of them per caller account (beyond that, 429 at once, so one account cannot take
-/// the slots everybody else needs).
+/// share of them per caller account (beyond that, 429, so one account cannot take the slots
+/// everybody else needs). A request past its account's write or heartbeat budget is refused
+/// before it takes a slot or a task.
 ///
 /// Every request runs in a `request` span (op, caller account, reply code), is counted in the
 /// Prometheus metrics, and in the `$SRV.STATS` of its endpoint (errors included).
@@ -94,6 +95,10 @@ pub async fn serve_endpoint(
             .split('.')
             .next()
             .unwrap_or_default();
+        if let Some(refusal) = over_budget(&context, op, account, request.message.reply.is_some()) {
+            send_refusal(&context, &client, &throttle, request, op, refusal, received).await;
+            continue;
+        }
         let admission = slots.admit(account);
         let turn = |order: &mut CallerOrder| {
             (op == Op::EventsPut).then(|| order.take(&request.message.subject))
@@ -224,11 +229,25 @@ async fn refuse(
     slots: &AccountSlots,
     received: std::time::Instant,
 ) {
-    use tracing::Instrument;
     if request.message.reply.is_none() && op == Op::HeartbeatsPut {
         context.metrics.heartbeats_received.inc();
         context.metrics.heartbeat_dropped("in_flight");
     }
+    let error = ApiError::too_many_in_flight(slots.per_account());
+    send_refusal(context, client, throttle, request, op, error, received).await;
+}
+
+/// Answers a refused request (429, through the throttle) in its `request` span, and counts it.
+async fn send_refusal(
+    context: &ApiContext,
+    client: &async_nats::Client,
+    throttle: &Throttle,
+    request: async_nats::service::Request,
+    op: Op,
+    error: ApiError,
+    received: std::time::Instant,
+) {
+    use tracing::Instrument;
     let caller = request
         .message
         .subject
@@ -236,14 +255,14 @@ async fn refuse(
         .next()
         .unwrap_or_default()
         .to_string();
-    let span = tracing::info_span!("request", op = op.name(), caller, code = 429);
-    let error = ApiError::too_many_in_flight(slots.per_account());
+    let code = error.code;
+    let span = tracing::info_span!("request", op = op.name(), caller, code);
     answer(client, throttle, request, op, Err(error))
         .instrument(span)
         .await;
     context
         .metrics
-        .observe_request(op.name(), 429, received.elapsed());
+        .observe_request(op.name(), code, received.elapsed());
 }
 
 /// Subject for the empty error reply the micro-service library sends when it counts an error

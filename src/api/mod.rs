@@ -103,32 +103,41 @@ async fn serve<H: Handler>(
     Ok(Envelope::success(reply).to_bytes())
 }
 
-/// Runs the handler of `op`; the result is the success envelope's bytes or the error.
+/// The refusal of a request of `op` from `account` past the account's budget (writes, or
+/// heartbeats), taking one unit of the budget otherwise. Checked by the intake before a
+/// request takes a slot or a task, so what is over budget costs as little as possible; a
+/// heartbeat without reply subject over budget is counted as dropped.
+pub fn over_budget(context: &ApiContext, op: Op, account: &str, replies: bool) -> Option<ApiError> {
+    if op.writes()
+        && context
+            .rate_limiter
+            .check_key(&account.to_string())
+            .is_err()
+    {
+        return Some(ApiError::rate_limited());
+    }
+    if op == Op::HeartbeatsPut
+        && context
+            .heartbeat_limiter
+            .check_key(&account.to_string())
+            .is_err()
+    {
+        context.metrics.heartbeats_received.inc();
+        if !replies {
+            context.metrics.heartbeat_dropped("rate");
+        }
+        return Some(ApiError::rate_limited_heartbeats());
+    }
+    None
+}
+
+/// Runs the handler of `op` (its budget already taken, see [`over_budget`]); the result is
+/// the success envelope's bytes or the error.
 pub async fn dispatch(
     context: &ApiContext,
     op: Op,
     request: ApiRequest<'_>,
 ) -> Result<Bytes, ApiError> {
-    if op.writes()
-        && context
-            .rate_limiter
-            .check_key(&request.caller.account)
-            .is_err()
-    {
-        return Err(ApiError::rate_limited());
-    }
-    if op == Op::HeartbeatsPut
-        && context
-            .heartbeat_limiter
-            .check_key(&request.caller.account)
-            .is_err()
-    {
-        context.metrics.heartbeats_received.inc();
-        if !request.replies {
-            context.metrics.heartbeat_dropped("rate");
-        }
-        return Err(ApiError::rate_limited_heartbeats());
-    }
     let request = &request;
     match op {
         Op::EventsPut => serve::<op::EventsPut>(context, request).await,

@@ -1,7 +1,9 @@
-//! Refusals answered late: a 429 goes out `delay` after it is decided, so a client that sends
-//! again as soon as it is refused (a loop with no back-off) is slowed to its own concurrency
-//! per `delay` instead of spinning, and the CPU it can take from everybody else is bounded by
-//! what it keeps in flight. A held refusal holds no slot: only its reply subject and envelope.
+//! Refusals answered late: a 429 goes out between one and two `delay`s after it is decided
+//! (spread at random, so refusals decided in one burst do not come back as one), and a client
+//! that sends again as soon as it is refused (a loop with no back-off) is slowed to its own
+//! concurrency per `delay` instead of spinning: the CPU it can take from everybody else is
+//! bounded by what it keeps in flight. A held refusal holds no slot: only its reply subject
+//! and envelope.
 //!
 //! Bounded: at most [`MAX_HELD_PER_ACCOUNT`] refusals held per account and [`MAX_HELD`] in
 //! all; beyond either, the request gets no reply (the client's request times out, which slows
@@ -45,8 +47,8 @@ pub struct Refusal {
 }
 
 impl Throttle {
-    /// Sends refusals on `client` `delay` after they are handed over (at once for a zero
-    /// delay); `dropped` counts the ones never sent.
+    /// Sends refusals on `client` one to two `delay`s after they are handed over (at once for
+    /// a zero delay); `dropped` counts the ones never sent.
     pub fn new(client: async_nats::Client, delay: Duration, dropped: Counter) -> Throttle {
         Throttle {
             inner: Arc::new(Inner {
@@ -77,8 +79,9 @@ impl Throttle {
             held.total += 1;
         }
         let (inner, account) = (self.inner.clone(), account.to_string());
+        let wait = inner.delay.mul_f64(1.0 + rand::random::<f64>());
         tokio::spawn(async move {
-            tokio::time::sleep(inner.delay).await;
+            tokio::time::sleep(wait).await;
             send(&inner.client, refusal).await;
             let mut held = inner.held.lock().expect("throttle lock");
             held.total -= 1;
