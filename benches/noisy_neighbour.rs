@@ -68,6 +68,8 @@ struct QuietRun {
     failed: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// Latencies by op.
+    by_op: std::collections::BTreeMap<&'static str, Vec<Duration>>,
     cpu_us_per_op: (f64, f64),
 }
 
@@ -76,10 +78,14 @@ impl QuietRun {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
     fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort();
-        sorted[((sorted.len() - 1) as f64 * p) as usize]
+        percentile(&self.latencies, p)
     }
+}
+
+fn percentile(latencies: &[Duration], p: f64) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
 /// What the noisy account got back, by reply code.
@@ -178,7 +184,7 @@ async fn quiet_round(
                 requests.push(tokio::spawn(async move {
                     let sent = Instant::now();
                     let code = request(&client, op, body).await.map_or(0, |e| e.code);
-                    (sent.elapsed(), code == 200)
+                    (op, sent.elapsed(), code == 200)
                 }));
             }
             let mut out = Vec::new();
@@ -189,10 +195,12 @@ async fn quiet_round(
         }));
     }
     let mut latencies = Vec::new();
+    let mut by_op = std::collections::BTreeMap::<&'static str, Vec<Duration>>::new();
     let mut failed = 0;
     for account in accounts {
-        for (latency, ok) in account.await?? {
+        for (op, latency, ok) in account.await?? {
             latencies.push(latency);
+            by_op.entry(op).or_default().push(latency);
             failed += usize::from(!ok);
         }
     }
@@ -204,10 +212,35 @@ async fn quiet_round(
         failed,
         elapsed,
         latencies,
+        by_op,
         cpu_us_per_op: (
             per_op(cpu_seconds("self")? - cpu_here),
             per_op(cpu_seconds(server_pid)? - cpu_server),
         ),
+    })
+}
+
+/// Runs the noisy account's load on a runtime and connection of its own, in its own thread,
+/// until `stop` is cancelled: as a client elsewhere would, it shares the machine's cores with
+/// the service but not the service's task queues.
+fn run_noisy_apart(
+    url: String,
+    creds: std::path::PathBuf,
+    key: String,
+    targets: Arc<Vec<String>>,
+    counts: Arc<NoisyCounts>,
+    stop: CancellationToken,
+) -> std::thread::JoinHandle<Result<()>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let client = natster_testkit::connect_creds(&url, &creds, "noisy").await?;
+            start_noisy(client, key, targets, counts, stop.clone());
+            stop.cancelled().await;
+            anyhow::Ok(())
+        })
     })
 }
 
@@ -406,8 +439,9 @@ async fn main() -> Result<()> {
 
         let counts = Arc::new(NoisyCounts::default());
         let stop = CancellationToken::new();
-        start_noisy(
-            noisy.clone(),
+        let noisy_thread = run_noisy_apart(
+            tw.server.url(),
+            tw.world.creds_path("noisy"),
             noisy_key.clone(),
             targets.clone(),
             counts.clone(),
@@ -428,8 +462,10 @@ async fn main() -> Result<()> {
         );
         noisy_rates.push(sent as f64 / noisy_elapsed.as_secs_f64());
         beside.push(run);
-        // Let the noisy account's last replies drain before the next quiet-only round.
-        natster_testkit::sync(&noisy).await?;
+        tokio::task::spawn_blocking(move || noisy_thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the noisy thread panicked"))??;
+        // Let the noisy account's last requests drain before the next quiet-only round.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     for run in alone.iter().chain(&beside) {
@@ -451,6 +487,21 @@ async fn main() -> Result<()> {
             stat(runs, &p50),
             stat(runs, &p99),
             stat(runs, &cpu)
+        );
+    }
+    let ops: Vec<&'static str> = alone[0].by_op.keys().copied().collect();
+    let op_p99 = |runs: &[QuietRun], op: &str| {
+        median(
+            runs.iter()
+                .map(|r| percentile(&r.by_op[op], 0.99).as_secs_f64() * 1e3)
+                .collect(),
+        )
+    };
+    for op in ops {
+        println!(
+            "p99 of {op}: {:.2} ms alone, {:.2} ms beside",
+            op_p99(&alone, op),
+            op_p99(&beside, op)
         );
     }
     println!(
