@@ -272,9 +272,10 @@ const DISCARDED_REPLY: &str = "_natster.discarded-reply";
 /// Sends the envelope (when the request has a reply subject); a refusal (429) goes through
 /// the [`Throttle`], which sends it late.
 ///
-/// An error is also recorded in the endpoint's `$SRV.STATS` (`num_errors`, `last_error`): the
-/// library counts an error only when it sends the reply itself, and then with an empty body,
-/// so the envelope goes out first and the library's empty reply is sent where nobody listens.
+/// An error other than a refusal is also recorded in the endpoint's `$SRV.STATS`
+/// (`num_errors`, `last_error`): the library counts an error only when it sends the reply
+/// itself, and then with an empty body, so the envelope goes out first and the library's empty
+/// reply is sent where nobody listens.
 async fn answer(
     client: &async_nats::Client,
     throttle: &Throttle,
@@ -292,6 +293,29 @@ async fn answer(
                 tracing::warn!(op = op.name(), %error, "reply could not be sent");
             }
         }
+        Err(error) if error.code == 429 => {
+            // A flooding account is refused thousands of times a second: at debug, so the log
+            // is not its amplifier (the metrics count every refusal), and not counted as an
+            // endpoint error in `$SRV.STATS` (a message more per refusal, and the caller's
+            // doing, not the service's).
+            tracing::debug!(reason = %error.message, "request refused");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(SERVICE_ERROR_HEADER, error.message.as_str());
+            headers.insert(SERVICE_ERROR_CODE_HEADER, "429");
+            let envelope = Envelope::<serde_json::Value>::failure(429, error.message.clone());
+            let account = request
+                .message
+                .subject
+                .split('.')
+                .next()
+                .unwrap_or_default();
+            let refusal = Refusal {
+                reply,
+                headers,
+                envelope: envelope.to_bytes(),
+            };
+            throttle.refuse(account, refusal).await;
+        }
         Err(error) => {
             tracing::info!(reason = %error.message, "request rejected");
             let mut headers = async_nats::HeaderMap::new();
@@ -299,26 +323,11 @@ async fn answer(
             headers.insert(SERVICE_ERROR_CODE_HEADER, error.code.to_string().as_str());
             let envelope =
                 Envelope::<serde_json::Value>::failure(error.code, error.message.clone());
-            if error.code == 429 {
-                let account = request
-                    .message
-                    .subject
-                    .split('.')
-                    .next()
-                    .unwrap_or_default();
-                let refusal = Refusal {
-                    reply,
-                    headers,
-                    envelope: envelope.to_bytes(),
-                };
-                throttle.refuse(account, refusal).await;
-            } else {
-                let sent = client
-                    .publish_with_headers(reply, headers, envelope.to_bytes())
-                    .await;
-                if let Err(error) = sent {
-                    tracing::warn!(op = op.name(), %error, "reply could not be sent");
-                }
+            let sent = client
+                .publish_with_headers(reply, headers, envelope.to_bytes())
+                .await;
+            if let Err(error) = sent {
+                tracing::warn!(op = op.name(), %error, "reply could not be sent");
             }
             request.message.reply = Some(DISCARDED_REPLY.into());
             let _ = request

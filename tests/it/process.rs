@@ -407,7 +407,9 @@ async fn sigterm_under_load_answers_every_request_it_took_and_exits_0() -> Resul
     let handled = logs
         .lines()
         .filter(|l| {
-            l.contains(r#""message":"answered""#) || l.contains(r#""message":"request rejected""#)
+            l.contains(r#""message":"answered""#)
+                || l.contains(r#""message":"request rejected""#)
+                || l.contains(r#""message":"request refused""#)
         })
         .count() as u64;
     let (replies, unanswered) = (
