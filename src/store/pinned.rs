@@ -29,7 +29,7 @@ pub async fn pinned_messages(
                 deliver_policy,
                 ack_policy: consumer::AckPolicy::Explicit,
                 // An event left unacked (its handler died) comes again this long after.
-                ack_wait: (takeover_after * 2).max(Duration::from_secs(2)),
+                ack_wait: (takeover_after * 2).max(Duration::from_secs(10)),
                 priority_policy: consumer::PriorityPolicy::PinnedClient,
                 priority_groups: vec![group.into()],
                 priority_timeout: takeover_after,
