@@ -1,6 +1,7 @@
 //! Request intake: one loop per micro-service endpoint, a task per request (bounded), the
 //! reply envelope, and the request's span and metrics.
 
+use super::request::caller_token;
 use super::slots::{AccountSlots, Admission, Slot};
 use super::throttle::{Refusal, Throttle};
 use super::{dispatch, over_budget, ApiContext, ApiError, ApiRequest, Caller};
@@ -31,7 +32,7 @@ impl CallerOrder {
             self.last
                 .retain(|_, (_, running)| running.strong_count() > 0);
         }
-        let caller = subject.split('.').next().unwrap_or_default().to_string();
+        let caller = caller_token(subject).to_string();
         let (done, finished) = oneshot::channel();
         let running = Arc::new(());
         let previous = self
@@ -89,12 +90,7 @@ pub async fn serve_endpoint(
     let mut order = CallerOrder::default();
     while let Some(request) = endpoint.next().await {
         let received = std::time::Instant::now();
-        let account = request
-            .message
-            .subject
-            .split('.')
-            .next()
-            .unwrap_or_default();
+        let account = caller_token(&request.message.subject);
         if let Some(refusal) = over_budget(&context, op, account, request.message.reply.is_some()) {
             send_refusal(&context, &client, &throttle, request, op, refusal, received).await;
             continue;
@@ -248,13 +244,7 @@ async fn send_refusal(
     received: std::time::Instant,
 ) {
     use tracing::Instrument;
-    let caller = request
-        .message
-        .subject
-        .split('.')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let caller = caller_token(&request.message.subject).to_string();
     let code = error.code;
     let span = tracing::info_span!("request", op = op.name(), caller, code);
     answer(client, throttle, request, op, Err(error))
@@ -293,39 +283,35 @@ async fn answer(
                 tracing::warn!(op = op.name(), %error, "reply could not be sent");
             }
         }
-        Err(error) if error.code == 429 => {
-            // A flooding account is refused thousands of times a second: at debug, so the log
-            // is not its amplifier (the metrics count every refusal), and not counted as an
-            // endpoint error in `$SRV.STATS` (a message more per refusal, and the caller's
-            // doing, not the service's).
-            tracing::debug!(reason = %error.message, "request refused");
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(SERVICE_ERROR_HEADER, error.message.as_str());
-            headers.insert(SERVICE_ERROR_CODE_HEADER, "429");
-            let envelope = Envelope::<serde_json::Value>::failure(429, error.message.clone());
-            let account = request
-                .message
-                .subject
-                .split('.')
-                .next()
-                .unwrap_or_default();
-            let refusal = Refusal {
-                reply,
-                headers,
-                envelope: envelope.to_bytes(),
-            };
-            throttle.refuse(account, refusal).await;
-        }
         Err(error) => {
-            tracing::info!(reason = %error.message, "request rejected");
+            // A flooding account is refused thousands of times a second: a refusal is logged
+            // at debug, so the log is not its amplifier (the metrics count every one), and not
+            // counted as an endpoint error in `$SRV.STATS` (a message more each, and the
+            // caller's doing, not the service's).
+            let refused = error.code == 429;
+            if refused {
+                tracing::debug!(reason = %error.message, "request refused");
+            } else {
+                tracing::info!(reason = %error.message, "request rejected");
+            }
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(SERVICE_ERROR_HEADER, error.message.as_str());
             headers.insert(SERVICE_ERROR_CODE_HEADER, error.code.to_string().as_str());
             let envelope =
-                Envelope::<serde_json::Value>::failure(error.code, error.message.clone());
-            let sent = client
-                .publish_with_headers(reply, headers, envelope.to_bytes())
-                .await;
+                Envelope::<serde_json::Value>::failure(error.code, error.message.clone())
+                    .to_bytes();
+            if refused {
+                let refusal = Refusal {
+                    reply,
+                    headers,
+                    envelope,
+                };
+                throttle
+                    .refuse(caller_token(&request.message.subject), refusal)
+                    .await;
+                return;
+            }
+            let sent = client.publish_with_headers(reply, headers, envelope).await;
             if let Err(error) = sent {
                 tracing::warn!(op = op.name(), %error, "reply could not be sent");
             }

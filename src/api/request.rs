@@ -22,10 +22,16 @@ pub struct Caller {
     pub account: String,
 }
 
+/// The first token of a request subject, where the server puts the caller's account key
+/// (unchecked: see [`Caller::from_subject`]).
+pub fn caller_token(subject: &str) -> &str {
+    subject.split('.').next().unwrap_or_default()
+}
+
 impl Caller {
     /// Reads the caller from a request subject; 400 when token 1 is not an account key.
     pub fn from_subject(subject: &str) -> Result<Caller, ApiError> {
-        let first = subject.split('.').next().unwrap_or_default();
+        let first = caller_token(subject);
         if is_account_public_key(first) {
             Ok(Caller {
                 account: first.to_string(),

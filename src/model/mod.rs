@@ -9,6 +9,8 @@ pub mod limits;
 pub mod online;
 pub mod records;
 pub mod state;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod validate;
 
 pub use decide::{decide, Command, Decision, Expectation, Rejection};

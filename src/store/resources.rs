@@ -207,7 +207,7 @@ async fn ensure_codes_bucket(
 ) -> Result<kv::Store, StoreError> {
     let ttl = config.max_age;
     let bucket = ensure_bucket(js, config).await?;
-    let stream_name = format!("KV_{}", bucket.name);
+    let stream_name = bucket.stream_name.clone();
     let mut stream = js
         .get_stream(&stream_name)
         .await

@@ -19,6 +19,27 @@ use std::time::{Duration, Instant};
 
 const EVENTS: usize = 20_000;
 
+/// `serve` as a child process on `tw`'s server, with RUST_LOG `log_filter`.
+fn serve_command(tw: &TestWorld, log_filter: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_natster-global"));
+    command
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+            "--nats-url",
+            &tw.server.url(),
+            "--creds",
+        ])
+        .arg(tw.world.creds_path(NATSTER))
+        .env_remove("USER_JWT")
+        .env("RUST_LOG", log_filter)
+        .stdout(Stdio::null());
+    command
+}
+
 /// Starts `serve` as a child process. Its log is dropped unless `CRASH_LOG` names a file to
 /// append it to (with `CRASH_RUST_LOG` as its filter, `warn` by default): a debugging aid.
 fn spawn_serve(tw: &TestWorld) -> Result<Child> {
@@ -31,24 +52,8 @@ fn spawn_serve(tw: &TestWorld) -> Result<Child> {
         ),
         None => Stdio::null(),
     };
-    Ok(Command::new(env!("CARGO_BIN_EXE_natster-global"))
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--nats-url",
-            &tw.server.url(),
-            "--creds",
-        ])
-        .arg(tw.world.creds_path(NATSTER))
-        .env_remove("USER_JWT")
-        .env(
-            "RUST_LOG",
-            std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?)
+    let filter = std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn".into());
+    Ok(serve_command(tw, &filter).stderr(log).spawn()?)
 }
 
 async fn checkpoints(stats: &jetstream::kv::Store) -> Result<Vec<u64>> {
@@ -206,22 +211,8 @@ fn spawn_halting_serve(
     tw: &TestWorld,
     halt_at: &str,
 ) -> Result<(Child, tokio::sync::mpsc::UnboundedReceiver<String>)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_natster-global"))
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-            "--nats-url",
-            &tw.server.url(),
-            "--creds",
-        ])
-        .arg(tw.world.creds_path(NATSTER))
-        .env_remove("USER_JWT")
-        .env("RUST_LOG", "warn")
+    let mut child = serve_command(tw, "warn")
         .env("NATSTER_HALT_AT", halt_at)
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().context("stderr")?;

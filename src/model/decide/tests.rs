@@ -1061,13 +1061,7 @@ fn random_runs_keep_expectations_and_state_consistent() {
     let keys: Vec<String> = (0..5).map(|_| account()).collect();
     let names = ["movies", "music", "Books"];
     let mut sim = Sim::new();
-    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = |n: usize| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % n as u64) as usize
-    };
+    let mut next = crate::model::testing::xorshift(0x9E37_79B9_7F4A_7C15);
     let mut accepted = 0;
     for _ in 0..2000 {
         let a = &keys[next(keys.len())];

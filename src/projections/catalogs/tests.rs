@@ -1,7 +1,6 @@
 use super::*;
 use crate::model::{
-    decide, Command, ContextBoundData, DecisionState, EventBody, EventSubject, InitData,
-    NatsterContext,
+    Command, ContextBoundData, DecisionState, EventBody, EventSubject, InitData, NatsterContext,
 };
 use crate::projections::fold;
 use std::collections::BTreeMap;
@@ -351,13 +350,7 @@ fn agrees_with_the_decision_state_on_decided_logs() {
     let names = ["movies", "music", "Books"];
     let mut state = DecisionState::default();
     let mut events: Vec<Event> = Vec::new();
-    let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = |n: usize| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % n as u64) as usize
-    };
+    let mut next = crate::model::testing::xorshift(0x2545_F491_4F6C_DD1D);
     for _ in 0..1500 {
         let a = keys[next(keys.len())].clone();
         let b = keys[next(keys.len())].clone();
@@ -397,16 +390,7 @@ fn agrees_with_the_decision_state_on_decided_logs() {
                 },
             },
         };
-        if let Ok(decision) = decide(&state, &command) {
-            let event = Event {
-                seq: events.len() as u64 + 1,
-                time: 1,
-                subject: decision.subject,
-                body: decision.body,
-            };
-            state.apply(&event);
-            events.push(event);
-        }
+        crate::model::testing::append_decided(&mut state, &mut events, &command);
     }
     let (records, delta) = folded(&events);
     assert!(!records.is_empty());

@@ -247,19 +247,14 @@ fn an_empty_oauth_id_from_an_adopted_log_touches_nothing() {
 /// nothing, and an account shows the one id it is bound to now.
 #[test]
 fn rebinding_unbinds_in_both_projections_on_decided_logs() {
-    use crate::model::{decide, Command, DecisionState, InitData};
+    use crate::model::testing::{append_decided, xorshift};
+    use crate::model::{Command, DecisionState, InitData};
     use crate::projections::accounts::Accounts;
     let accounts: Vec<String> = (0..4).map(|_| account()).collect();
     let ids = ["u1", "u2", "u3", "u4", "u5"];
     let mut state = DecisionState::default();
     let mut events: Vec<Event> = Vec::new();
-    let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = |n: usize| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng % n as u64) as usize
-    };
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     let inits = accounts.iter().map(|a| Command::Initialize {
         caller: a.clone(),
         data: InitData {
@@ -281,15 +276,10 @@ fn rebinding_unbinds_in_both_projections_on_decided_logs() {
         })
         .collect();
     for command in inits.chain(binds) {
-        let decision = decide(&state, &command).expect("decided");
-        let event = Event {
-            seq: events.len() as u64 + 1,
-            time: 1,
-            subject: decision.subject,
-            body: decision.body,
-        };
-        state.apply(&event);
-        events.push(event);
+        assert!(
+            append_decided(&mut state, &mut events, &command),
+            "{command:?}"
+        );
     }
     let (by_id, _) = folded(&events);
     let mut by_account = BTreeMap::new();
