@@ -88,6 +88,19 @@ fn percentile(latencies: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
+impl From<[u64; 6]> for NoisyCounts {
+    fn from([sent, ok, conflict, limited, unavailable, other]: [u64; 6]) -> Self {
+        Self {
+            sent: sent.into(),
+            ok: ok.into(),
+            conflict: conflict.into(),
+            limited: limited.into(),
+            unavailable: unavailable.into(),
+            other: other.into(),
+        }
+    }
+}
+
 /// What the noisy account got back, by reply code.
 #[derive(Default)]
 struct NoisyCounts {
@@ -100,6 +113,18 @@ struct NoisyCounts {
 }
 
 impl NoisyCounts {
+    fn snapshot(&self) -> [u64; 6] {
+        [
+            &self.sent,
+            &self.ok,
+            &self.conflict,
+            &self.limited,
+            &self.unavailable,
+            &self.other,
+        ]
+        .map(|count| count.load(Ordering::Relaxed))
+    }
+
     fn count(&self, reply: &Result<async_nats::Message, async_nats::RequestError>) {
         let code = reply
             .as_ref()
@@ -220,28 +245,97 @@ async fn quiet_round(
     })
 }
 
-/// Runs the noisy account's load on a runtime and connection of its own, in its own thread,
-/// until `stop` is cancelled: as a client elsewhere would, it shares the machine's cores with
-/// the service but not the service's task queues.
-fn run_noisy_apart(
-    url: String,
-    creds: std::path::PathBuf,
-    key: String,
-    targets: Arc<Vec<String>>,
-    counts: Arc<NoisyCounts>,
-    stop: CancellationToken,
-) -> std::thread::JoinHandle<Result<()>> {
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(async move {
-            let client = natster_testkit::connect_creds(&url, &creds, "noisy").await?;
-            start_noisy(client, key, targets, counts, stop.clone());
-            stop.cancelled().await;
-            anyhow::Ok(())
+/// Set in the environment of the noisy account's own process (see [`NoisyProcess`]).
+const NOISY_CHILD: &str = "NATSTER_BENCH_NOISY_CHILD";
+
+/// The noisy account's load in a process of its own (this bench binary again), started under
+/// `nice -n NOISY_NICE` (19 by default): as a client on another machine would, it takes cores
+/// from the service only when they are idle, while nats-server and the service still receive,
+/// route and refuse everything it sends. `NOISY_NICE=0` runs it at the service's priority.
+struct NoisyProcess {
+    child: std::process::Child,
+    pid: String,
+    cpu_at_start: f64,
+}
+
+impl NoisyProcess {
+    fn start(url: &str, creds: &std::path::Path, key: &str, targets: &[String]) -> Result<Self> {
+        let niceness = env_or("NOISY_NICE", 19);
+        let exe = std::env::current_exe()?;
+        let mut command = if niceness == 0 {
+            std::process::Command::new(&exe)
+        } else {
+            let mut nice = std::process::Command::new("nice");
+            nice.arg("-n").arg(niceness.to_string()).arg(&exe);
+            nice
+        };
+        let mut child = command
+            .env(NOISY_CHILD, "1")
+            .env("NOISY_URL", url)
+            .env("NOISY_CREDS", creds)
+            .env("NOISY_KEY", key)
+            .env("NOISY_TARGETS", targets.join(","))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the noisy account's process")?;
+        let pid = child.id().to_string();
+        // `nice` execs the bench binary, so the pid is the noisy process's own.
+        let cpu_at_start = cpu_seconds(&pid).unwrap_or(0.0);
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().context("stdout")?),
+            &mut ready,
+        )?;
+        ensure!(
+            ready.trim() == "ready",
+            "the noisy process did not start: {ready:?}"
+        );
+        Ok(Self {
+            child,
+            pid,
+            cpu_at_start,
         })
-    })
+    }
+
+    /// Stops the load (closing its stdin) and returns its counts and the CPU seconds it used.
+    fn stop(mut self) -> Result<(NoisyCounts, f64)> {
+        let cpu = cpu_seconds(&self.pid)? - self.cpu_at_start;
+        drop(self.child.stdin.take());
+        let output = self.child.wait_with_output()?;
+        ensure!(
+            output.status.success(),
+            "the noisy process failed: {}",
+            output.status
+        );
+        let counts: [u64; 6] =
+            serde_json::from_slice(&output.stdout).context("the noisy process's counts")?;
+        Ok((NoisyCounts::from(counts), cpu))
+    }
+}
+
+/// The noisy process: runs the load on one thread until its stdin closes, then prints its counts.
+fn noisy_child() -> Result<()> {
+    let var = |name: &str| std::env::var(name).with_context(|| format!("{name} not set"));
+    let (url, creds, key) = (var("NOISY_URL")?, var("NOISY_CREDS")?, var("NOISY_KEY")?);
+    let targets: Arc<Vec<String>> =
+        Arc::new(var("NOISY_TARGETS")?.split(',').map(String::from).collect());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let counts = Arc::new(NoisyCounts::default());
+    runtime.block_on(async {
+        let client = natster_testkit::connect_creds(&url, creds.as_ref(), "noisy").await?;
+        let stop = CancellationToken::new();
+        start_noisy(client, key, targets, counts.clone(), stop.clone());
+        println!("ready");
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await??;
+        stop.cancel();
+        anyhow::Ok(())
+    })?;
+    println!("{}", serde_json::to_string(&counts.snapshot())?);
+    Ok(())
 }
 
 /// Starts the noisy account's load; it runs until `stop` is cancelled.
@@ -331,8 +425,14 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    if std::env::var_os(NOISY_CHILD).is_some() {
+        return noisy_child();
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench())
+}
+
+async fn bench() -> Result<()> {
     let full = std::env::args().any(|a| a == "--bench");
     let sizes = if full {
         Sizes {
@@ -430,41 +530,37 @@ async fn main() -> Result<()> {
     for round in 0..sizes.rounds {
         let run = quiet_round(sizes.rate, &quiet, &shared, sizes.window, &server_pid).await?;
         println!(
-            "round {round} quiet only: {:.0} ops/s, p99 {:?}, {} failed",
+            "round {round} quiet only: {:.0} ops/s, p99 {:?}, {} failed, CPU µs per op {:.0} here + {:.0} server",
             run.per_second(),
             run.percentile(0.99),
-            run.failed
+            run.failed,
+            run.cpu_us_per_op.0,
+            run.cpu_us_per_op.1,
         );
         alone.push(run);
 
-        let counts = Arc::new(NoisyCounts::default());
-        let stop = CancellationToken::new();
-        let noisy_thread = run_noisy_apart(
-            tw.server.url(),
-            tw.world.creds_path("noisy"),
-            noisy_key.clone(),
-            targets.clone(),
-            counts.clone(),
-            stop.clone(),
-        );
+        let noisy = NoisyProcess::start(
+            &tw.server.url(),
+            &tw.world.creds_path("noisy"),
+            &noisy_key,
+            &targets,
+        )?;
         let started = Instant::now();
         let run = quiet_round(sizes.rate, &quiet, &shared, sizes.window, &server_pid).await?;
         let noisy_elapsed = started.elapsed();
-        stop.cancel();
+        let (counts, noisy_cpu) = tokio::task::spawn_blocking(move || noisy.stop()).await??;
         let sent = counts.sent.load(Ordering::Relaxed);
         println!(
-            "round {round} beside the noisy one: {:.0} ops/s, p99 {:?}, {} failed; noisy sent {sent} ({:.0}/s): {} ok, {} 409, {} 429, {} 503, {} other/unanswered",
-            run.per_second(), run.percentile(0.99), run.failed,
+            "round {round} beside the noisy one: {:.0} ops/s, p99 {:?}, {} failed, CPU µs per op {:.0} here + {:.0} server; noisy sent {sent} ({:.0}/s, its client {:.2} cores): {} ok, {} 409, {} 429, {} 503, {} other/unanswered",
+            run.per_second(), run.percentile(0.99), run.failed, run.cpu_us_per_op.0, run.cpu_us_per_op.1,
             sent as f64 / noisy_elapsed.as_secs_f64(),
+            noisy_cpu / noisy_elapsed.as_secs_f64(),
             counts.ok.load(Ordering::Relaxed), counts.conflict.load(Ordering::Relaxed),
             counts.limited.load(Ordering::Relaxed), counts.unavailable.load(Ordering::Relaxed),
             counts.other.load(Ordering::Relaxed),
         );
         noisy_rates.push(sent as f64 / noisy_elapsed.as_secs_f64());
         beside.push(run);
-        tokio::task::spawn_blocking(move || noisy_thread.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the noisy thread panicked"))??;
         // Let the noisy account's last requests drain before the next quiet-only round.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

@@ -13,6 +13,7 @@
 //! since, and a different request under the same key is refused; neither appends.
 
 mod append;
+mod progress;
 mod retries;
 mod tail;
 
@@ -25,7 +26,6 @@ use async_nats::jetstream::{self, stream};
 use retries::RecentRequests;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Attempts before a contended or failing decision gives up.
@@ -71,7 +71,7 @@ pub struct Decider {
     names: jetstream::kv::Store,
     state: Arc<RwLock<DecisionState>>,
     recent: Arc<Mutex<RecentRequests>>,
-    folded: watch::Receiver<u64>,
+    folded: Arc<progress::Progress>,
     metrics: Metrics,
 }
 
@@ -92,12 +92,12 @@ impl Decider {
         let recent = Arc::new(Mutex::new(RecentRequests::new(
             i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
         )));
-        let (folded_tx, folded) = watch::channel(0u64);
+        let folded = Arc::new(progress::Progress::default());
         tail::spawn(
             events.clone(),
             state.clone(),
             recent.clone(),
-            folded_tx,
+            folded.clone(),
             stop,
         );
         let decider = Decider {
@@ -116,17 +116,18 @@ impl Decider {
 
     /// Waits until the state has folded sequence `seq`.
     pub async fn wait_folded(&self, seq: u64, within: Duration) -> Result<(), ExecuteError> {
-        let mut folded = self.folded.clone();
-        tokio::time::timeout(within, folded.wait_for(|s| *s >= seq))
+        self.folded
+            .wait_for(seq, within)
             .await
-            .map_err(|_| ExecuteError::Behind(seq))?
-            .map_err(|_| ExecuteError::Stopped)?;
-        Ok(())
+            .map_err(|error| match error {
+                progress::WaitError::Timeout => ExecuteError::Behind(seq),
+                progress::WaitError::Closed => ExecuteError::Stopped,
+            })
     }
 
     /// The last log sequence the state has folded.
     pub fn folded(&self) -> u64 {
-        *self.folded.borrow()
+        self.folded.reached()
     }
 
     /// Reads the current decision state.

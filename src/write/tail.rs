@@ -1,6 +1,7 @@
 //! The decision state's tail: every instance folds the whole log into memory, in order, with
 //! the shared log reader.
 
+use super::progress::{CloseOnDrop, Progress};
 use super::retries::RecentRequests;
 use crate::contract::{MSG_ID_HEADER, REQUEST_FINGERPRINT_HEADER};
 use crate::model::{DecisionState, Decoded};
@@ -8,7 +9,6 @@ use crate::store::log::LogReader;
 use async_nats::jetstream::{self, stream};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Messages folded under one hold of the state's write lock.
@@ -38,17 +38,18 @@ fn decode(seq: u64, time: i64, message: &jetstream::Message) -> Option<Folded> {
 }
 
 /// Spawns the task that folds `events` from its first message into `state` and `recent` until
-/// `stop` is cancelled; `folded` receives the last sequence folded after every chunk (both
-/// hold everything up to it by then). A stream that cannot be read is tried again every
+/// `stop` is cancelled; `folded` advances to the last sequence folded after every chunk (both
+/// hold everything up to it by then) and is closed when the tail ends. A stream that cannot be read is tried again every
 /// 250 ms.
 pub(super) fn spawn(
     events: stream::Stream,
     state: Arc<RwLock<DecisionState>>,
     recent: Arc<Mutex<RecentRequests>>,
-    folded: watch::Sender<u64>,
+    folded: Arc<Progress>,
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
+        let folded = CloseOnDrop(folded);
         let mut reader = LogReader::new(events, 1, decode, CHUNK);
         loop {
             let chunk = tokio::select! {
@@ -72,7 +73,7 @@ pub(super) fn spawn(
                         }
                         state.last_seq
                     };
-                    folded.send_replace(seq);
+                    folded.0.advance(seq);
                 }
                 Err(error) => {
                     tracing::warn!(%error, "decision state tail cannot read the log; retrying");
