@@ -9,17 +9,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use natster_global::cli;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match cli::main(std::env::args_os().collect(), shutdown_signal).await {
-        Ok(0) => Ok(()),
-        Ok(code) => std::process::exit(code),
-        // A bad setting is one line for the operator.
-        Err(error) if error.exit_code() == cli::EXIT_BAD_SETTING => {
+async fn main() {
+    let code = match cli::main(std::env::args_os().collect(), shutdown_signal).await {
+        Ok(code) => code,
+        Err(error) if error.is_closed_output() => 0,
+        Err(error) => {
+            // One message for the operator, whatever failed: the chain of causes is in it.
             eprintln!("error: {error}");
-            std::process::exit(error.exit_code());
+            error.exit_code()
         }
-        Err(error) => Err(error.into()),
-    }
+    };
+    std::process::exit(code);
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).

@@ -153,7 +153,11 @@ impl ConnectArgs {
             }
             None => None,
         };
-        Ok(self.nats_config_with(name, context.unwrap_or_default()))
+        let config = self.nats_config_with(name, context.unwrap_or_default());
+        config
+            .check_files()
+            .map_err(|e| SettingsError(format!("creds: {e}")))?;
+        Ok(config)
     }
 
     /// [`ConnectArgs::nats_config`] with the context already loaded.
@@ -241,7 +245,7 @@ pub struct ServiceArgs {
     )]
     pub claim_url_base: String,
     /// How long a one-time code can be claimed (stored with each code when it is generated).
-    #[arg(long, env = "NATSTER_CODE_TTL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "NATSTER_CODE_TTL", default_value = "5m", value_parser = parse_positive_duration)]
     pub code_ttl: Duration,
     /// A catalog counts as online until this long after its last heartbeat (whole seconds,
     /// e.g. 3m or 30s).
@@ -392,7 +396,7 @@ pub struct CallArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// How long to wait for the reply.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
     pub timeout: Duration,
     /// `json`, or `table` for my.shares and stats.
     #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
@@ -418,6 +422,17 @@ pub fn parse_online_ttl(text: &str) -> Result<Duration, InvalidDuration> {
         ));
     }
     Ok(ttl)
+}
+
+/// A duration greater than zero (a zero timeout or TTL would fail every request).
+pub fn parse_positive_duration(text: &str) -> Result<Duration, InvalidDuration> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(InvalidDuration(
+            "must be greater than zero (examples: 5s, 3m, 1h)".into(),
+        ));
+    }
+    Ok(duration)
 }
 
 /// A duration flag that does not parse (clap names the flag).

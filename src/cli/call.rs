@@ -9,6 +9,7 @@
 //! service failed (5xx), 5 no connection or no responder.
 
 use super::args::{CallArgs, OutputFormat};
+use super::output::{self, outln};
 use crate::client::{ClientError, ClientErrorKind, GlobalClient};
 use crate::contract::{
     op, ContextReply, EmptyReply, EventsPutReply, NameValidation, Op, Operation, OtcGenerateReply,
@@ -20,13 +21,13 @@ use futures::StreamExt;
 use serde::Serialize;
 
 /// Exit code for arguments that do not make a request.
-pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_USAGE: i32 = super::EXIT_BAD_SETTING;
 /// Exit code for a 4xx reply.
 pub const EXIT_CLIENT_ERROR: i32 = 3;
 /// Exit code for a 5xx reply.
 pub const EXIT_SERVER_ERROR: i32 = 4;
 /// Exit code when the service could not be reached.
-pub const EXIT_UNREACHABLE: i32 = 5;
+pub const EXIT_UNREACHABLE: i32 = super::EXIT_UNREACHABLE;
 
 /// What `call` takes besides the ops: following the feed.
 const WATCH: &str = "watch";
@@ -43,6 +44,20 @@ pub async fn run(args: &CallArgs) -> i32 {
         );
         return EXIT_USAGE;
     }
+    if args.output == OutputFormat::Table && !op.is_some_and(has_table) {
+        eprintln!(
+            "error: --output table shows only {}; {} prints JSON",
+            Op::ALL
+                .iter()
+                .copied()
+                .filter(|op| has_table(*op))
+                .map(|op| op.name())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            args.op
+        );
+        return EXIT_USAGE;
+    }
     let mut connect = args.connect.clone();
     if connect.nats_url.is_none() && connect.creds.is_none() && connect.context.is_none() {
         connect.context = nats_context::config_dir().and_then(|dir| nats_context::selected(&dir));
@@ -51,7 +66,7 @@ pub async fn run(args: &CallArgs) -> i32 {
         Ok(config) => config,
         Err(problem) => {
             eprintln!("error: {problem}");
-            return EXIT_UNREACHABLE;
+            return EXIT_USAGE;
         }
     };
     let nats = match config.connect_once().await {
@@ -80,7 +95,17 @@ pub async fn run(args: &CallArgs) -> i32 {
             eprintln!("error: {error}");
             exit_code(&error)
         }
+        Err(Failure::Output(error)) if output::is_closed(&error) => 0,
+        Err(Failure::Output(error)) => {
+            eprintln!("error: cannot write the reply: {error}");
+            super::EXIT_FAILED
+        }
     }
+}
+
+/// Whether `--output table` can show op's reply (see [`Printed::table`]).
+fn has_table(op: Op) -> bool {
+    matches!(op, Op::Stats | Op::MyShares)
 }
 
 /// The exit code for a failed call.
@@ -95,6 +120,14 @@ pub fn exit_code(error: &ClientError) -> i32 {
 enum Failure {
     Usage(String),
     Client(ClientError),
+    /// Stdout could not be written (a closed pipe ends the command quietly).
+    Output(std::io::Error),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Failure::Output(error)
+    }
 }
 
 impl From<ClientError> for Failure {
@@ -127,8 +160,8 @@ where
 {
     let reply = client.call::<O>(&request::<O>(args)?).await?;
     match reply.table().filter(|_| args.output == OutputFormat::Table) {
-        Some((header, rows)) => print_table(header, &rows),
-        None => print_json(&reply),
+        Some((header, rows)) => print_table(header, &rows)?,
+        None => print_json(&reply)?,
     }
     Ok(())
 }
@@ -167,7 +200,7 @@ impl Printed for StatsReply {
     fn table(&self) -> Option<(&'static [&'static str], Vec<Vec<String>>)> {
         let row = |name: &str, value: u64| vec![name.to_string(), value.to_string()];
         Some((
-            &["TOTAL", "VALUE"],
+            &["STATISTIC", "VALUE"],
             vec![
                 row("initialized accounts", self.total_initialized),
                 row("running catalogs", self.running_catalogs),
@@ -219,25 +252,25 @@ async fn watch(client: &GlobalClient) -> Result<(), Failure> {
         };
         match message {
             Ok(message) => {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"kind": message.kind(), "message": message.payload()})
-                );
+                )?;
             }
             Err(error) => eprintln!("warning: {error}"),
         }
     }
 }
 
-fn print_json(value: &impl Serialize) {
-    println!(
+fn print_json(value: &impl Serialize) -> std::io::Result<()> {
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    )
 }
 
 /// A plain aligned table.
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+fn print_table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -254,8 +287,9 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .trim_end()
             .to_string()
     };
-    println!("{}", line(header.to_vec()));
+    outln!("{}", line(header.to_vec()))?;
     for row in rows {
-        println!("{}", line(row.iter().map(String::as_str).collect()));
+        outln!("{}", line(row.iter().map(String::as_str).collect()))?;
     }
+    Ok(())
 }

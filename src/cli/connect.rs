@@ -52,23 +52,90 @@ pub enum ConnectError {
     },
 }
 
-/// Checks that a file holding a secret is readable by its owner only.
+/// Checks that a file holding a secret (creds, xkey seed) is private enough to use.
+///
+/// Allowed: readable by its owner only (`0600`, `0400`); or, when the file belongs to root and
+/// its group is one this process is in, readable by that group too (`0640`, `0440`). The second
+/// is how Kubernetes mounts a secret under `fsGroup` (root-owned, group `fsGroup`, group-read
+/// added to `defaultMode`) and how Debian keeps keys for a service group (`root:ssl-cert 0640`):
+/// only root and the service's own group can read it. Refused, always: any access by others,
+/// and write access by the group. Symlinks are followed (Kubernetes mounts are `..data` links).
 pub fn check_private_file(path: &Path) -> Result<(), ConnectError> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| ConnectError::File {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |reason: String| ConnectError::File {
         path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(ConnectError::File {
-            path: path.to_path_buf(),
-            reason: "holds a secret but group or others can read it (chmod 600, or pass --allow-insecure-files)".into(),
-        });
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| refuse(e.to_string()))?;
+    secret_file_problem(SecretFile {
+        mode: meta.mode() & 0o777,
+        owner: meta.uid(),
+        group: meta.gid(),
+        group_is_ours: in_group(meta.gid()),
+    })
+    .map_or(Ok(()), |problem| Err(refuse(problem)))
+}
+
+/// What [`check_private_file`] looks at.
+#[derive(Debug, Clone, Copy)]
+struct SecretFile {
+    /// Permission bits (`0o777` mask).
+    mode: u32,
+    owner: u32,
+    group: u32,
+    /// Whether this process is in the file's group.
+    group_is_ours: bool,
+}
+
+/// Why `file` may not hold a secret, if it may not (the rule of [`check_private_file`]).
+fn secret_file_problem(file: SecretFile) -> Option<String> {
+    let mode = file.mode;
+    if mode & 0o007 != 0 {
+        return Some(format!(
+            "holds a secret but others can read or write it (mode {mode:04o}; chmod 600, or pass --allow-insecure-files)"
+        ));
     }
-    Ok(())
+    if mode & 0o020 != 0 {
+        return Some(format!(
+            "holds a secret but its group can write it (mode {mode:04o}; chmod 600, or 640 for a root-owned file)"
+        ));
+    }
+    if mode & 0o040 != 0 && !(file.owner == 0 && file.group_is_ours) {
+        return Some(format!(
+            "holds a secret but its group can read it (mode {mode:04o}, owner uid {}, group gid {}): \
+             group-read is accepted only for a root-owned file whose group this process is in \
+             (as Kubernetes mounts secrets under fsGroup); chmod 600, or pass --allow-insecure-files",
+            file.owner, file.group
+        ));
+    }
+    None
+}
+
+/// Whether this process is in group `gid` (effective or supplementary).
+fn in_group(gid: u32) -> bool {
+    use rustix::process::{getegid, getgroups};
+    getegid().as_raw() == gid
+        || getgroups().is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == gid))
 }
 
 impl NatsConfig {
+    /// Checks the creds file without connecting: that it can be read, and that it is private
+    /// (see [`check_private_file`]) unless insecure files are allowed.
+    pub fn check_files(&self) -> Result<(), ConnectError> {
+        let NatsAuth::CredsFile(path) = &self.auth else {
+            return Ok(());
+        };
+        if self.allow_insecure_files {
+            std::fs::File::open(path).map_err(|e| ConnectError::File {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(())
+        } else {
+            check_private_file(path)
+        }
+    }
+
     /// Connects, waiting for the server if it is not up yet; reconnects forever afterwards.
     pub async fn connect(&self) -> Result<async_nats::Client, ConnectError> {
         let options = self
@@ -104,9 +171,7 @@ impl NatsConfig {
         let options = match &self.auth {
             NatsAuth::None => async_nats::ConnectOptions::new(),
             NatsAuth::CredsFile(path) => {
-                if !self.allow_insecure_files {
-                    check_private_file(path)?;
-                }
+                self.check_files()?;
                 async_nats::ConnectOptions::with_credentials_file(path)
                     .await
                     .map_err(|e| ConnectError::File {
@@ -125,5 +190,62 @@ impl NatsConfig {
             }
         };
         Ok(options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{secret_file_problem, SecretFile};
+
+    fn file(mode: u32, owner: u32, group_is_ours: bool) -> SecretFile {
+        SecretFile {
+            mode,
+            owner,
+            group: 65532,
+            group_is_ours,
+        }
+    }
+
+    #[test]
+    fn owner_only_modes_are_accepted_for_any_owner() {
+        for mode in [0o600, 0o400, 0o700] {
+            for owner in [0, 1000] {
+                assert_eq!(
+                    secret_file_problem(file(mode, owner, false)),
+                    None,
+                    "{mode:o}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn group_read_is_accepted_only_for_root_owned_files_of_our_group() {
+        // Kubernetes under fsGroup: root:fsGroup 0440; Debian: root:ssl-cert 0640.
+        for mode in [0o440, 0o640] {
+            assert_eq!(secret_file_problem(file(mode, 0, true)), None, "{mode:o}");
+            let foreign_group = secret_file_problem(file(mode, 0, false)).expect("refused");
+            assert!(
+                foreign_group.contains("its group can read it"),
+                "{foreign_group}"
+            );
+            let not_root = secret_file_problem(file(mode, 1000, true)).expect("refused");
+            assert!(not_root.contains("root-owned"), "{not_root}");
+        }
+    }
+
+    #[test]
+    fn others_access_and_group_write_are_always_refused() {
+        for mode in [0o644, 0o604, 0o444, 0o602, 0o601] {
+            let problem = secret_file_problem(file(mode, 0, true)).expect("refused");
+            assert!(
+                problem.contains("others can read or write"),
+                "{mode:o}: {problem}"
+            );
+        }
+        for mode in [0o660, 0o620] {
+            let problem = secret_file_problem(file(mode, 0, true)).expect("refused");
+            assert!(problem.contains("group can write"), "{mode:o}: {problem}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 use super::args::DevArgs;
 use super::connect::{NatsAuth, NatsConfig};
+use super::output::outln;
 use super::settings::SettingsError;
 use crate::service::{HubShare, Sealer, SeedFileError, ServeError};
 use crate::tooling::bootstrap::{self, BootstrapError, Role, World};
@@ -91,7 +92,13 @@ pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<(
         http_addr,
         config,
         || async move { nats.connect_once().await },
-        |http_addr| print_instructions(&world, &url, http_addr),
+        // The instructions are a courtesy: a closed stdout (`dev | head`) leaves the stack
+        // running, as Ctrl-C is what stops it.
+        |http_addr| {
+            if let Err(error) = print_instructions(&world, &url, http_addr) {
+                tracing::debug!(%error, "the instructions could not be printed");
+            }
+        },
         stop,
     )
     .await?;
@@ -108,29 +115,33 @@ async fn wait_for_exit(server: &mut NatsServer) -> String {
     server.log_text()
 }
 
-fn print_instructions(world: &World, url: &str, http_addr: std::net::SocketAddr) {
+fn print_instructions(
+    world: &World,
+    url: &str,
+    http_addr: std::net::SocketAddr,
+) -> std::io::Result<()> {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "natster-global".into());
-    println!("natster-global dev: nats-server at {url}, service running as NATSTER.");
-    println!("Try, as each caller account:");
+    outln!("natster-global dev: nats-server at {url}, service running as NATSTER.")?;
+    outln!("Try, as each caller account:")?;
     for account in world.accounts.values() {
         if !matches!(account.role, Role::User | Role::Web | Role::Hub) {
             continue;
         }
         let creds = world.creds_path(&account.name);
-        println!("  # {} ({})", account.name, account.public_key());
-        println!(
+        outln!("  # {} ({})", account.name, account.public_key())?;
+        outln!(
             "  {exe} call whoami --nats-url {url} --creds {}",
             creds.display()
-        );
-        println!(
+        )?;
+        outln!(
             "  nats --server {url} --creds {} request natster.global.whoami ''",
             creds.display()
-        );
+        )?;
     }
-    println!("Metrics: http://{http_addr}/metrics  health: /healthz  readiness: /readyz");
-    println!("Press Ctrl-C to stop.");
+    outln!("Metrics: http://{http_addr}/metrics  health: /healthz  readiness: /readyz")?;
+    outln!("Press Ctrl-C to stop.")
 }
 
 fn absolute(path: &Path) -> std::io::Result<std::path::PathBuf> {

@@ -5,6 +5,7 @@ mod args;
 mod call;
 mod connect;
 mod dev;
+mod output;
 mod projections;
 mod settings;
 
@@ -12,13 +13,17 @@ use crate::service::ServeError;
 use crate::store::StoreError;
 use crate::tooling::bootstrap::{BootstrapError, World};
 use args::{Cli, Command};
+use output::outln;
 use settings::{Parsed, SettingsError};
 use std::future::Future;
 
-/// Exit code for an invalid setting (as clap uses for usage errors).
-pub const EXIT_BAD_SETTING: i32 = 2;
-/// Exit code for any other failure of a command.
+/// Exit code for a command that failed while running.
 pub const EXIT_FAILED: i32 = 1;
+/// Exit code for a command line or setting that is not valid (clap's usage-error code), found
+/// before anything connects: flags, environment, config file, creds and key files, contexts.
+pub const EXIT_BAD_SETTING: i32 = 2;
+/// Exit code when NATS cannot be reached (or, for `call`, nothing answers the op).
+pub const EXIT_UNREACHABLE: i32 = 5;
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +56,15 @@ pub async fn main<S: Future<Output = ()>>(
     let cli = match settings::parse(args)? {
         Parsed::Run(cli) => *cli,
         Parsed::Display(text) => {
-            print!("{text}");
+            output::print(&text)?;
             return Ok(0);
         }
     };
-    // The CLI client prints replies; only problems belong on its stderr.
+    // The long-running commands log their work; the others print their results, and only
+    // problems (not the NATS client's connection notes) belong on their stderr.
     let default_level = match cli.command {
-        Command::Call(_) => "warn",
-        _ => "info",
+        Command::Serve(_) | Command::Dev(_) => "info",
+        _ => "warn",
     };
     crate::telemetry::logging::init(cli.log_format, default_level);
     run(cli, shutdown).await
@@ -74,6 +80,11 @@ async fn run<S: Future<Output = ()>>(
                 .service
                 .service_config(args.connect.allow_insecure_files)?;
             let nats = args.connect.nats_config(crate::contract::SERVICE_NAME)?;
+            if config.sealer.is_none() {
+                tracing::warn!(
+                    "no --xkey-seed-file: otc.generate, otc.claim and context.get will answer 503 until the service runs with one"
+                );
+            }
             crate::service::run(
                 args.service.http_addr,
                 config,
@@ -87,10 +98,10 @@ async fn run<S: Future<Output = ()>>(
             let index = World::generate(&args.out, &args.users)?
                 .with_port(args.port)
                 .write(args.force)?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&index).expect("the index serializes")
-            );
+            )?;
             eprintln!(
                 "wrote a world to {}; start the server with: nats-server -c {}",
                 args.out.display(),
@@ -101,7 +112,7 @@ async fn run<S: Future<Output = ()>>(
         Command::Projections(args) => projections::run(&args).await?,
         Command::Schemas(args) => {
             for name in crate::contract::schemas::write_all(&args.out)? {
-                println!("{}", args.out.join(name).display());
+                outln!("{}", args.out.join(name).display())?;
             }
         }
         Command::Call(args) => return Ok(call::run(&args).await),
@@ -110,11 +121,33 @@ async fn run<S: Future<Output = ()>>(
 }
 
 impl CliError {
-    /// The process exit code for this failure.
+    /// The process exit code for this failure (README, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            CliError::Settings(_) | CliError::Serve(ServeError::Limits(_)) => EXIT_BAD_SETTING,
+            CliError::Settings(_)
+            | CliError::Serve(ServeError::Limits(_))
+            | CliError::Bootstrap(
+                BootstrapError::InvalidName(_)
+                | BootstrapError::Exists(_)
+                | BootstrapError::Duplicate(_),
+            ) => EXIT_BAD_SETTING,
+            CliError::Projections(error) if error.is_usage() => EXIT_BAD_SETTING,
+            CliError::Connect(connect::ConnectError::Nats { .. })
+            | CliError::Projections(projections::ProjectionsError::Connect(
+                connect::ConnectError::Nats { .. },
+            )) => EXIT_UNREACHABLE,
             _ => EXIT_FAILED,
+        }
+    }
+
+    /// Whether the failure is only that stdout's reader went away: the command ends quietly.
+    pub fn is_closed_output(&self) -> bool {
+        match self {
+            CliError::Io(error)
+            | CliError::Projections(projections::ProjectionsError::Output(error)) => {
+                output::is_closed(error)
+            }
+            _ => false,
         }
     }
 }

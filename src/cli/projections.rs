@@ -3,6 +3,7 @@
 
 use super::args::{ProjectionsAction, ProjectionsArgs};
 use super::connect::ConnectError;
+use super::output::outln;
 use super::settings::SettingsError;
 use crate::projections::parking::{self, ParkedEvent, RecordLimit};
 use crate::projections::rebuild::{rebuild, RebuildReport, RebuildTarget};
@@ -23,6 +24,9 @@ pub enum ProjectionsError {
     Connect(#[from] ConnectError),
     #[error("the event stream (has the service run here yet?): {0}")]
     NoEventStream(jetstream::context::GetStreamError),
+    /// The creds are of an account without JetStream: not the service's.
+    #[error("these credentials' account has no JetStream: projections needs the service account's creds (NATSTER, the account `serve` runs as)")]
+    NotServiceAccount,
     #[error("{resource}: {source}")]
     Resource {
         resource: &'static str,
@@ -32,22 +36,55 @@ pub enum ProjectionsError {
     Unknown(String, Vec<&'static str>),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl ProjectionsError {
+    /// Whether the command line itself is wrong (exit code 2), not the run.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ProjectionsError::Settings(_) | ProjectionsError::Unknown(..)
+        )
+    }
 }
 
 /// Runs the subcommand.
 pub async fn run(args: &ProjectionsArgs) -> Result<(), ProjectionsError> {
-    let client = args
+    // Everything the command line names is checked before connecting.
+    let config = args
         .action
         .connect()
-        .nats_config("natster-global-projections")?
-        .connect_once()
-        .await?;
+        .nats_config("natster-global-projections")?;
+    match &args.action {
+        ProjectionsAction::Rebuild { projection, .. }
+        | ProjectionsAction::ReplayParked { projection, .. } => {
+            chosen(projection.as_deref())?;
+        }
+        ProjectionsAction::Parked {
+            projection: Some(name),
+            ..
+        } => {
+            ProjectionName::parse(name).ok_or_else(|| unknown(name, ProjectionName::ALL))?;
+        }
+        _ => {}
+    }
+    let client = config.connect_once().await?;
     let limit = RecordLimit::for_max_payload(client.server_info().max_payload);
     let js = jetstream::new(client);
     let events = js
         .get_stream(EVENTS_STREAM)
         .await
-        .map_err(ProjectionsError::NoEventStream)?;
+        .map_err(|error| match error.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(inner)
+                if inner.error_code()
+                    == jetstream::ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
+            {
+                ProjectionsError::NotServiceAccount
+            }
+            _ => ProjectionsError::NoEventStream(error),
+        })?;
     let stats = bucket(&js, PROJ_STATS_BUCKET).await?;
     let parts = Parts {
         js: &js,
@@ -59,19 +96,15 @@ pub async fn run(args: &ProjectionsArgs) -> Result<(), ProjectionsError> {
         ProjectionsAction::Status { json, .. } => print_status(&js, &events, &stats, *json).await,
         ProjectionsAction::Rebuild { projection, .. } => {
             for name in chosen(projection.as_deref())? {
-                print_report(&rebuild_one(&parts, name).await?);
+                print_report(&rebuild_one(&parts, name).await?)?;
             }
             Ok(())
         }
         ProjectionsAction::Parked {
             projection, json, ..
         } => {
-            if let Some(name) = projection {
-                ProjectionName::parse(name).ok_or_else(|| unknown(name, ProjectionName::ALL))?;
-            }
             let parked = parking::list(&parked_bucket(&js).await?, projection.as_deref()).await?;
-            print_parked(&parked, *json);
-            Ok(())
+            print_parked(&parked, *json)
         }
         ProjectionsAction::ReplayParked {
             projection, seq, ..
@@ -87,11 +120,11 @@ pub async fn run(args: &ProjectionsArgs) -> Result<(), ProjectionsError> {
                 })
                 .collect();
             if names.is_empty() {
-                println!("no parked event matches; nothing to replay");
+                outln!("no parked event matches; nothing to replay")?;
             }
             for name in names {
                 let report = rebuild_one(&parts, name).await?;
-                print_report(&report);
+                print_report(&report)?;
             }
             Ok(())
         }
@@ -118,8 +151,8 @@ async fn rebuild_one(
     }
 }
 
-fn print_report(report: &RebuildReport) {
-    println!(
+fn print_report(report: &RebuildReport) -> std::io::Result<()> {
+    outln!(
         "{}: replayed {} events up to sequence {}; {} records written, {} unchanged, {} deleted; {} parked, {} parked before now applied",
         report.projection,
         report.events,
@@ -129,34 +162,42 @@ fn print_report(report: &RebuildReport) {
         report.deleted,
         report.parked,
         report.unparked
-    );
+    )
 }
 
-fn print_parked(parked: &[ParkedEvent], json: bool) {
+fn print_parked(parked: &[ParkedEvent], json: bool) -> Result<(), ProjectionsError> {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(parked).expect("parked events serialize")
-        );
-        return;
+        )?;
+        return Ok(());
     }
     if parked.is_empty() {
-        println!("no parked events");
-        return;
+        outln!("no parked events")?;
+        return Ok(());
     }
-    println!(
+    outln!(
         "{:<10} {:>12} {:<24} {:<60} error",
-        "projection", "seq", "parked at", "subject"
-    );
+        "projection",
+        "seq",
+        "parked at",
+        "subject"
+    )?;
     for event in parked {
         let at = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.parked_unix_ms),
         );
-        println!(
+        outln!(
             "{:<10} {:>12} {:<24} {:<60} {}",
-            event.projection, event.seq, at, event.subject, event.error
-        );
+            event.projection,
+            event.seq,
+            at,
+            event.subject,
+            event.error
+        )?;
     }
+    Ok(())
 }
 
 async fn parked_bucket(js: &jetstream::Context) -> Result<jetstream::kv::Store, ProjectionsError> {
@@ -217,26 +258,34 @@ async fn print_status(
         rows.push(status(&stream, stats, name.as_str()).await?);
     }
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&rows).expect("status serializes")
-        );
+        )?;
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<10} {:<15} {:>12} {:>12} {:>10}  applied by",
-        "projection", "stream", "applied_seq", "stream_last", "lag"
-    );
+        "projection",
+        "stream",
+        "applied_seq",
+        "stream_last",
+        "lag"
+    )?;
     for row in rows {
         let holder = if row.holder.is_empty() {
             "nobody (no instance running)".to_string()
         } else {
             row.holder
         };
-        println!(
+        outln!(
             "{:<10} {:<15} {:>12} {:>12} {:>10}  {holder}",
-            row.projection, row.stream, row.applied_seq, row.stream_last_seq, row.lag_events,
-        );
+            row.projection,
+            row.stream,
+            row.applied_seq,
+            row.stream_last_seq,
+            row.lag_events,
+        )?;
     }
     Ok(())
 }

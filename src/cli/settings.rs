@@ -12,7 +12,8 @@ use clap::{CommandFactory, FromArgMatches};
 use std::ffi::OsString;
 use std::path::Path;
 
-/// A problem with the settings: one line for the operator (exit code 2).
+/// A problem with the settings (exit code 2): one line for a value that parses but is not
+/// valid, clap's message with its tip and usage for a command line clap cannot parse.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SettingsError(pub String);
@@ -48,7 +49,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, SettingsError> {
 fn from_matches(matches: &clap::ArgMatches) -> Result<Parsed, SettingsError> {
     Cli::from_arg_matches(matches)
         .map(|cli| Parsed::Run(Box::new(cli)))
-        .map_err(|e| SettingsError(first_line(&e)))
+        .map_err(|e| SettingsError(clap_message(&e)))
 }
 
 fn displayed(error: clap::Error, file: &[String]) -> Result<Parsed, SettingsError> {
@@ -58,23 +59,26 @@ fn displayed(error: clap::Error, file: &[String]) -> Result<Parsed, SettingsErro
             Ok(Parsed::Display(error.render().to_string()))
         }
         _ => {
-            let line = first_line(&error);
+            let message = clap_message(&error);
             Err(SettingsError(match file.first() {
-                Some(file) => format!("{line} (flags, environment or config file {file})"),
-                None => line,
+                Some(file) => match message.split_once('\n') {
+                    Some((first, rest)) => {
+                        format!("{first} (flags, environment or config file {file})\n{rest}")
+                    }
+                    None => format!("{message} (flags, environment or config file {file})"),
+                },
+                None => message,
             }))
         }
     }
 }
 
-/// clap's message without the usage and help hints that follow it.
-fn first_line(error: &clap::Error) -> String {
+/// clap's whole message (what is wrong, then its tip and usage lines when it has them),
+/// without the leading `error: ` that the caller prints.
+fn clap_message(error: &clap::Error) -> String {
     let text = error.render().to_string();
-    text.lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid command line")
-        .trim_start_matches("error: ")
-        .to_string()
+    let text = text.trim();
+    text.strip_prefix("error: ").unwrap_or(text).to_string()
 }
 
 /// The file's settings as flags, leaving out those a flag or variable already set.
@@ -209,8 +213,11 @@ mod tests {
         let error = serve(&["--config", invalid.path().to_str().unwrap()])
             .err()
             .unwrap();
-        assert!(error.0.contains("--replicas"), "{error}");
-        assert!(!error.0.contains('\n'), "one line: {error}");
+        let first = error.0.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("--replicas") && first.contains("config file"),
+            "the first line names the flag and the file: {error}"
+        );
         let not_toml = write("replicas = \n");
         let error = serve(&["--config", not_toml.path().to_str().unwrap()])
             .err()

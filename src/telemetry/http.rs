@@ -1,19 +1,18 @@
-//! The operator's HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz` (the process is
+//! The operator's HTTP endpoints: `/metrics` (OpenMetrics or the classic text format, by
+//! `Accept`: see [`super::exposition`]), `/healthz` (the process is
 //! alive: always 200) and `/readyz` (200 only when connected, resources ensured and every
 //! projection within the lag bound; 503 with a JSON reason otherwise).
 
+use super::exposition::{to_classic_text, Format};
 use super::Telemetry;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-
-/// The content type Prometheus negotiates for OpenMetrics.
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Why the HTTP endpoints could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,9 +63,19 @@ pub async fn serve(
     Ok(HttpServer { addr: bound, task })
 }
 
-async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+async fn metrics(State(telemetry): State<Arc<Telemetry>>, headers: HeaderMap) -> impl IntoResponse {
+    let format = Format::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|accept| accept.to_str().ok()),
+    );
     telemetry.refresh().await;
-    ([(header::CONTENT_TYPE, OPENMETRICS)], telemetry.encode())
+    let openmetrics = telemetry.encode();
+    let body = match format {
+        Format::OpenMetrics => openmetrics,
+        Format::Text => to_classic_text(&openmetrics),
+    };
+    ([(header::CONTENT_TYPE, format.content_type())], body)
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -6,6 +6,7 @@
 //! (so `/healthz` answers and `/readyz` explains while the service connects and ensures its
 //! resources), handed to the service when it starts, and told when the service stops.
 
+pub mod exposition;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -14,7 +14,7 @@ mod world;
 
 pub use bench::{cpu_seconds, publish_acked, rate_at_in_flight, request_ok};
 pub use harness::{call, init_data, put_event, seq_of, FeedReader, Harness};
-pub use http::{http_get, metric_value};
+pub use http::{http_get, http_get_with, metric_value, HttpResponse};
 pub use logs::{
     dump_bucket, events_last_seq, mixed_event_log, project_from_empty, publish_log,
     rebuild_projection, stream_last_seq, ProjectedBacklog,

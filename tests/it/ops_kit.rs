@@ -4,12 +4,50 @@
 
 use anyhow::{Context, Result};
 use natster_global::tooling::natsd::{find_binary, NatsServer, ServerSpec};
-use natster_testkit::{call, http_get, Harness, TestWorld};
+use natster_testkit::{call, http_get, http_get_with, Harness, TestWorld};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 fn ops(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ops").join(path)
+}
+
+/// A tool `ops/install-prometheus` puts in `.tools/bin` (`promtool`, `prometheus`).
+fn tool(name: &str) -> Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/bin")
+        .join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is missing: run ops/install-prometheus (ops/test does)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Runs `program` with `input` on stdin; its exit status, stdout and stderr.
+fn run_with_input(
+    mut command: std::process::Command,
+    input: &str,
+) -> Result<(std::process::ExitStatus, String)> {
+    use std::io::Write;
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(input.as_bytes())?;
+    let output = child.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status, text))
 }
 
 /// Every `natster_…` metric name in a PromQL expression.
@@ -121,6 +159,78 @@ async fn alert_rules_and_dashboard_reference_only_exported_metrics() -> Result<(
         missing.is_empty(),
         "referenced but not exported: {missing:?}"
     );
+    h.stop().await
+}
+
+/// `/metrics` answers in the format the scraper asks for, and each passes its validator:
+/// `promtool check metrics` for the classic text format, the reference OpenMetrics parser
+/// (`prometheus_client.openmetrics.parser`, strict about `# EOF`, suffixes and types) for
+/// OpenMetrics.
+#[tokio::test]
+async fn metrics_are_served_as_text_or_openmetrics_by_accept_and_both_validate() -> Result<()> {
+    let h = Harness::start(&["alice"]).await?;
+    let http = h.serve_http(0).await?;
+    let alice = h.connect("alice").await?;
+    // Samples in every family kind: counters, histograms, gauges, the build info.
+    assert_eq!(call(&alice, "whoami", "", None).await?.code, 404);
+    assert_eq!(call(&alice, "events.put", "{", None).await?.code, 400);
+
+    let text = http_get_with(http, "/metrics", &[]).await?;
+    assert_eq!(text.status, 200);
+    assert_eq!(
+        text.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(!text.body.contains("# EOF"), "{}", text.body);
+    assert!(
+        text.body.contains("# TYPE natster_build_info gauge"),
+        "{}",
+        text.body
+    );
+    let mut promtool = std::process::Command::new(tool("promtool")?);
+    promtool.args(["check", "metrics"]);
+    let (status, report) = run_with_input(promtool, &text.body)?;
+    assert!(
+        status.success(),
+        "promtool check metrics: {report}\n{}",
+        text.body
+    );
+
+    // What Prometheus 2.x sends.
+    let accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let open = http_get_with(http, "/metrics", &[("Accept", accept)]).await?;
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+    let mut parser = std::process::Command::new("python3");
+    parser
+        .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/python"))
+        .args([
+            "-c",
+            "import sys\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\n\
+             families = list(parse(sys.stdin.read()))\n\
+             print(len(families), 'families')",
+        ]);
+    let (status, report) = run_with_input(parser, &open.body)?;
+    assert!(
+        status.success(),
+        "OpenMetrics parser: {report}\n{}",
+        open.body
+    );
+    let families: usize = report
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("family count")?;
+    let text_families = text
+        .body
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .count();
+    assert_eq!(families, text_families, "the same families in both formats");
     h.stop().await
 }
 
