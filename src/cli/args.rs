@@ -132,9 +132,12 @@ pub struct ConnectArgs {
     /// A `nats` CLI context (~/.config/nats/context/NAME.json) to take the URL and creds from.
     #[arg(long, env = "NATS_CONTEXT")]
     pub context: Option<String>,
-    /// Accept credential files that group or others can read.
+    /// Accept creds and key files that others, or a group other than root's own, can read.
     #[arg(long, env = "NATSTER_ALLOW_INSECURE_FILES")]
     pub allow_insecure_files: bool,
+    /// CA certificate (PEM) that signed the server's TLS certificate; TLS is then required.
+    #[arg(long, env = "NATS_CA")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
@@ -184,6 +187,7 @@ impl ConnectArgs {
             auth,
             name: name.to_string(),
             allow_insecure_files: self.allow_insecure_files,
+            tls_ca: self.tls_ca_file.clone(),
         }
     }
 }

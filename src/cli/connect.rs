@@ -13,6 +13,10 @@ pub struct NatsConfig {
     pub name: String,
     /// Accept creds files that group or others can read.
     pub allow_insecure_files: bool,
+    /// CA certificate(s) (PEM) to verify the server's TLS certificate with; TLS is then
+    /// required. Without it, TLS is used when the server asks for it, verified against the
+    /// system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// How the connection authenticates.
@@ -122,6 +126,12 @@ impl NatsConfig {
     /// Checks the creds file without connecting: that it can be read, and that it is private
     /// (see [`check_private_file`]) unless insecure files are allowed.
     pub fn check_files(&self) -> Result<(), ConnectError> {
+        if let Some(ca) = &self.tls_ca {
+            std::fs::File::open(ca).map_err(|e| ConnectError::File {
+                path: ca.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         let NatsAuth::CredsFile(path) = &self.auth else {
             return Ok(());
         };
@@ -189,7 +199,10 @@ impl NatsConfig {
                 })
             }
         };
-        Ok(options)
+        Ok(match &self.tls_ca {
+            Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+            None => options,
+        })
     }
 }
 

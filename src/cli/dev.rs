@@ -60,6 +60,7 @@ pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<(
         auth: NatsAuth::CredsFile(world.creds_path(bootstrap::NATSTER)),
         name: "natster-global-dev".into(),
         allow_insecure_files: false,
+        tls_ca: None,
     };
     let mut config = args.service.service_config(false)?;
     // The local world's own website and hub accounts, and its xkey, unless flags say otherwise.

@@ -232,6 +232,20 @@ async fn every_subcommand_exits_with_the_documented_code() -> Result<()> {
             "others can read",
         ),
         (vec!["schemas", "--bogus"], 2, "--bogus"),
+        (
+            vec![
+                "call",
+                "stats",
+                "--nats-url",
+                &url,
+                "--creds",
+                &alice,
+                "--tls-ca-file",
+                "/nonexistent-ca.pem",
+            ],
+            2,
+            "/nonexistent-ca.pem",
+        ),
     ];
     let mut wrong = Vec::new();
     for (args, code, named) in &cases {

@@ -28,6 +28,7 @@ fn explicit_connection_settings_beat_the_context() {
         creds: None,
         context: Some("prod".into()),
         allow_insecure_files: false,
+        tls_ca_file: None,
     };
     let from_context = args.nats_config_with("t", context.clone());
     assert_eq!(from_context.url, "nats://from-context:4222");
@@ -46,6 +47,7 @@ fn explicit_connection_settings_beat_the_context() {
         creds: None,
         context: None,
         allow_insecure_files: false,
+        tls_ca_file: None,
     }
     .nats_config_with("t", Default::default());
     assert_eq!(none.url, DEFAULT_NATS_URL);
