@@ -168,10 +168,22 @@ fn environment(
         .collect()
 }
 
-/// `serve` as the container runs it.
-fn start(pod: &Pod, env: &[(String, String)]) -> Result<std::process::Child> {
+/// The binary where the image has it, in `dir` (readable by the pod's user wherever the
+/// build tree is, as `/usr/local/bin` of the image is).
+fn install_binary(dir: &Path) -> Result<std::path::PathBuf> {
+    let bin = dir.join("usr-local-bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let binary = bin.join("natster-global");
+    std::fs::copy(env!("CARGO_BIN_EXE_natster-global"), &binary)?;
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))?;
+    Ok(binary)
+}
+
+/// `serve` as the container runs it, from `binary` (see [`install_binary`]).
+fn start(binary: &Path, pod: &Pod, env: &[(String, String)]) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_natster-global"));
+    let mut command = std::process::Command::new(binary);
     command
         .args(&pod.args)
         .env_clear()
@@ -250,7 +262,7 @@ async fn serve_runs_as_the_kubernetes_manifest_runs_it() -> Result<()> {
             );
         }
     }
-    let mut child = start(&pod, &env)?;
+    let mut child = start(&install_binary(dir.path())?, &pod, &env)?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
     wait_ready(addr, &mut child).await?;
     assert_eq!(http_get(addr, "/healthz").await?.0, 200);
@@ -323,7 +335,7 @@ async fn serve_refuses_a_mounted_secret_that_others_can_read_with_exit_2() -> Re
         natster_testkit::port()?,
         &world.key(WEB)?,
     );
-    let output = start(&pod, &env)?.wait_with_output()?;
+    let output = start(&install_binary(dir.path())?, &pod, &env)?.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("others can read"), "{stderr}");
