@@ -124,6 +124,10 @@ async fn a_session_with_call() -> Result<()> {
         .await?;
     let text = String::from_utf8(stats.stdout)?;
     assert!(
+        text.starts_with("STATISTIC") && text.lines().next().is_some_and(|l| l.ends_with("VALUE")),
+        "{text}"
+    );
+    assert!(
         text.contains("active shares") && text.contains("initialized accounts"),
         "{text}"
     );

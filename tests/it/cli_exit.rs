@@ -78,178 +78,104 @@ async fn every_subcommand_exits_with_the_documented_code() -> Result<()> {
         Some(0)
     );
 
-    // (args, exit code, what stderr must name)
-    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+    // (command line, exit code, what stderr must name); {url}, {nowhere}, {alice}, {natster},
+    // {open} (creds others can read) and {world} are filled in.
+    let table = [
+        ("call stats --nats-url {url} --creds {alice}", 0, ""),
+        ("call whoami --nats-url {url} --creds {alice}", 3, "404"),
+        ("call", 2, "<OP>"),
+        ("call whoami --cred {alice}", 2, "'--creds'"),
         (
-            vec!["call", "stats", "--nats-url", &url, "--creds", &alice],
-            0,
-            "",
-        ),
-        (
-            vec!["call", "whoami", "--nats-url", &url, "--creds", &alice],
-            3,
-            "404",
-        ),
-        (vec!["call"], 2, "<OP>"),
-        (vec!["call", "whoami", "--cred", &alice], 2, "'--creds'"),
-        (
-            vec![
-                "call",
-                "whoami",
-                "--nats-url",
-                &url,
-                "--creds",
-                "/nonexistent.creds",
-            ],
+            "call whoami --nats-url {url} --creds /nonexistent.creds",
             2,
             "/nonexistent.creds",
         ),
         (
-            vec!["call", "whoami", "--nats-url", &url, "--creds", &open_creds],
+            "call whoami --nats-url {url} --creds {open}",
             2,
             "others can read",
         ),
-        (vec!["call", "whoami", "--context", "nope"], 2, "nope"),
+        ("call whoami --context nope", 2, "nope"),
         (
-            vec![
-                "call",
-                "whoami",
-                "--timeout",
-                "0s",
-                "--nats-url",
-                &url,
-                "--creds",
-                &alice,
-            ],
+            "call whoami --timeout 0s --nats-url {url} --creds {alice}",
             2,
             "greater than zero",
         ),
         (
-            vec![
-                "call",
-                "whoami",
-                "--output",
-                "table",
-                "--nats-url",
-                &url,
-                "--creds",
-                &alice,
-            ],
+            "call whoami --output table --nats-url {url} --creds {alice}",
             2,
             "--output table shows only",
         ),
         (
-            vec!["call", "stats", "--nats-url", &nowhere, "--creds", &alice],
+            "call stats --nats-url {url} --creds {alice} --tls-ca-file /nonexistent-ca.pem",
+            2,
+            "/nonexistent-ca.pem",
+        ),
+        (
+            "call stats --nats-url {nowhere} --creds {alice}",
             5,
             "cannot connect",
         ),
         (
-            vec![
-                "projections",
-                "rebuild",
-                "--projection",
-                "nope",
-                "--nats-url",
-                &nowhere,
-                "--creds",
-                &natster,
-            ],
+            "projections rebuild --projection nope --nats-url {nowhere} --creds {natster}",
             2,
             "unknown projection",
         ),
         (
-            vec![
-                "projections",
-                "parked",
-                "--projection",
-                "nope",
-                "--nats-url",
-                &nowhere,
-                "--creds",
-                &natster,
-            ],
+            "projections parked --projection nope --nats-url {nowhere} --creds {natster}",
             2,
             "unknown projection",
         ),
         (
-            vec![
-                "projections",
-                "status",
-                "--nats-url",
-                &url,
-                "--creds",
-                &alice,
-            ],
+            "projections status --nats-url {url} --creds {alice}",
             1,
             "service account's creds",
         ),
         (
-            vec![
-                "projections",
-                "status",
-                "--nats-url",
-                &nowhere,
-                "--creds",
-                &natster,
-            ],
+            "projections status --nats-url {nowhere} --creds {natster}",
             5,
             "cannot connect",
         ),
         (
-            vec![
-                "projections",
-                "status",
-                "--nats-url",
-                &url,
-                "--creds",
-                &open_creds,
-            ],
+            "projections status --nats-url {url} --creds {open}",
             2,
             "others can read",
         ),
         (
-            vec![
-                "projections",
-                "status",
-                "--nats-url",
-                &url,
-                "--creds",
-                &natster,
-            ],
+            "projections status --nats-url {url} --creds {natster}",
             0,
             "",
         ),
-        (vec!["bootstrap", "--out", &world_dir], 2, "--force"),
+        ("bootstrap --out {world}", 2, "--force"),
         (
-            vec!["bootstrap", "--out", &world_dir, "--users", "Not_Valid"],
+            "bootstrap --out {world} --users Not_Valid",
             2,
             "invalid user account name",
         ),
-        (vec!["serve", "--replicas", "9"], 2, "--replicas"),
+        ("serve --replicas 9", 2, "--replicas"),
         (
-            vec!["serve", "--nats-url", &url, "--creds", &open_creds],
+            "serve --nats-url {url} --creds {open}",
             2,
             "others can read",
         ),
-        (vec!["schemas", "--bogus"], 2, "--bogus"),
-        (
-            vec![
-                "call",
-                "stats",
-                "--nats-url",
-                &url,
-                "--creds",
-                &alice,
-                "--tls-ca-file",
-                "/nonexistent-ca.pem",
-            ],
-            2,
-            "/nonexistent-ca.pem",
-        ),
+        ("schemas --bogus", 2, "--bogus"),
     ];
+    let fill = |line: &str| {
+        line.replace("{url}", &url)
+            .replace("{nowhere}", &nowhere)
+            .replace("{alice}", &alice)
+            .replace("{natster}", &natster)
+            .replace("{open}", &open_creds)
+            .replace("{world}", &world_dir)
+    };
+    let cases: Vec<(String, i32, &str)> = table
+        .iter()
+        .map(|(line, code, named)| (fill(line), *code, *named))
+        .collect();
     let mut wrong = Vec::new();
-    for (args, code, named) in &cases {
-        let output = run(home.path(), args)?;
+    for (line, code, named) in &cases {
+        let args: Vec<&str> = line.split_whitespace().collect();
+        let output = run(home.path(), &args)?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         let ok = output.status.code() == Some(*code)
             && stderr.contains(named)

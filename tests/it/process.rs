@@ -469,3 +469,43 @@ async fn text_logs_to_a_pipe_carry_no_colour_codes() -> Result<()> {
     assert!(!logs.contains('\u{1b}'), "no ANSI escape codes: {logs:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn serve_without_an_xkey_warns_that_code_and_context_ops_will_fail() -> Result<()> {
+    let tw = TestWorld::start().await?;
+    let with_key = service_args(&tw);
+    // The same service, without `--xkey-seed-file` and its value.
+    let at = with_key
+        .iter()
+        .position(|a| a == "--xkey-seed-file")
+        .context("flag")?;
+    let args: Vec<&str> = with_key
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != at && *i != at + 1)
+        .map(|(_, a)| a.as_str())
+        .collect();
+    let mut serve = Serve::spawn(&args, &[])?;
+    let warning = serve.wait_for_line("no --xkey-seed-file").await?;
+    assert!(
+        warning.contains("WARN") && warning.contains("otc.generate") && warning.contains("503"),
+        "{warning}"
+    );
+    serve.wait_for_line("serving").await?;
+    serve.signal("TERM")?;
+    assert!(serve.wait_exit(Duration::from_secs(15)).await?.success());
+
+    // With the key, no such warning.
+    let args: Vec<&str> = with_key.iter().map(String::as_str).collect();
+    let mut serve = Serve::spawn(&args, &[])?;
+    serve.wait_for_line("serving").await?;
+    serve.signal("TERM")?;
+    assert!(serve.wait_exit(Duration::from_secs(15)).await?.success());
+    serve.all_lines_read().await;
+    assert!(
+        !serve.text().contains("no --xkey-seed-file"),
+        "{}",
+        serve.text()
+    );
+    Ok(())
+}
