@@ -10,6 +10,7 @@ mod bench;
 mod harness;
 mod http;
 mod logs;
+mod tls;
 mod world;
 
 pub use bench::{cpu_seconds, publish_acked, rate_at_in_flight, request_ok};
@@ -20,4 +21,5 @@ pub use logs::{
     rebuild_projection, stream_last_seq, ProjectedBacklog,
 };
 pub use natster_global::test_util::sync;
+pub use tls::{connect_creds_tls, TestCertificates};
 pub use world::{connect_creds, port, wait_for_jetstream, Cluster, PlainServer, TestWorld};

@@ -1,5 +1,6 @@
 //! Real nats-servers for tests: a world in operator mode, plain JetStream, a 3-node cluster.
 
+use crate::tls::{connect_creds_tls, TestCertificates};
 use anyhow::{bail, Context as _, Result};
 use natster_global::tooling::bootstrap::{self, ClusterOptions, ServerConfigOptions, World};
 use natster_global::tooling::natsd::{free_port, NatsServer, ServerSpec};
@@ -118,6 +119,15 @@ impl Cluster {
     /// Starts three nodes serving `world` and waits until JetStream has a meta leader;
     /// readiness is checked as the world's service account.
     pub async fn start(world: Option<&World>) -> Result<Cluster> {
+        Self::start_with(world, None).await
+    }
+
+    /// Starts three nodes serving `world` that require TLS from clients, with `tls`.
+    pub async fn start_tls(world: &World, tls: &TestCertificates) -> Result<Cluster> {
+        Self::start_with(Some(world), Some(tls)).await
+    }
+
+    async fn start_with(world: Option<&World>, tls: Option<&TestCertificates>) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         // Hold every listener until all six ports are chosen so none is picked twice.
         let listeners: Vec<std::net::TcpListener> = (0..6)
@@ -151,6 +161,10 @@ impl Cluster {
                     bootstrap::cluster_block(&cluster)
                 ),
             };
+            let conf = match tls {
+                Some(tls) => format!("{conf}\n{}", tls.server_block()),
+                None => conf,
+            };
             let path = dir.path().join(format!("n{i}.conf"));
             std::fs::write(&path, conf)?;
             starting.push(NatsServer::start(ServerSpec {
@@ -161,8 +175,17 @@ impl Cluster {
         }
         let nodes = futures::future::try_join_all(starting).await?;
         let cluster = Cluster { nodes, _dir: dir };
-        let client = match world {
-            Some(world) => {
+        let client = match (world, tls) {
+            (Some(world), Some(tls)) => {
+                connect_creds_tls(
+                    &cluster.nodes[0].url(),
+                    &world.creds_path(bootstrap::NATSTER),
+                    &tls.ca,
+                    "cluster-check",
+                )
+                .await?
+            }
+            (Some(world), None) => {
                 connect_creds(
                     &cluster.nodes[0].url(),
                     &world.creds_path(bootstrap::NATSTER),
@@ -170,7 +193,7 @@ impl Cluster {
                 )
                 .await?
             }
-            None => async_nats::connect(cluster.nodes[0].url()).await?,
+            (None, _) => async_nats::connect(cluster.nodes[0].url()).await?,
         };
         wait_for_jetstream(&client, Duration::from_secs(30)).await?;
         Ok(cluster)

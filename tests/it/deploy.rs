@@ -1,9 +1,10 @@
 //! The Kubernetes manifest runs as shipped: `serve` is started with the Deployment's args and
 //! environment, as the pod's uid and gid, its secrets laid out the way the kubelet mounts a
 //! secret volume under `fsGroup` (files owned by root, group `fsGroup`, mode `defaultMode`
-//! plus group-read, reached through the `..data` symlink), against a 3-node cluster (the
-//! manifest asks for three replicas). Substituted, as an operator must: the server URL, the
-//! mount path (a directory here), the HTTP port (a free one) and the web account's key.
+//! plus group-read, reached through the `..data` symlink), against a 3-node cluster that
+//! requires TLS (the manifest asks for three replicas and verifies the servers with the CA in
+//! its Secret). Substituted, as an operator must: the server URLs, the mount path (a directory
+//! here), the HTTP port (a free one) and the web account's key.
 //!
 //! Not reproduced here: the read-only root filesystem and the dropped capabilities (the
 //! process is started without privileges either way).
@@ -11,7 +12,9 @@
 use anyhow::{ensure, Context, Result};
 use natster_global::contract::Envelope;
 use natster_global::tooling::bootstrap::{World, NATSTER, WEB};
-use natster_testkit::{connect_creds, http_get, init_data, put_event, seq_of, Cluster};
+use natster_testkit::{
+    connect_creds_tls, http_get, init_data, put_event, seq_of, Cluster, TestCertificates,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
@@ -158,7 +161,11 @@ fn environment(
         .iter()
         .map(|(name, value)| {
             let value = match name.as_str() {
-                "NATS_URL" => urls.to_string(),
+                "NATS_URL" => urls
+                    .split(',')
+                    .map(|url| url.replace("nats://", "tls://"))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 "NATSTER_HTTP_ADDR" => format!("0.0.0.0:{http_port}"),
                 "NATSTER_WEB_ACCOUNTS" => web.to_string(),
                 _ => value.replace(&pod.mount_path, &mount.display().to_string()),
@@ -229,7 +236,10 @@ async fn serve_runs_as_the_kubernetes_manifest_runs_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let world = World::generate(&dir.path().join("world"), &["alice".to_string()])?;
     world.write(false)?;
-    let cluster = Cluster::start(Some(&world)).await?;
+    let tls_dir = dir.path().join("tls");
+    std::fs::create_dir_all(&tls_dir)?;
+    let tls = TestCertificates::make(&tls_dir)?;
+    let cluster = Cluster::start_tls(&world, &tls).await?;
     let urls = cluster.urls().join(",");
 
     // The secret as `kubectl create secret generic … --from-file=…` (the manifest's header).
@@ -239,6 +249,7 @@ async fn serve_runs_as_the_kubernetes_manifest_runs_it() -> Result<()> {
             std::fs::read_to_string(world.creds_path(NATSTER))?,
         ),
         ("service.xk", std::fs::read_to_string(world.xkey_path())?),
+        ("ca.pem", std::fs::read_to_string(&tls.ca)?),
     ];
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
     let mount = dir.path().join("etc-natster-global");
@@ -255,7 +266,7 @@ async fn serve_runs_as_the_kubernetes_manifest_runs_it() -> Result<()> {
     let http_port = natster_testkit::port()?;
     let env = environment(&pod, &mount, &urls, http_port, &world.key(WEB)?);
     for (name, value) in &env {
-        if name == "NATS_CREDS" || name == "NATSTER_XKEY_SEED_FILE" {
+        if name == "NATS_CREDS" || name == "NATSTER_XKEY_SEED_FILE" || name == "NATS_CA" {
             assert!(
                 value.starts_with(&mount.display().to_string()),
                 "{name} is in the mount"
@@ -268,7 +279,13 @@ async fn serve_runs_as_the_kubernetes_manifest_runs_it() -> Result<()> {
     assert_eq!(http_get(addr, "/healthz").await?.0, 200);
 
     // Serving, with the xkey read: a one-time code for an initialised account is issued.
-    let alice = connect_creds(&cluster.nodes[1].url(), &world.creds_path("alice"), "alice").await?;
+    let alice = connect_creds_tls(
+        &cluster.nodes[1].url(),
+        &world.creds_path("alice"),
+        &tls.ca,
+        "alice",
+    )
+    .await?;
     let key = world.key("alice")?;
     seq_of(
         &put_event(
@@ -325,6 +342,7 @@ async fn serve_refuses_a_mounted_secret_that_others_can_read_with_exit_2() -> Re
             std::fs::read_to_string(world.creds_path(NATSTER))?,
         ),
         ("service.xk", std::fs::read_to_string(world.xkey_path())?),
+        ("ca.pem", "not read: the seed is refused first".to_string()),
     ];
     // A `defaultMode` of 0444: every user on the node can read the seed.
     mount_secret(&mount, &files, 0o444, pod.fs_group)?;

@@ -246,87 +246,6 @@ fn operator_conf(world_conf: &str) -> String {
         .join("\n")
 }
 
-/// Test certificates made with `openssl` (as README shows an operator making them): a CA, and
-/// one certificate for `localhost`/127.0.0.1 that serves for clients and routes.
-fn make_test_certificates(dir: &Path) -> Result<()> {
-    let openssl = |args: &[&str]| -> Result<()> {
-        let output = std::process::Command::new("openssl")
-            .current_dir(dir)
-            .args(args)
-            .output()
-            .context("openssl")?;
-        anyhow::ensure!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(())
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca-key.pem",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=natster test CA",
-            ],
-        ]
-        .concat(),
-    )?;
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server-key.pem",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    )?;
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
-    )?;
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca-key.pem",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ])?;
-    std::fs::copy(dir.join("server.pem"), dir.join("route.pem"))?;
-    std::fs::copy(dir.join("server-key.pem"), dir.join("route-key.pem"))?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn nats_server_configs_load_in_a_real_server() -> Result<()> {
     let tw = TestWorld::start().await?;
@@ -336,7 +255,7 @@ async fn nats_server_configs_load_in_a_real_server() -> Result<()> {
     let state = dir.path().join("state");
     let tls = dir.path().join("tls");
     std::fs::create_dir_all(&tls)?;
-    make_test_certificates(&tls)?;
+    natster_testkit::TestCertificates::make(&tls)?;
     let binary = find_binary()?;
     for name in [
         "single.conf",
