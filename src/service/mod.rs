@@ -63,7 +63,8 @@ pub enum ServeError {
 
 /// The whole `serve` command: HTTP endpoints on `http_addr` first (live at once, ready once
 /// serving), then the connection made by `connect`, then the service, until `shutdown`
-/// completes; then a graceful stop (the HTTP endpoints answer until the very end).
+/// completes; then a graceful stop (the HTTP endpoints answer until the very end). A
+/// `shutdown` that completes before the service serves ends the start and returns `Ok`.
 /// `on_serving` is called once the service takes requests, with the address the HTTP endpoints
 /// listen on (port 0 in `http_addr` is replaced by the one chosen).
 pub async fn run<C, CF, E>(
@@ -86,11 +87,23 @@ where
         http_stop.clone().cancelled_owned(),
     )
     .await?;
+    // Listened to from the start: a stop asked for while the service still waits for NATS or
+    // starts (a pod deleted early) ends it as gracefully as a stop while serving.
+    tokio::pin!(shutdown);
     let result = async {
-        let client = connect()
-            .await
-            .map_err(|e| ServeError::Connect(Box::new(e)))?;
-        let service = GlobalService::start_with(client, config, telemetry).await?;
+        let starting = async {
+            let client = connect()
+                .await
+                .map_err(|e| ServeError::Connect(Box::new(e)))?;
+            GlobalService::start_with(client, config, telemetry).await
+        };
+        let service = tokio::select! {
+            service = starting => service?,
+            () = &mut shutdown => {
+                tracing::info!("stopped before serving");
+                return Ok(());
+            }
+        };
         on_serving(http.addr);
         shutdown.await;
         service.stop().await

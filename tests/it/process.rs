@@ -509,3 +509,31 @@ async fn serve_without_an_xkey_warns_that_code_and_context_ops_will_fail() -> Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_while_waiting_for_nats_exits_0() -> Result<()> {
+    let tw = TestWorld::start().await?;
+    // Nothing listens on this port: serve waits for NATS (it retries for ever).
+    let nowhere = format!("nats://127.0.0.1:{}", natster_testkit::port()?);
+    let creds = tw.world.creds_path(NATSTER).display().to_string();
+    let args = [
+        "--nats-url",
+        &nowhere,
+        "--creds",
+        &creds,
+        "--http-addr",
+        "127.0.0.1:0",
+    ];
+    let mut serve = Serve::spawn(&args, &[("RUST_LOG", "info")])?;
+    serve.wait_for_line("http listening").await?;
+    serve.signal("TERM")?;
+    let status = serve.wait_exit(Duration::from_secs(10)).await?;
+    assert!(status.success(), "exit status {status}: {}", serve.text());
+    serve.all_lines_read().await;
+    assert!(
+        serve.text().contains("stopped before serving"),
+        "{}",
+        serve.text()
+    );
+    Ok(())
+}
