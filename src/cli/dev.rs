@@ -35,6 +35,8 @@ pub enum DevError {
 
 /// Runs the stack until `shutdown` completes.
 pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<(), DevError> {
+    // The settings first: a bad one is reported before anything is written or started.
+    let mut config = args.service.service_config(false)?;
     let dir = absolute(&args.dir).map_err(DevError::Dir)?;
     if !World::exists(&dir) {
         World::generate(&dir, &args.users)?
@@ -62,7 +64,6 @@ pub async fn run(args: &DevArgs, shutdown: impl Future<Output = ()>) -> Result<(
         allow_insecure_files: false,
         tls_ca: None,
     };
-    let mut config = args.service.service_config(false)?;
     // The local world's own website and hub accounts, and its xkey, unless flags say otherwise.
     if config.web_accounts.is_empty() {
         config.web_accounts.push(world.key(bootstrap::WEB)?);

@@ -132,6 +132,9 @@ impl CliError {
                 | BootstrapError::Duplicate(_),
             ) => EXIT_BAD_SETTING,
             CliError::Projections(error) if error.is_usage() => EXIT_BAD_SETTING,
+            CliError::Dev(
+                dev::DevError::Settings(_) | dev::DevError::Serve(ServeError::Limits(_)),
+            ) => EXIT_BAD_SETTING,
             CliError::Connect(connect::ConnectError::Nats { .. })
             | CliError::Projections(projections::ProjectionsError::Connect(
                 connect::ConnectError::Nats { .. },

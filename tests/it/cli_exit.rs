@@ -159,6 +159,12 @@ async fn every_subcommand_exits_with_the_documented_code() -> Result<()> {
             "others can read",
         ),
         ("schemas --bogus", 2, "--bogus"),
+        ("dev --replicas 9", 2, "--replicas"),
+        (
+            "dev --dir {world} --web-account not-a-key",
+            2,
+            "--web-account",
+        ),
     ];
     let fill = |line: &str| {
         line.replace("{url}", &url)
