@@ -23,3 +23,15 @@ pub use logs::{
 pub use natster_global::test_util::sync;
 pub use tls::{connect_creds_tls, TestCertificates};
 pub use world::{connect_creds, port, wait_for_jetstream, Cluster, PlainServer, TestWorld};
+
+/// The environment variables that choose a connection (or the log level) for the binary: tests
+/// that run `natster-global` remove them, so the machine's own settings never leak in.
+pub const CONNECTION_ENV: &[&str] = &[
+    "NATS_URL",
+    "NATS_CREDS",
+    "NATS_CONTEXT",
+    "NATS_CA",
+    "USER_JWT",
+    "USER_SEED",
+    "RUST_LOG",
+];

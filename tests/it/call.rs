@@ -11,13 +11,7 @@ use std::time::Duration;
 
 fn natster_global(config_home: &Path) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_natster-global"));
-    for variable in [
-        "NATS_URL",
-        "NATS_CREDS",
-        "NATS_CONTEXT",
-        "USER_JWT",
-        "USER_SEED",
-    ] {
+    for variable in natster_testkit::CONNECTION_ENV {
         command.env_remove(variable);
     }
     command.env("XDG_CONFIG_HOME", config_home);

@@ -14,14 +14,7 @@ use std::process::{Command, Output, Stdio};
 /// place to look for nats contexts.
 fn natster_global(home: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_natster-global"));
-    for variable in [
-        "NATS_URL",
-        "NATS_CREDS",
-        "NATS_CONTEXT",
-        "USER_JWT",
-        "USER_SEED",
-        "RUST_LOG",
-    ] {
+    for variable in natster_testkit::CONNECTION_ENV {
         command.env_remove(variable);
     }
     command.env("XDG_CONFIG_HOME", home).env("HOME", home);
@@ -48,6 +41,35 @@ fn run_into_closed_pipe(home: &Path, args: &[&str]) -> Result<Output> {
     Ok(child.wait_with_output()?)
 }
 
+/// A server with the service running in this process, and a home for nats contexts.
+struct Running {
+    tw: TestWorld,
+    service: GlobalService,
+    home: tempfile::TempDir,
+}
+
+impl Running {
+    async fn start() -> Result<Running> {
+        let tw = TestWorld::start().await?;
+        let service =
+            GlobalService::start(tw.connect(NATSTER).await?, ServiceConfig::default()).await?;
+        Ok(Running {
+            tw,
+            service,
+            home: tempfile::tempdir()?,
+        })
+    }
+
+    fn creds(&self, account: &str) -> String {
+        self.tw.world.creds_path(account).display().to_string()
+    }
+
+    async fn stop(self) -> Result<()> {
+        self.service.stop().await?;
+        Ok(())
+    }
+}
+
 /// A port nothing listens on.
 fn closed_port_url() -> Result<String> {
     let port = natster_testkit::port()?;
@@ -57,22 +79,22 @@ fn closed_port_url() -> Result<String> {
 // Multi-threaded: the commands run blocking while the service in this process answers them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subcommand_exits_with_the_documented_code() -> Result<()> {
-    let tw = TestWorld::start().await?;
-    let service =
-        GlobalService::start(tw.connect(NATSTER).await?, ServiceConfig::default()).await?;
-    let home = tempfile::tempdir()?;
-    let url = tw.server.url();
-    let alice = tw.world.creds_path("alice").display().to_string();
-    let natster = tw.world.creds_path(NATSTER).display().to_string();
-    let open_creds = home.path().join("open.creds");
+    let running = Running::start().await?;
+    let (home, url, alice, natster) = (
+        running.home.path(),
+        running.tw.server.url(),
+        running.creds("alice"),
+        running.creds(NATSTER),
+    );
+    let open_creds = home.join("open.creds");
     std::fs::copy(&alice, &open_creds)?;
     std::fs::set_permissions(&open_creds, std::fs::Permissions::from_mode(0o644))?;
     let open_creds = open_creds.display().to_string();
     let nowhere = closed_port_url()?;
-    let world_dir = home.path().join("world");
+    let world_dir = home.join("world");
     let world_dir = world_dir.display().to_string();
     assert_eq!(
-        run(home.path(), &["bootstrap", "--out", &world_dir])?
+        run(home, &["bootstrap", "--out", &world_dir])?
             .status
             .code(),
         Some(0)
@@ -181,7 +203,7 @@ async fn every_subcommand_exits_with_the_documented_code() -> Result<()> {
     let mut wrong = Vec::new();
     for (line, code, named) in &cases {
         let args: Vec<&str> = line.split_whitespace().collect();
-        let output = run(home.path(), &args)?;
+        let output = run(home, &args)?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         let ok = output.status.code() == Some(*code)
             && stderr.contains(named)
@@ -199,7 +221,7 @@ async fn every_subcommand_exits_with_the_documented_code() -> Result<()> {
 
     // The commands that print results print nothing of the NATS client's on stderr.
     let status = run(
-        home.path(),
+        home,
         &[
             "projections",
             "status",
@@ -211,20 +233,20 @@ async fn every_subcommand_exits_with_the_documented_code() -> Result<()> {
     )?;
     let stderr = String::from_utf8_lossy(&status.stderr);
     assert!(stderr.trim().is_empty(), "{stderr}");
-    service.stop().await?;
-    Ok(())
+    running.stop().await
 }
 
 #[tokio::test]
 async fn clap_messages_keep_their_hints_and_usage() -> Result<()> {
     let home = tempfile::tempdir()?;
-    let missing = run(home.path(), &["call"])?;
+    let home = home.path();
+    let missing = run(home, &["call"])?;
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(
         stderr.contains("<OP>") && stderr.contains("Usage:"),
         "{stderr}"
     );
-    let typo = run(home.path(), &["call", "whoami", "--cred", "x"])?;
+    let typo = run(home, &["call", "whoami", "--cred", "x"])?;
     let stderr = String::from_utf8_lossy(&typo.stderr);
     assert!(
         stderr.contains("tip:") && stderr.contains("'--creds'"),
@@ -235,13 +257,13 @@ async fn clap_messages_keep_their_hints_and_usage() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_ends_a_command_quietly() -> Result<()> {
-    let tw = TestWorld::start().await?;
-    let service =
-        GlobalService::start(tw.connect(NATSTER).await?, ServiceConfig::default()).await?;
-    let home = tempfile::tempdir()?;
-    let url = tw.server.url();
-    let alice = tw.world.creds_path("alice").display().to_string();
-    let natster = tw.world.creds_path(NATSTER).display().to_string();
+    let running = Running::start().await?;
+    let (home, url, alice, natster) = (
+        running.home.path(),
+        running.tw.server.url(),
+        running.creds("alice"),
+        running.creds(NATSTER),
+    );
     for args in [
         vec!["--help"],
         vec!["call", "--help"],
@@ -265,13 +287,12 @@ async fn a_closed_stdout_ends_a_command_quietly() -> Result<()> {
             "--creds",
             &natster,
         ],
-        vec!["schemas", "--out", home.path().to_str().context("utf-8")?],
+        vec!["schemas", "--out", home.to_str().context("utf-8")?],
     ] {
-        let output = run_into_closed_pipe(home.path(), &args)?;
+        let output = run_into_closed_pipe(home, &args)?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(stderr.trim().is_empty(), "{args:?}: {stderr}");
     }
-    service.stop().await?;
-    Ok(())
+    running.stop().await
 }

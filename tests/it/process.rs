@@ -30,17 +30,12 @@ impl Drop for Serve {
 impl Serve {
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Result<Serve> {
         let mut command = Command::new(env!("CARGO_BIN_EXE_natster-global"));
-        for variable in [
-            "NATS_URL",
-            "NATS_CREDS",
-            "NATS_CONTEXT",
-            "USER_JWT",
-            "USER_SEED",
+        let settings = [
             "NATSTER_HTTP_ADDR",
             "NATSTER_CONFIG",
             "NATSTER_MAX_IN_FLIGHT",
-            "RUST_LOG",
-        ] {
+        ];
+        for variable in natster_testkit::CONNECTION_ENV.iter().chain(&settings) {
             command.env_remove(variable);
         }
         let mut child = command
