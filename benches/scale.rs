@@ -1,0 +1,176 @@
+//! Scale: how start-up and memory grow with the length of the history. For each size, a log in
+//! the original layout (`mixed_event_log`: accounts initialise, then share, unshare and import)
+//! is published into `NATSTER_EVENTS` before the service starts; then the release binary runs
+//! `serve` as an operator would, and the bench reports, from outside:
+//!
+//! - how long after start the endpoints answer (`$SRV.PING` as the service account);
+//! - how long until the projections have caught up (`/readyz` 200 and every projection's lag
+//!   zero in `/metrics`);
+//! - the process's RSS then, and its peak;
+//! - the same two times and the RSS after a restart (the read models already built).
+//!
+//! `SCALE_EVENTS=100000,1000000` picks the sizes (accounts are a tenth of the events);
+//! `cargo bench --bench scale` runs 100 000 and 1 000 000 events; without `--bench` (as
+//! `cargo test --all-targets` runs it) a smoke run of 2 000 events checks that it all works.
+//! This is the baseline of the "cost must not grow with history" goals (DESIGN §4).
+
+use anyhow::{ensure, Context, Result};
+use natster_global::test_util::Store;
+use natster_global::tooling::bootstrap::NATSTER;
+use natster_testkit::{http_get, mixed_event_log, publish_log, TestWorld};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What one start of the service showed.
+struct Start {
+    answering: Duration,
+    caught_up: Duration,
+    rss_mib: f64,
+    peak_mib: f64,
+}
+
+/// `VmRSS` and `VmHWM` of process `pid`, in MiB.
+fn memory_mib(pid: u32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} in /proc/{pid}/status"))?;
+        let kib: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("a number")?
+            .parse()?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Whether every `natster_projection_lag_events` series in `metrics` is zero (and there are
+/// some).
+fn lags_are_zero(metrics: &str) -> bool {
+    let lags: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("natster_projection_lag_events{"))
+        .collect();
+    !lags.is_empty() && lags.iter().all(|l| l.ends_with(" 0"))
+}
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `serve` and measures until it has caught up (at most `within`).
+async fn start(tw: &TestWorld, http_port: u16, within: Duration) -> Result<(Serve, Start)> {
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_natster-global"))
+        .args(["serve", "--nats-url", &tw.server.url(), "--creds"])
+        .arg(tw.world.creds_path(NATSTER))
+        .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+        .env("RUST_LOG", "warn")
+        .env_remove("NATSTER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let serve = Serve(child);
+    let probe = tw.connect(NATSTER).await?;
+    let deadline = started + within;
+    let answering = loop {
+        let ping = tokio::time::timeout(
+            Duration::from_millis(200),
+            probe.request("$SRV.PING.natster-global", "".into()),
+        )
+        .await;
+        if let Ok(Ok(_)) = ping {
+            break started.elapsed();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no $SRV.PING answer within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], http_port));
+    // Caught up: ready, and every projection's lag is zero (ready alone allows a lag of up to
+    // `--ready-max-lag` events).
+    let caught_up = loop {
+        let ready = matches!(http_get(addr, "/readyz").await, Ok((200, _)));
+        if ready && lags_are_zero(&http_get(addr, "/metrics").await?.1) {
+            break started.elapsed();
+        }
+        ensure!(Instant::now() < deadline, "not caught up within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (rss_mib, peak_mib) = memory_mib(serve.0.id())?;
+    Ok((
+        serve,
+        Start {
+            answering,
+            caught_up,
+            rss_mib,
+            peak_mib,
+        },
+    ))
+}
+
+/// Stops `serve` with SIGTERM and waits for it.
+fn stop(mut serve: Serve) -> Result<()> {
+    Command::new("kill")
+        .args(["-TERM", &serve.0.id().to_string()])
+        .status()?;
+    let status = serve.0.wait()?;
+    ensure!(status.success(), "serve exited with {status}");
+    Ok(())
+}
+
+async fn measure(events: usize, within: Duration) -> Result<(Start, Start)> {
+    let tw = TestWorld::start_with(&[], |_| Ok(())).await?;
+    let js = async_nats::jetstream::new(tw.connect(NATSTER).await?);
+    Store::ensure(js.clone(), &Default::default()).await?;
+    let log = mixed_event_log((events / 10).max(1), 1_000, events);
+    publish_log(&js, &log).await?;
+    drop(log);
+    let http_port = natster_testkit::port()?;
+    let (serve, first) = start(&tw, http_port, within).await?;
+    stop(serve)?;
+    let (serve, restart) = start(&tw, http_port, within).await?;
+    stop(serve)?;
+    Ok((first, restart))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let sizes: Vec<usize> = match std::env::var("SCALE_EVENTS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| n.trim().parse())
+            .collect::<Result<_, _>>()?,
+        Err(_) if full => vec![100_000, 1_000_000],
+        Err(_) => vec![2_000],
+    };
+    let within = Duration::from_secs(if full { 900 } else { 60 });
+    println!("| events / accounts | endpoints answer | caught up (lag 0) | RSS then (peak) | restart: answer / caught up / RSS |");
+    println!("|---|---|---|---|---|");
+    for events in sizes {
+        let (first, restart) = measure(events, within).await?;
+        println!(
+            "| {events} / {} | {:.1} s | {:.1} s | {:.0} MiB ({:.0}) | {:.1} s / {:.1} s / {:.0} MiB |",
+            (events / 10).max(1),
+            first.answering.as_secs_f64(),
+            first.caught_up.as_secs_f64(),
+            first.rss_mib,
+            first.peak_mib,
+            restart.answering.as_secs_f64(),
+            restart.caught_up.as_secs_f64(),
+            restart.rss_mib,
+        );
+    }
+    Ok(())
+}
