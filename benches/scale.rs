@@ -9,7 +9,8 @@
 //! - the process's RSS then, and its peak;
 //! - the same two times and the RSS after a restart (the read models already built).
 //!
-//! `SCALE_EVENTS=100000,1000000` picks the sizes (accounts are a tenth of the events);
+//! `SCALE_EVENTS=100000,1000000` picks the sizes (accounts are a tenth of the events, catalog
+//! names a fifth unless `SCALE_CATALOGS` says);
 //! `cargo bench --bench scale` runs 100 000 and 1 000 000 events; without `--bench` (as
 //! `cargo test --all-targets` runs it) a smoke run of 2 000 events checks that it all works.
 //! This is the baseline of the "cost must not grow with history" goals (DESIGN §4).
@@ -129,11 +130,25 @@ fn stop(mut serve: Serve) -> Result<()> {
     Ok(())
 }
 
+/// Accounts in a log of `events`: a tenth of them.
+fn accounts_for(events: usize) -> usize {
+    (events / 10).max(1)
+}
+
+/// Catalog names in a log of `events`: `SCALE_CATALOGS`, else a fifth of the events (the
+/// projection bench's 20 000 names per 100 000 events).
+fn catalogs_for(events: usize) -> usize {
+    std::env::var("SCALE_CATALOGS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or((events / 5).max(1))
+}
+
 async fn measure(events: usize, within: Duration) -> Result<(Start, Start)> {
     let tw = TestWorld::start_with(&[], |_| Ok(())).await?;
     let js = async_nats::jetstream::new(tw.connect(NATSTER).await?);
     Store::ensure(js.clone(), &Default::default()).await?;
-    let log = mixed_event_log((events / 10).max(1), 1_000, events);
+    let log = mixed_event_log(accounts_for(events), catalogs_for(events), events);
     publish_log(&js, &log).await?;
     drop(log);
     let http_port = natster_testkit::port()?;
@@ -156,13 +171,14 @@ async fn main() -> Result<()> {
         Err(_) => vec![2_000],
     };
     let within = Duration::from_secs(if full { 900 } else { 60 });
-    println!("| events / accounts | endpoints answer | caught up (lag 0) | RSS then (peak) | restart: answer / caught up / RSS |");
+    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0) | RSS then (peak) | restart: answer / caught up / RSS |");
     println!("|---|---|---|---|---|");
     for events in sizes {
         let (first, restart) = measure(events, within).await?;
         println!(
-            "| {events} / {} | {:.1} s | {:.1} s | {:.0} MiB ({:.0}) | {:.1} s / {:.1} s / {:.0} MiB |",
-            (events / 10).max(1),
+            "| {events} / {} / {} | {:.1} s | {:.1} s | {:.0} MiB ({:.0}) | {:.1} s / {:.1} s / {:.0} MiB |",
+            accounts_for(events),
+            catalogs_for(events),
             first.answering.as_secs_f64(),
             first.caught_up.as_secs_f64(),
             first.rss_mib,
