@@ -180,15 +180,14 @@ impl NatsConfig {
     async fn options(&self) -> Result<async_nats::ConnectOptions, ConnectError> {
         let options = match &self.auth {
             NatsAuth::None => async_nats::ConnectOptions::new(),
-            NatsAuth::CredsFile(path) => {
-                self.check_files()?;
-                async_nats::ConnectOptions::with_credentials_file(path)
-                    .await
-                    .map_err(|e| ConnectError::File {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })?
-            }
+            // The file's permissions were checked before connecting (`check_files`, called by
+            // `ConnectArgs::nats_config`); reading it here reports what is left.
+            NatsAuth::CredsFile(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| ConnectError::File {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
             NatsAuth::JwtAndSeed { jwt, seed } => {
                 let key = std::sync::Arc::new(
                     nkeys::KeyPair::from_seed(seed).map_err(|_| ConnectError::Seed)?,
