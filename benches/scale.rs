@@ -7,7 +7,10 @@
 //! - how long until the projections have caught up (`/readyz` 200 and every projection's lag
 //!   zero in `/metrics`);
 //! - the process's RSS then, and its peak;
-//! - the same two times and the RSS after a restart (the read models already built).
+//! - the decision-state snapshot: its size and how long writing it took (the first periodic
+//!   write after catching up; the bench runs `--snapshot-interval 5s`);
+//! - the same two times and the RSS after a restart (the read models already built, the
+//!   decision state restored from the snapshot written at the stop).
 //!
 //! `SCALE_EVENTS=100000,1000000` picks the sizes (accounts are a tenth of the events, catalog
 //! names a fifth unless `SCALE_CATALOGS` says);
@@ -28,6 +31,40 @@ struct Start {
     caught_up: Duration,
     rss_mib: f64,
     peak_mib: f64,
+    /// Size (MiB) and write time of the first snapshot written after catching up.
+    snapshot: Option<(f64, Duration)>,
+}
+
+/// The value of the sample `series` in `metrics`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    natster_testkit::metric_value(metrics, series)
+}
+
+/// Waits until this instance has written a decision-state snapshot; the size of the last one
+/// and the mean write time.
+async fn first_snapshot(addr: std::net::SocketAddr, deadline: Instant) -> Result<(f64, Duration)> {
+    loop {
+        let metrics = http_get(addr, "/metrics").await?.1;
+        if sample(&metrics, "natster_decision_snapshots_written_total").unwrap_or(0.0) >= 1.0 {
+            let bytes = sample(&metrics, "natster_decision_snapshot_size_bytes").context("size")?;
+            let took = sample(
+                &metrics,
+                "natster_decision_snapshot_write_duration_seconds_sum",
+            )
+            .context("write time")?;
+            let writes = sample(
+                &metrics,
+                "natster_decision_snapshot_write_duration_seconds_count",
+            )
+            .context("writes")?;
+            return Ok((
+                bytes / 1024.0 / 1024.0,
+                Duration::from_secs_f64(took / writes),
+            ));
+        }
+        ensure!(Instant::now() < deadline, "no snapshot written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `VmRSS` and `VmHWM` of process `pid`, in MiB.
@@ -67,13 +104,20 @@ impl Drop for Serve {
     }
 }
 
-/// Starts `serve` and measures until it has caught up (at most `within`).
-async fn start(tw: &TestWorld, http_port: u16, within: Duration) -> Result<(Serve, Start)> {
+/// Starts `serve` and measures until it has caught up (at most `within`) and, if
+/// `snapshot`, until it has written a snapshot.
+async fn start(
+    tw: &TestWorld,
+    http_port: u16,
+    within: Duration,
+    snapshot: bool,
+) -> Result<(Serve, Start)> {
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_natster-global"))
         .args(["serve", "--nats-url", &tw.server.url(), "--creds"])
         .arg(tw.world.creds_path(NATSTER))
         .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+        .args(["--snapshot-interval", "5s"])
         .env("RUST_LOG", "warn")
         .env_remove("NATSTER_CONFIG")
         .stdout(Stdio::null())
@@ -109,6 +153,10 @@ async fn start(tw: &TestWorld, http_port: u16, within: Duration) -> Result<(Serv
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let (rss_mib, peak_mib) = memory_mib(serve.0.id())?;
+    let snapshot = match snapshot {
+        true => Some(first_snapshot(addr, deadline).await?),
+        false => None,
+    };
     Ok((
         serve,
         Start {
@@ -116,6 +164,7 @@ async fn start(tw: &TestWorld, http_port: u16, within: Duration) -> Result<(Serv
             caught_up,
             rss_mib,
             peak_mib,
+            snapshot,
         },
     ))
 }
@@ -152,9 +201,9 @@ async fn measure(events: usize, within: Duration) -> Result<(Start, Start)> {
     publish_log(&js, &log).await?;
     drop(log);
     let http_port = natster_testkit::port()?;
-    let (serve, first) = start(&tw, http_port, within).await?;
+    let (serve, first) = start(&tw, http_port, within, true).await?;
     stop(serve)?;
-    let (serve, restart) = start(&tw, http_port, within).await?;
+    let (serve, restart) = start(&tw, http_port, within, false).await?;
     stop(serve)?;
     Ok((first, restart))
 }
@@ -167,22 +216,26 @@ async fn main() -> Result<()> {
             .split(',')
             .map(|n| n.trim().parse())
             .collect::<Result<_, _>>()?,
-        Err(_) if full => vec![100_000, 1_000_000],
+        Err(_) if full => vec![100_000, 1_000_000, 3_000_000],
         Err(_) => vec![2_000],
     };
     let within = Duration::from_secs(if full { 900 } else { 60 });
-    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0) | RSS then (peak) | restart: answer / caught up / RSS |");
-    println!("|---|---|---|---|---|");
+    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0) | RSS then (peak) | snapshot: size / write | restart: answer / caught up / RSS |");
+    println!("|---|---|---|---|---|---|");
     for events in sizes {
         let (first, restart) = measure(events, within).await?;
         println!(
-            "| {events} / {} / {} | {:.1} s | {:.1} s | {:.0} MiB ({:.0}) | {:.1} s / {:.1} s / {:.0} MiB |",
+            "| {events} / {} / {} | {:.1} s | {:.1} s | {:.0} MiB ({:.0}) | {} | {:.1} s / {:.1} s / {:.0} MiB |",
             accounts_for(events),
             catalogs_for(events),
             first.answering.as_secs_f64(),
             first.caught_up.as_secs_f64(),
             first.rss_mib,
             first.peak_mib,
+            first.snapshot.map_or("—".into(), |(mib, took)| format!(
+                "{mib:.1} MiB / {:.2} s",
+                took.as_secs_f64()
+            )),
             restart.answering.as_secs_f64(),
             restart.caught_up.as_secs_f64(),
             restart.rss_mib,

@@ -103,6 +103,7 @@ impl From<ExecuteError> for ApiError {
         match error {
             ExecuteError::Rejected(rejection) => rejection.into(),
             reused @ ExecuteError::KeyReused { .. } => ApiError::new(409, reused.to_string()),
+            starting @ ExecuteError::Starting { .. } => ApiError::unavailable(starting.to_string()),
             other => {
                 tracing::warn!(detail = %other, "append failed");
                 ApiError::unavailable(

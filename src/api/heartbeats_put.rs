@@ -34,12 +34,15 @@ impl Handler for op::HeartbeatsPut {
             ));
         }
         // One look at the decision state: who owns the name, and who it is shared with.
-        let (current_owner, recipients) = context.decider.read(|state| {
-            (
-                state.owner_of(&heartbeat.catalog).map(str::to_string),
-                state.shared_with(&heartbeat.catalog, owner),
-            )
-        });
+        let (current_owner, recipients) = context
+            .decider
+            .read_started(|state| {
+                (
+                    state.owner_of(&heartbeat.catalog).map(str::to_string),
+                    state.shared_with(&heartbeat.catalog, owner),
+                )
+            })
+            .await?;
         if current_owner.is_some_and(|current| &current != owner) {
             return Err(ApiError::forbidden(
                 "this catalog is owned by another account",

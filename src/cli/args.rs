@@ -283,6 +283,10 @@ pub struct ServiceArgs {
     /// Active shares one account may receive.
     #[arg(long, env = "NATSTER_MAX_IN_SHARES", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_shares: u32,
+    /// How often the instance holding the snapshot lease writes the decision-state snapshot
+    /// (also written when it stops); a start folds only the log after the last one.
+    #[arg(long, env = "NATSTER_SNAPSHOT_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
+    pub snapshot_interval: Duration,
 }
 
 impl ServiceArgs {
@@ -347,6 +351,7 @@ impl ServiceArgs {
             online_ttl: self.online_ttl,
             ready_max_lag: self.ready_max_lag,
             sealer,
+            snapshot_interval: self.snapshot_interval,
             ..ServiceConfig::default()
         })
     }

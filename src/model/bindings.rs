@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 /// The current bindings, both ways.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bindings {
     by_account: HashMap<String, String>,
     by_oauth_id: HashMap<String, String>,

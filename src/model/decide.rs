@@ -283,7 +283,7 @@ fn bind_context(
         subject: EventSubject::new(account, NONE, NONE, EventType::ContextBound),
         body: EventBody::ContextBound(data),
         expectation: Expectation {
-            last_seq: state.accounts.get(account).map_or(0, |a| a.context_seq),
+            last_seq: state.context_seq(account),
             filter: None,
         },
         claim: None,
@@ -338,7 +338,7 @@ fn check_limits(
             limits.out_shares_per_account
         )));
     }
-    let accounts = state.catalogs.get(catalog).map_or(0, |c| c.shares.len());
+    let accounts = state.catalog_share_count(catalog);
     if accounts >= limits.accounts_per_catalog {
         return Err(Rejection::Conflict(format!(
             "this catalog is already shared with {accounts} accounts, the most one catalog may \

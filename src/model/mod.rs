@@ -5,6 +5,7 @@
 pub mod bindings;
 pub mod decide;
 pub mod event;
+pub mod intern;
 pub mod limits;
 pub mod online;
 pub mod records;

@@ -33,3 +33,56 @@ pub fn append_decided(
     events.push(event);
     true
 }
+
+/// A command of any kind over accounts `keys` and catalog `names`, as `next` draws it (many of
+/// them refused by `decide`, as real traffic is).
+pub fn random_command(
+    next: &mut impl FnMut(usize) -> usize,
+    keys: &[String],
+    names: &[&str],
+) -> Command {
+    use super::{ContextBoundData, InitData, NatsterContext};
+    let a = keys[next(keys.len())].clone();
+    let b = keys[next(keys.len())].clone();
+    let catalog = names[next(names.len())].to_string();
+    match next(7) {
+        0 => Command::Initialize {
+            caller: a.clone(),
+            data: InitData {
+                account_key: a,
+                ..InitData::default()
+            },
+        },
+        1 | 2 => Command::Share {
+            caller: a,
+            target: b,
+            catalog,
+        },
+        3 => Command::Unshare {
+            caller: a,
+            target: b,
+            catalog,
+        },
+        4 => Command::Import {
+            caller: a,
+            owner: b,
+            catalog,
+        },
+        5 => Command::AutoShare {
+            hub: a,
+            target: b,
+            catalog,
+        },
+        _ => Command::BindContext {
+            account: a.clone(),
+            data: ContextBoundData {
+                oauth_id: format!("oauth|{}", next(4)),
+                bound_context: NatsterContext {
+                    account_public_key: a,
+                    ..NatsterContext::default()
+                },
+                ..ContextBoundData::default()
+            },
+        },
+    }
+}

@@ -79,9 +79,13 @@ impl Feeds {
     }
 
     /// Accounts `owner`'s catalog `catalog` is actively shared with (none when the catalog is
-    /// unknown or owned by someone else).
-    pub fn shared_with(&self, catalog: &str, owner: &str) -> Vec<String> {
-        self.decider.read(|state| state.shared_with(catalog, owner))
+    /// unknown or owned by someone else), once the decision state has folded the log as it was
+    /// at start.
+    pub async fn shared_with(&self, catalog: &str, owner: &str) -> Result<Vec<String>, StoreError> {
+        self.decider
+            .read_started(|state| state.shared_with(catalog, owner))
+            .await
+            .map_err(|error| StoreError::unavailable("read who a catalog is shared with", error))
     }
 }
 
@@ -95,7 +99,10 @@ impl Announce<Transition> for Feeds {
         Box::pin(async move {
             for transition in transitions {
                 let mut recipients = vec![transition.owner.clone()];
-                recipients.extend(self.shared_with(&transition.catalog, &transition.owner));
+                recipients.extend(
+                    self.shared_with(&transition.catalog, &transition.owner)
+                        .await?,
+                );
                 let kind = if transition.online {
                     FeedKind::CatalogOnline
                 } else {

@@ -12,9 +12,10 @@ use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, online::Online,
 };
 use crate::reactions::{autoshare, share_notices, Feeds};
+use crate::store::lease::{holder_id, lead, Lease};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
-use crate::write::Decider;
+use crate::write::{log_identity, snapshotter, Decider, Snapshots};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -37,6 +38,8 @@ pub(super) struct Parts<'a> {
     pub metrics: &'a Metrics,
     /// The largest record the server takes.
     pub record_limit: RecordLimit,
+    /// Where the decision-state snapshot is written.
+    pub snapshots: &'a Snapshots,
     pub stop: &'a CancellationToken,
 }
 
@@ -89,6 +92,7 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
             },
         ));
     }
+    started.tasks.push(spawn_snapshot_writer(parts));
     let (feeds, stop) = (parts.feeds.clone(), parts.stop.clone());
     started.tasks.push(spawn_restarting(
         "share notices",
@@ -100,6 +104,31 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
         },
     ));
     started
+}
+
+/// Lease key of the decision-state snapshot writer (in `PROJ_STATS`, beside the projections').
+pub(super) const SNAPSHOT_LEASE: &str = "lease.decision-snapshot";
+
+/// Spawns the writer of the decision-state snapshot: one instance at a time, under a lease.
+fn spawn_snapshot_writer(parts: &Parts<'_>) -> JoinHandle<()> {
+    let lease = Lease::new(
+        parts.store.stats.clone(),
+        SNAPSHOT_LEASE.into(),
+        holder_id(),
+        parts.config.runner.takeover_after,
+    );
+    let (decider, bucket) = (parts.decider.clone(), parts.snapshots.bucket.clone());
+    let (interval, stop) = (parts.snapshots.interval, parts.stop.clone());
+    let log = log_identity(&parts.store.events);
+    tokio::spawn(lead(
+        lease,
+        "decision snapshot",
+        stop.clone(),
+        move |held| {
+            let (decider, bucket, log) = (decider.clone(), bucket.clone(), log.clone());
+            snapshotter::keep_written(decider, bucket, log, interval, held, stop.clone())
+        },
+    ))
 }
 
 /// Runs `task` until `stop` is cancelled, starting it over `pause` after each failure (a broken

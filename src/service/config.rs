@@ -56,6 +56,9 @@ pub struct ServiceConfig {
     pub ready_max_lag: u64,
     /// Seals access tokens; without it, context ops answer 503.
     pub sealer: Option<Arc<Sealer>>,
+    /// How often the instance holding the snapshot lease writes the decision-state snapshot
+    /// (also written when it stops); a restart folds the log after the last one.
+    pub snapshot_interval: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -78,6 +81,7 @@ impl Default for ServiceConfig {
             refusal_delay: Duration::from_secs(1),
             share_limits: ShareLimits::default(),
             runner: Default::default(),
+            snapshot_interval: Duration::from_secs(60),
             online_ttl: Duration::from_secs(180),
             ready_max_lag: 10_000,
             sealer: None,

@@ -28,7 +28,7 @@ use crate::reactions::Feeds;
 use crate::store::roundtrip::{self, RoundTripError};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{http, Phase, Telemetry};
-use crate::write::{Decider, ExecuteError};
+use crate::write::{Decider, ExecuteError, Snapshots};
 use async_nats::service::ServiceExt;
 use probe::{Probe, ProbedProjection};
 use std::future::Future;
@@ -160,10 +160,15 @@ impl GlobalService {
         let js = async_nats::jetstream::new(client.clone());
         let store = Store::ensure(js.clone(), &config.store).await?;
         let stop_background = CancellationToken::new();
+        let snapshots = Snapshots {
+            bucket: store.snapshots.clone(),
+            interval: config.snapshot_interval,
+        };
         let decider = Decider::start(
             js,
             &store.events,
             store.names.clone(),
+            &snapshots,
             config.share_limits,
             metrics.clone(),
             stop_background.clone(),
@@ -182,9 +187,10 @@ impl GlobalService {
             config: &config,
             metrics: &metrics,
             record_limit: RecordLimit::for_max_payload(client.server_info().max_payload),
+            snapshots: &snapshots,
             stop: &stop_background,
         });
-        telemetry.install_probe(Box::new(probe_of(&client, &view, &store)));
+        telemetry.install_probe(Box::new(probe_of(&client, &view, &store, &decider)));
         let context = Arc::new(ApiContext {
             codes: CodeExpiry::start(
                 store.codes.clone(),
@@ -301,10 +307,16 @@ impl GlobalService {
 
 /// What `/readyz` and the projection gauges look at: every projection of the registry with
 /// the stream it applies.
-fn probe_of(client: &async_nats::Client, view: &StatsView, store: &Store) -> Probe {
+fn probe_of(
+    client: &async_nats::Client,
+    view: &StatsView,
+    store: &Store,
+    decider: &Decider,
+) -> Probe {
     Probe {
         client: client.clone(),
         view: view.clone(),
+        decider: decider.clone(),
         projections: ProjectionName::ALL
             .into_iter()
             .map(|name| ProbedProjection {

@@ -7,8 +7,9 @@
 
 use crate::projections::view::{StatsSnapshot, StatsView};
 use crate::projections::{accounts::Accounts, catalogs::Catalogs, online::Online, Projection};
-use crate::telemetry::metrics::{Metrics, ProjectionLabels};
+use crate::telemetry::metrics::{EntryLabels, Metrics, ProjectionLabels};
 use crate::telemetry::{ProjectionLag, Readiness, ReadinessProbe};
+use crate::write::Decider;
 use async_nats::jetstream::stream;
 use futures::future::BoxFuture;
 use std::time::Duration;
@@ -27,6 +28,9 @@ pub struct ProbedProjection {
 pub struct Probe {
     pub client: async_nats::Client,
     pub view: StatsView,
+    /// The decision state (an instance that has not folded the log as it was at start cannot
+    /// decide yet).
+    pub decider: Decider,
     pub projections: Vec<ProbedProjection>,
 }
 
@@ -45,6 +49,11 @@ impl Probe {
         self.shared_state_gauges(metrics, &snapshot);
         if !connected {
             return Readiness::not_ready("not connected to NATS");
+        }
+        if let Err((folded, target)) = self.decision_gauges(metrics) {
+            return Readiness::not_ready(format!(
+                "the decision state is at sequence {folded} of {target}, the log's end at start"
+            ));
         }
         let mut lags = Vec::with_capacity(self.projections.len());
         for projection in &self.projections {
@@ -67,6 +76,28 @@ impl Probe {
             reason,
             projections: lags,
         }
+    }
+
+    /// The decision state's gauges; whether it has folded the log as it was at start (if not,
+    /// how far it is and where it must get).
+    fn decision_gauges(&self, metrics: &Metrics) -> Result<(), (u64, u64)> {
+        let sizes = self.decider.sizes();
+        metrics
+            .decision_state_sequence
+            .set(self.decider.folded() as i64);
+        for (kind, size) in [
+            ("accounts", sizes.accounts),
+            ("catalogs", sizes.catalogs),
+            ("pairs", sizes.pairs),
+            ("requests", sizes.requests),
+        ] {
+            let labels = EntryLabels { kind };
+            metrics
+                .decision_state_entries
+                .get_or_create(&labels)
+                .set(size as i64);
+        }
+        self.decider.started()
     }
 
     /// The connection's gauges; whether it is up.

@@ -6,7 +6,7 @@
 
 use super::error::StoreError;
 use crate::contract::{ACCOUNT_UPDATES_PREFIX, PROJ_ACCOUNT_BUCKET};
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv, object_store, stream};
 use std::time::Duration;
 
 /// The event log.
@@ -35,6 +35,9 @@ pub const PROJ_ONLINE_BUCKET: &str = "PROJ_ONLINE";
 /// longest any message stays in `NATSTER_ONLINE`: a projector down for longer than this misses
 /// the expiry.
 pub const ONLINE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Object store of the decision-state snapshot (one object, rewritten in place).
+pub const SNAPSHOTS_BUCKET: &str = "NATSTER_SNAPSHOTS";
 
 /// Catalog name claims (name → owner), made atomically before a first share is appended.
 pub const NAMES_BUCKET: &str = "NATSTER_NAMES";
@@ -74,6 +77,7 @@ pub struct Store {
     pub names: kv::Store,
     pub online: stream::Stream,
     pub online_records: kv::Store,
+    pub snapshots: object_store::ObjectStore,
 }
 
 impl Store {
@@ -137,6 +141,14 @@ impl Store {
                 PROJ_ONLINE_BUCKET,
                 "natster online projection: online state and last revision per owner and catalog",
             ))
+            .await?,
+            snapshots: ensure_object_store(&js, object_store::Config {
+                bucket: SNAPSHOTS_BUCKET.into(),
+                description: Some("natster decision-state snapshot (derived from the event log; safe to delete)".into()),
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
             .await?,
             js,
         })
@@ -227,6 +239,25 @@ async fn ensure_codes_bucket(
         tracing::info!(bucket = %bucket.name, ?from, to = ?ttl, "raised the codes' max age to the code TTL");
     }
     Ok(bucket)
+}
+
+async fn ensure_object_store(
+    js: &jetstream::Context,
+    config: object_store::Config,
+) -> Result<object_store::ObjectStore, StoreError> {
+    if let Ok(existing) = js.get_object_store(&config.bucket).await {
+        return Ok(existing);
+    }
+    let bucket = config.bucket.clone();
+    match js.create_object_store(config).await {
+        Ok(created) => {
+            tracing::info!(%bucket, "created object store");
+            Ok(created)
+        }
+        Err(create_error) => js.get_object_store(&bucket).await.map_err(|_| {
+            StoreError::unavailable(format!("create object store {bucket}"), create_error)
+        }),
+    }
 }
 
 async fn ensure_bucket(

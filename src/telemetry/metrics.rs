@@ -110,7 +110,25 @@ pub struct Metrics {
     pub nats_connected: Gauge,
     pub nats_reconnects: Counter,
     pub ready: Gauge,
+    pub decision_state_sequence: Gauge,
+    pub decision_state_entries: Family<EntryLabels, Gauge>,
+    pub decision_snapshots_written: Counter,
+    pub decision_snapshots_unusable: Family<ReasonLabels, Counter>,
+    pub decision_snapshot_sequence: Gauge,
+    pub decision_snapshot_size_bytes: Gauge,
+    pub decision_snapshot_write_duration: Histogram,
 }
+
+/// What the decision state holds, as label `kind` (`accounts`, `catalogs`, `pairs`,
+/// `requests`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EntryLabels {
+    pub kind: &'static str,
+}
+
+/// Snapshot write durations, in seconds: from 1 ms (a small state) to a minute.
+const SNAPSHOT_WRITE_BUCKETS: [f64; 10] =
+    [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0];
 
 fn request_histogram() -> Histogram {
     Histogram::new(REQUEST_DURATION_BUCKETS)
@@ -148,6 +166,13 @@ impl Metrics {
             nats_connected: Gauge::default(),
             nats_reconnects: Counter::default(),
             ready: Gauge::default(),
+            decision_state_sequence: Gauge::default(),
+            decision_state_entries: Family::default(),
+            decision_snapshots_written: Counter::default(),
+            decision_snapshots_unusable: Family::default(),
+            decision_snapshot_sequence: Gauge::default(),
+            decision_snapshot_size_bytes: Gauge::default(),
+            decision_snapshot_write_duration: Histogram::new(SNAPSHOT_WRITE_BUCKETS),
         };
         registry.register(
             "build",
@@ -160,6 +185,7 @@ impl Metrics {
         metrics.register_requests(&mut registry);
         metrics.register_projections(&mut registry);
         metrics.register_state(&mut registry);
+        metrics.register_decisions(&mut registry);
         metrics.start_series_at_zero(projections);
         (metrics, registry)
     }
@@ -234,6 +260,49 @@ impl Metrics {
             "projection_rebuild_progress_ratio",
             "Share of the log replayed by the running or last rebuild (0 to 1)",
             m.projection_rebuild_progress_ratio,
+        );
+    }
+
+    /// The decision state and its snapshot.
+    fn register_decisions(&self, registry: &mut Registry) {
+        let m = self.clone();
+        registry.register(
+            "decision_state_sequence",
+            "Last log sequence folded into this instance's decision state",
+            m.decision_state_sequence,
+        );
+        registry.register(
+            "decision_state_entries",
+            "Entries this instance's decision state holds, by kind (accounts, catalogs, pairs, requests)",
+            m.decision_state_entries,
+        );
+        registry.register(
+            "decision_snapshots_written",
+            "Decision-state snapshots written by this instance",
+            m.decision_snapshots_written,
+        );
+        registry.register(
+            "decision_snapshots_unusable",
+            "Stored decision-state snapshots ignored at start, by reason (corrupt, stale, foreign); \
+             the instance folded the whole log instead",
+            m.decision_snapshots_unusable,
+        );
+        registry.register(
+            "decision_snapshot_sequence",
+            "Log sequence of the last decision-state snapshot this instance wrote or started from",
+            m.decision_snapshot_sequence,
+        );
+        registry.register_with_unit(
+            "decision_snapshot_size",
+            "Size of the last decision-state snapshot this instance wrote",
+            Unit::Bytes,
+            m.decision_snapshot_size_bytes,
+        );
+        registry.register_with_unit(
+            "decision_snapshot_write_duration",
+            "Time to encode and store a decision-state snapshot",
+            Unit::Seconds,
+            m.decision_snapshot_write_duration,
         );
     }
 
@@ -327,6 +396,11 @@ impl Metrics {
         for reason in AUTOSHARE_FAILURE_REASONS {
             let _ = self
                 .autoshare_failures
+                .get_or_create(&ReasonLabels { reason });
+        }
+        for reason in ["corrupt", "stale", "foreign"] {
+            let _ = self
+                .decision_snapshots_unusable
                 .get_or_create(&ReasonLabels { reason });
         }
         for &projection in projections {

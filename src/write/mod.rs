@@ -15,6 +15,8 @@
 mod append;
 mod progress;
 mod retries;
+mod snapshot;
+pub mod snapshotter;
 mod tail;
 
 pub use append::Appended;
@@ -32,8 +34,9 @@ use tokio_util::sync::CancellationToken;
 const MAX_ATTEMPTS: usize = 16;
 /// How long a decision waits for the state to catch up after a conflict.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a starting instance waits for its state to fold the log as it was at start.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a request waits for a starting instance's state to fold the log as it was at
+/// start, before it is answered 503.
+const START_WAIT: Duration = Duration::from_secs(5);
 
 /// Why a command was not appended.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,9 @@ pub enum ExecuteError {
     /// The decision state did not fold the log up to this sequence in time; safe to retry.
     #[error("the decision state did not reach sequence {0}")]
     Behind(u64),
+    /// The instance is still folding the log as it was when it started; safe to retry.
+    #[error("this instance is still reading the event log (at sequence {folded} of {target}); retry shortly")]
+    Starting { folded: u64, target: u64 },
     /// The decision state's tail has stopped (the service is stopping).
     #[error("the decision state tail stopped")]
     Stopped,
@@ -72,46 +78,129 @@ pub struct Decider {
     state: Arc<RwLock<DecisionState>>,
     recent: Arc<Mutex<RecentRequests>>,
     folded: Arc<progress::Progress>,
+    /// The log's last sequence when this instance started: decisions wait until the state
+    /// has folded it.
+    start_target: u64,
     metrics: Metrics,
 }
 
+/// Entries of the decision state: account tokens, catalog names, share pairs, and requests
+/// remembered under idempotency keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateSizes {
+    pub accounts: usize,
+    pub catalogs: usize,
+    pub pairs: usize,
+    pub requests: usize,
+}
+
+/// Where a decider keeps its snapshot.
+#[derive(Clone)]
+pub struct Snapshots {
+    pub bucket: async_nats::jetstream::object_store::ObjectStore,
+    /// How often the instance holding the snapshot lease writes it.
+    pub interval: Duration,
+}
+
 impl Decider {
-    /// Starts tailing `events` from the beginning and returns once the state has folded
-    /// everything the stream held at start; decisions enforce `limits`. The tail ends when
-    /// `stop` is cancelled.
+    /// Restores the state from its snapshot when a usable one is stored (else starts empty),
+    /// starts tailing `events` after it, and returns at once: decisions wait (at most
+    /// [`START_WAIT`]) until the state has folded everything the log held at start. Decisions
+    /// enforce `limits`. The tail ends when `stop` is cancelled.
     pub async fn start(
         js: jetstream::Context,
         events: &stream::Stream,
         names: jetstream::kv::Store,
+        snapshots: &Snapshots,
         limits: ShareLimits,
         metrics: Metrics,
         stop: CancellationToken,
     ) -> Result<Decider, ExecuteError> {
-        let state = Arc::new(RwLock::new(DecisionState::with_limits(limits)));
-        let window = events.cached_info().config.duplicate_window;
-        let recent = Arc::new(Mutex::new(RecentRequests::new(
-            i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
-        )));
+        let info = events.cached_info();
+        let window = i64::try_from(info.config.duplicate_window.as_secs()).unwrap_or(i64::MAX);
+        let log = log_identity(events);
+        let start_target = log_end(events).await?;
+        let mut state = DecisionState::with_limits(limits);
+        let mut recent = RecentRequests::new(window);
+        // Boxed: the object store's read is a large future, and this one is awaited inside
+        // the service's start.
+        let load = Box::pin(snapshotter::load(
+            &snapshots.bucket,
+            &log,
+            start_target,
+            &metrics,
+        ));
+        if let Some(restored) = load.await {
+            state = restored.state;
+            state.limits = limits;
+            for r in &restored.recent {
+                recent.record(&r.key, &r.fingerprint, r.seq, r.time);
+            }
+        }
         let folded = Arc::new(progress::Progress::default());
-        tail::spawn(
-            events.clone(),
-            state.clone(),
-            recent.clone(),
-            folded.clone(),
-            stop,
-        );
+        folded.advance(state.last_seq);
         let decider = Decider {
             js,
             events: events.clone(),
             names,
-            state,
-            recent,
+            state: Arc::new(RwLock::new(state)),
+            recent: Arc::new(Mutex::new(recent)),
             folded,
+            start_target,
             metrics,
         };
-        let last_at_start = decider.log_end().await?;
-        decider.wait_folded(last_at_start, START_TIMEOUT).await?;
+        tail::spawn(
+            events.clone(),
+            decider.state.clone(),
+            decider.recent.clone(),
+            decider.folded.clone(),
+            stop,
+        );
         Ok(decider)
+    }
+
+    /// Waits (at most [`START_WAIT`]) until the state has folded what the log held when this
+    /// instance started.
+    pub async fn wait_started(&self) -> Result<(), ExecuteError> {
+        match self.wait_folded(self.start_target, START_WAIT).await {
+            Err(ExecuteError::Behind(target)) => Err(ExecuteError::Starting {
+                folded: self.folded(),
+                target,
+            }),
+            other => other,
+        }
+    }
+
+    /// Whether the state has folded what the log held when this instance started; if not,
+    /// how far it is and where it must get.
+    pub fn started(&self) -> Result<(), (u64, u64)> {
+        let folded = self.folded();
+        if folded >= self.start_target {
+            Ok(())
+        } else {
+            Err((folded, self.start_target))
+        }
+    }
+
+    /// How many entries the state holds, by kind.
+    pub fn sizes(&self) -> StateSizes {
+        let (accounts, catalogs, pairs) = self.read(DecisionState::sizes);
+        let requests = self.recent.lock().expect("recent requests lock").len();
+        StateSizes {
+            accounts,
+            catalogs,
+            pairs,
+            requests,
+        }
+    }
+
+    /// The state once started (see [`Decider::wait_started`]).
+    pub async fn read_started<T>(
+        &self,
+        f: impl FnOnce(&DecisionState) -> T,
+    ) -> Result<T, ExecuteError> {
+        self.wait_started().await?;
+        Ok(self.read(f))
     }
 
     /// Waits until the state has folded sequence `seq`.
@@ -236,6 +325,7 @@ impl Decider {
         let request = request.as_ref().map(|(key, print)| (*key, print.as_str()));
         let mut last_error = None;
         let mut confirmed = false;
+        self.wait_started().await?;
         if command.reads_unguarded_state() {
             self.wait_folded(self.log_end().await?, CATCH_UP_TIMEOUT)
                 .await?;
@@ -321,13 +411,26 @@ impl Decider {
 
     /// The last sequence the log holds now.
     async fn log_end(&self) -> Result<u64, StoreError> {
-        Ok(self
-            .events
-            .clone()
-            .info()
-            .await
-            .map_err(|e| StoreError::unavailable("read the event log's state", e))?
-            .state
-            .last_sequence)
+        log_end(&self.events).await
+    }
+}
+
+/// The last sequence `events` holds now.
+async fn log_end(events: &stream::Stream) -> Result<u64, StoreError> {
+    Ok(events
+        .clone()
+        .info()
+        .await
+        .map_err(|e| StoreError::unavailable("read the event log's state", e))?
+        .state
+        .last_sequence)
+}
+
+/// Which log `events` is, as snapshots record it.
+pub fn log_identity(events: &stream::Stream) -> snapshot::LogIdentity {
+    let info = events.cached_info();
+    snapshot::LogIdentity {
+        stream: info.config.name.clone(),
+        created: info.created.unix_timestamp_nanos(),
     }
 }

@@ -22,6 +22,15 @@ pub struct Earlier {
     pub time: i64,
 }
 
+/// One remembered request, as a snapshot stores it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Remembered {
+    pub key: String,
+    pub fingerprint: String,
+    pub seq: u64,
+    pub time: i64,
+}
+
 /// Recent requests by idempotency key.
 #[derive(Debug)]
 pub struct RecentRequests {
@@ -74,8 +83,24 @@ impl RecentRequests {
             .filter(|earlier| earlier.time + self.window_secs > now)
     }
 
+    /// Everything remembered, oldest first: recording these into an empty instance with the
+    /// same window remembers the same.
+    pub fn remembered(&self) -> Vec<Remembered> {
+        self.order
+            .iter()
+            .filter_map(|(seq, key)| {
+                let earlier = self.by_key.get(key).filter(|e| e.seq == *seq)?;
+                Some(Remembered {
+                    key: key.clone(),
+                    fingerprint: earlier.fingerprint.clone(),
+                    seq: *seq,
+                    time: earlier.time,
+                })
+            })
+            .collect()
+    }
+
     /// Requests remembered.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_key.len()
     }

@@ -1,5 +1,5 @@
-//! The decision state's tail: every instance folds the whole log into memory, in order, with
-//! the shared log reader.
+//! The decision state's tail: every instance folds the log into memory, in order, with the
+//! shared log reader, from where its state starts (a snapshot's sequence, or the beginning).
 
 use super::progress::{CloseOnDrop, Progress};
 use super::retries::RecentRequests;
@@ -37,7 +37,7 @@ fn decode(seq: u64, time: i64, message: &jetstream::Message) -> Option<Folded> {
     })
 }
 
-/// Spawns the task that folds `events` from its first message into `state` and `recent` until
+/// Spawns the task that folds `events` after `state`'s last sequence into `state` and `recent` until
 /// `stop` is cancelled; `folded` advances to the last sequence folded after every chunk (both
 /// hold everything up to it by then) and is closed when the tail ends. A stream that cannot be read is tried again every
 /// 250 ms.
@@ -50,7 +50,8 @@ pub(super) fn spawn(
 ) {
     tokio::spawn(async move {
         let folded = CloseOnDrop(folded);
-        let mut reader = LogReader::new(events, 1, decode, CHUNK);
+        let from = state.read().expect("decision state lock").last_seq + 1;
+        let mut reader = LogReader::new(events, from, decode, CHUNK);
         loop {
             let chunk = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -58,17 +59,15 @@ pub(super) fn spawn(
             };
             match chunk {
                 Ok(chunk) => {
-                    {
+                    // Both under the state's lock (state first, then requests, as a snapshot
+                    // takes them), so a snapshot sees them at the same sequence.
+                    let seq = {
+                        let mut state = state.write().expect("decision state lock");
                         let mut recent = recent.lock().expect("recent requests lock");
                         for message in &chunk.items {
                             if let Some((key, fingerprint)) = &message.request {
                                 recent.record(key, fingerprint, message.seq, message.time);
                             }
-                        }
-                    }
-                    let seq = {
-                        let mut state = state.write().expect("decision state lock");
-                        for message in &chunk.items {
                             state.apply_decoded(&message.decoded);
                         }
                         state.last_seq

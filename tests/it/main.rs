@@ -25,4 +25,5 @@ mod projections;
 mod races;
 mod retries;
 mod serve;
+mod snapshots;
 mod tenancy;

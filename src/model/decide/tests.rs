@@ -255,7 +255,7 @@ fn initialize_happy_path() {
         }
     );
     assert!(sim.state.is_initialized(&a));
-    assert_eq!(sim.state.accounts[&a].init_seq, 1);
+    assert_eq!(sim.state.account_facts(&a).init_seq, 1);
 }
 
 #[test]
@@ -328,8 +328,13 @@ fn share_happy_path() {
         "first share claims the name"
     );
     assert_eq!(sim.state.owner_of("movies"), Some(k[0].as_str()));
-    assert_eq!(sim.state.catalogs["movies"].last_seq, 3);
-    assert!(sim.state.catalogs["movies"].shares.contains_key(&k[1]));
+    assert_eq!(sim.state.catalog_facts("movies").unwrap().last_seq, 3);
+    assert!(sim
+        .state
+        .catalog_facts("movies")
+        .unwrap()
+        .shares
+        .contains_key(&k[1]));
 }
 
 #[test]
@@ -365,7 +370,7 @@ fn share_to_several_targets_and_longest_name() {
     sim.ok(&share(&k[0], &k[1], &long));
     sim.ok(&share(&k[0], &k[2], &long));
     sim.ok(&share(&k[0], &k[3], &long));
-    let shares = &sim.state.catalogs[&long].shares;
+    let shares = &sim.state.catalog_facts(&long).unwrap().shares;
     assert_eq!(shares.len(), 3);
     // Catalog names are case sensitive: another account can own `Movies` and `movies`.
     sim.ok(&share(&k[1], &k[0], "movies"));
@@ -381,7 +386,7 @@ fn share_rejects_bad_catalog_names() {
         bad_request(sim.reject(&share(&k[0], &k[1], &name)));
         bad_request(sim.reject(&auto_share(&k[0], &k[1], &name)));
     }
-    assert!(sim.state.catalogs.is_empty());
+    assert!(sim.state.catalogs().next().is_none());
 }
 
 #[test]
@@ -406,7 +411,7 @@ fn share_rejects_invalid_targets() {
         bad_request(sim.reject(&share(&k[0], target, "movies")));
         bad_request(sim.reject(&auto_share(&k[0], target, "movies")));
     }
-    assert!(sim.state.catalogs.is_empty());
+    assert!(sim.state.catalogs().next().is_none());
 }
 
 #[test]
@@ -429,7 +434,7 @@ fn share_of_a_name_owned_by_another_account_conflicts() {
     conflict(sim.reject(&share(&k[1], &k[0], "movies")));
     // Ownership survives when every share is gone.
     sim.ok(&unshare(&k[0], &k[1], "movies"));
-    assert!(sim.state.catalogs["movies"].shares.is_empty());
+    assert!(sim.state.catalog_facts("movies").unwrap().shares.is_empty());
     conflict(sim.reject(&share(&k[2], &k[1], "movies")));
     assert_eq!(sim.state.owner_of("movies"), Some(k[0].as_str()));
     // The owner can share again.
@@ -475,10 +480,10 @@ fn unshare_happy_path() {
             filter: Some(format!("natster.events.{}.{}.movies.*", k[0], k[1])),
         }
     );
-    let shares = &sim.state.catalogs["movies"].shares;
+    let shares = &sim.state.catalog_facts("movies").unwrap().shares;
     assert!(!shares.contains_key(&k[1]));
     assert!(shares.contains_key(&k[2]));
-    assert_eq!(sim.state.catalogs["movies"].last_seq, 6);
+    assert_eq!(sim.state.catalog_facts("movies").unwrap().last_seq, 6);
 }
 
 #[test]
@@ -504,7 +509,12 @@ fn unshare_by_a_non_owner_is_not_found() {
     not_found(sim.reject(&unshare(&k[2], &k[1], "movies")));
     // ...nor can the target "unshare" it back towards the owner.
     not_found(sim.reject(&unshare(&k[1], &k[0], "movies")));
-    assert!(sim.state.catalogs["movies"].shares.contains_key(&k[1]));
+    assert!(sim
+        .state
+        .catalog_facts("movies")
+        .unwrap()
+        .shares
+        .contains_key(&k[1]));
 }
 
 #[test]
@@ -539,8 +549,8 @@ fn import_happy_path() {
             filter: Some(format!("natster.events.{}.{}.movies.*", k[1], k[0])),
         }
     );
-    assert!(sim.state.catalogs["movies"].shares[&k[1]].imported);
-    assert_eq!(sim.state.catalogs["movies"].last_seq, 4);
+    assert!(sim.state.catalog_facts("movies").unwrap().shares[&k[1]].imported);
+    assert_eq!(sim.state.catalog_facts("movies").unwrap().last_seq, 4);
 }
 
 #[test]
@@ -573,7 +583,7 @@ fn import_twice_conflicts_but_a_reshare_can_be_imported_again() {
     // Unshare + reshare starts a new share that can be imported once more.
     sim.ok(&unshare(&k[0], &k[1], "movies"));
     sim.ok(&share(&k[0], &k[1], "movies"));
-    assert!(!sim.state.catalogs["movies"].shares[&k[1]].imported);
+    assert!(!sim.state.catalog_facts("movies").unwrap().shares[&k[1]].imported);
     sim.ok(&import(&k[1], &k[0], "movies"));
     conflict(sim.reject(&import(&k[1], &k[0], "movies")));
 }
@@ -598,7 +608,7 @@ fn import_validates_name_and_owner_key() {
     for owner in [user_key(), k[1].clone(), NONE.to_string(), String::new()] {
         bad_request(sim.reject(&import(&k[1], &owner, "movies")));
     }
-    assert!(!sim.state.catalogs["movies"].shares[&k[1]].imported);
+    assert!(!sim.state.catalog_facts("movies").unwrap().shares[&k[1]].imported);
 }
 
 // ----- AutoShare -----------------------------------------------------------------------
@@ -668,14 +678,14 @@ fn bind_context_happy_path_and_rebinding() {
             filter: None
         }
     );
-    assert_eq!(sim.state.accounts[&k[0]].context_seq, 3);
+    assert_eq!(sim.state.account_facts(&k[0]).context_seq, 3);
     sim.ok(&bind(&k[1], "other")); // 4
                                    // A second binding expects the account's own last context event.
     let d = sim.ok(&bind(&k[0], "google|1")); // 5
     assert_eq!(d.expectation.last_seq, 3);
     assert_eq!(d.expectation.filter, None);
-    assert_eq!(sim.state.accounts[&k[0]].context_seq, 5);
-    assert_eq!(sim.state.accounts[&k[1]].context_seq, 4);
+    assert_eq!(sim.state.account_facts(&k[0]).context_seq, 5);
+    assert_eq!(sim.state.account_facts(&k[1]).context_seq, 4);
 }
 
 #[test]
@@ -798,7 +808,7 @@ fn apply_ignores_events_at_or_below_last_seq() {
     // A newer event still applies.
     state.apply(&event(3, &a, &b, "movies", EventType::CatalogUnshared));
     assert_eq!(state.last_seq, 3);
-    assert!(state.catalogs["movies"].shares.is_empty());
+    assert!(state.catalog_facts("movies").unwrap().shares.is_empty());
 }
 
 #[test]
@@ -809,8 +819,8 @@ fn apply_gaps_in_sequences_are_fine() {
     state.apply(&event(10, &a, &b, "movies", EventType::CatalogShared));
     state.apply(&event(25, &b, &a, "movies", EventType::CatalogImported));
     assert_eq!(state.last_seq, 25);
-    assert_eq!(state.catalogs["movies"].last_seq, 25);
-    assert!(state.catalogs["movies"].shares[&b].imported);
+    assert_eq!(state.catalog_facts("movies").unwrap().last_seq, 25);
+    assert!(state.catalog_facts("movies").unwrap().shares[&b].imported);
 }
 
 #[test]
@@ -835,14 +845,18 @@ fn apply_moves_catalog_last_seq_for_every_event_on_the_catalog() {
     ];
     for subject in cases {
         let e = sim.append(subject.clone(), EventBody::Empty);
-        assert_eq!(sim.state.catalogs["movies"].last_seq, e.seq, "{subject:?}");
         assert_eq!(
-            sim.state.catalogs["movies"].last_seq,
+            sim.state.catalog_facts("movies").unwrap().last_seq,
+            e.seq,
+            "{subject:?}"
+        );
+        assert_eq!(
+            sim.state.catalog_facts("movies").unwrap().last_seq,
             sim.server_last_seq(&EventSubject::catalog_aggregate("movies"))
         );
     }
     // Events elsewhere do not move it.
-    let last = sim.state.catalogs["movies"].last_seq;
+    let last = sim.state.catalog_facts("movies").unwrap().last_seq;
     sim.append(
         EventSubject::new(&owner, &other, "music", EventType::CatalogShared),
         EventBody::Empty,
@@ -855,11 +869,11 @@ fn apply_moves_catalog_last_seq_for_every_event_on_the_catalog() {
         EventSubject::new(&third, NONE, NONE, EventType::ContextBound),
         EventBody::Empty,
     );
-    assert_eq!(sim.state.catalogs["movies"].last_seq, last);
-    assert_eq!(sim.state.catalogs["music"].last_seq, last + 1);
+    assert_eq!(sim.state.catalog_facts("movies").unwrap().last_seq, last);
+    assert_eq!(sim.state.catalog_facts("music").unwrap().last_seq, last + 1);
     // `none` is not a catalog.
-    assert!(!sim.state.catalogs.contains_key(NONE));
-    assert_eq!(sim.state.catalogs.len(), 2);
+    assert!(sim.state.catalog_facts(NONE).is_none());
+    assert_eq!(sim.state.catalogs().count(), 2);
     assert_eq!(sim.state.last_seq, last + 3);
 }
 
@@ -884,7 +898,7 @@ fn apply_first_sharer_owns_the_name_for_good() {
         "movies",
         EventType::CatalogUnshared,
     ));
-    assert!(state.catalogs["movies"].shares.is_empty());
+    assert!(state.catalog_facts("movies").unwrap().shares.is_empty());
     assert_eq!(state.owner_of("movies"), Some(owner.as_str()));
     // A later share by someone else changes neither owner nor shares.
     state.apply(&event(
@@ -895,7 +909,7 @@ fn apply_first_sharer_owns_the_name_for_good() {
         EventType::CatalogShared,
     ));
     assert_eq!(state.owner_of("movies"), Some(owner.as_str()));
-    assert!(state.catalogs["movies"].shares.is_empty());
+    assert!(state.catalog_facts("movies").unwrap().shares.is_empty());
 }
 
 #[test]
@@ -906,7 +920,7 @@ fn apply_shares_and_unshares_by_non_owners_change_no_shares() {
     let t2 = account();
     let mut state = DecisionState::default();
     state.apply(&event(1, &owner, &t1, "movies", EventType::CatalogShared));
-    let shares_before = state.catalogs["movies"].shares.clone();
+    let shares_before = state.catalog_facts("movies").unwrap().shares.clone();
     state.apply(&event(
         2,
         &intruder,
@@ -921,9 +935,9 @@ fn apply_shares_and_unshares_by_non_owners_change_no_shares() {
         "movies",
         EventType::CatalogUnshared,
     ));
-    assert_eq!(state.catalogs["movies"].shares, shares_before);
-    assert_eq!(state.catalogs["movies"].owner, owner);
-    assert_eq!(state.catalogs["movies"].last_seq, 3);
+    assert_eq!(state.catalog_facts("movies").unwrap().shares, shares_before);
+    assert_eq!(state.catalog_facts("movies").unwrap().owner, owner);
+    assert_eq!(state.catalog_facts("movies").unwrap().last_seq, 3);
     // An import naming the intruder as owner does not mark the real share imported.
     state.apply(&event(
         4,
@@ -932,13 +946,13 @@ fn apply_shares_and_unshares_by_non_owners_change_no_shares() {
         "movies",
         EventType::CatalogImported,
     ));
-    assert!(!state.catalogs["movies"].shares[&t1].imported);
+    assert!(!state.catalog_facts("movies").unwrap().shares[&t1].imported);
     // An import by an account without a share marks nothing either.
     state.apply(&event(5, &t2, &owner, "movies", EventType::CatalogImported));
-    assert_eq!(state.catalogs["movies"].shares, shares_before);
+    assert_eq!(state.catalog_facts("movies").unwrap().shares, shares_before);
     // The proper import does.
     state.apply(&event(6, &t1, &owner, "movies", EventType::CatalogImported));
-    assert!(state.catalogs["movies"].shares[&t1].imported);
+    assert!(state.catalog_facts("movies").unwrap().shares[&t1].imported);
 }
 
 #[test]
@@ -960,7 +974,7 @@ fn apply_unshare_forgets_the_import() {
         "movies",
         EventType::CatalogImported,
     ));
-    assert!(state.catalogs["movies"].shares[&target].imported);
+    assert!(state.catalog_facts("movies").unwrap().shares[&target].imported);
     state.apply(&event(
         3,
         &owner,
@@ -968,7 +982,11 @@ fn apply_unshare_forgets_the_import() {
         "movies",
         EventType::CatalogUnshared,
     ));
-    assert!(!state.catalogs["movies"].shares.contains_key(&target));
+    assert!(!state
+        .catalog_facts("movies")
+        .unwrap()
+        .shares
+        .contains_key(&target));
     state.apply(&event(
         4,
         &owner,
@@ -976,7 +994,7 @@ fn apply_unshare_forgets_the_import() {
         "movies",
         EventType::CatalogShared,
     ));
-    assert!(!state.catalogs["movies"].shares[&target].imported);
+    assert!(!state.catalog_facts("movies").unwrap().shares[&target].imported);
     // A duplicate share (historical) keeps the import flag of the active share.
     state.apply(&event(
         5,
@@ -992,7 +1010,7 @@ fn apply_unshare_forgets_the_import() {
         "movies",
         EventType::CatalogShared,
     ));
-    assert!(state.catalogs["movies"].shares[&target].imported);
+    assert!(state.catalog_facts("movies").unwrap().shares[&target].imported);
 }
 
 #[test]
@@ -1001,17 +1019,17 @@ fn apply_keeps_the_first_init_and_the_last_context() {
     let mut state = DecisionState::default();
     state.apply(&event(3, &a, NONE, NONE, EventType::NatsterInitialized));
     state.apply(&event(7, &a, NONE, NONE, EventType::NatsterInitialized));
-    assert_eq!(state.accounts[&a].init_seq, 3);
+    assert_eq!(state.account_facts(&a).init_seq, 3);
     assert!(state.is_initialized(&a));
     state.apply(&event(8, &a, NONE, NONE, EventType::ContextBound));
     state.apply(&event(9, &a, NONE, NONE, EventType::ContextBound));
-    assert_eq!(state.accounts[&a].context_seq, 9);
-    assert_eq!(state.accounts[&a].init_seq, 3);
+    assert_eq!(state.account_facts(&a).context_seq, 9);
+    assert_eq!(state.account_facts(&a).init_seq, 3);
     // A context binding alone does not initialise an account.
     let b = account();
     state.apply(&event(10, &b, NONE, NONE, EventType::ContextBound));
     assert!(!state.is_initialized(&b));
-    assert_eq!(state.accounts[&b].context_seq, 10);
+    assert_eq!(state.account_facts(&b).context_seq, 10);
     // Neither do shares, for origin or target.
     let c = account();
     state.apply(&event(11, &b, &c, "movies", EventType::CatalogShared));
@@ -1032,7 +1050,7 @@ fn historical_double_init_still_conflicts_and_expectations_hold() {
         EventSubject::new(&a, NONE, NONE, EventType::NatsterInitialized),
         EventBody::Initialized(init_data(&a)),
     );
-    assert_eq!(sim.state.accounts[&a].init_seq, 1);
+    assert_eq!(sim.state.account_facts(&a).init_seq, 1);
     conflict(sim.reject(&init(&a)));
     // Historical share events with empty bodies, including a non-owner share.
     sim.append(
@@ -1081,7 +1099,7 @@ fn random_runs_keep_expectations_and_state_consistent() {
     }
     assert!(accepted > 100, "only {accepted} accepted");
     // Invariants of an owner's shares: never the owner itself.
-    for catalog in sim.state.catalogs.values() {
+    for catalog in sim.state.catalogs() {
         assert!(!catalog.owner.is_empty());
         assert!(!catalog.shares.contains_key(&catalog.owner));
     }
@@ -1104,9 +1122,9 @@ fn a_context_binding_on_an_unusual_subject_does_not_move_the_guard() {
     let mut state = DecisionState::default();
     state.apply(&event(1, &a, NONE, NONE, EventType::NatsterInitialized));
     state.apply(&event(2, &a, "x", NONE, EventType::ContextBound));
-    assert_eq!(state.accounts[&a].context_seq, 0);
+    assert_eq!(state.account_facts(&a).context_seq, 0);
     state.apply(&event(3, &a, NONE, NONE, EventType::ContextBound));
-    assert_eq!(state.accounts[&a].context_seq, 3);
+    assert_eq!(state.account_facts(&a).context_seq, 3);
 }
 
 // ----- share limits ----------------------------------------------------------------------
@@ -1142,7 +1160,7 @@ fn a_share_past_the_owners_out_shares_conflicts_naming_the_limit_and_an_unshare_
     assert!(text.contains("out-shares limit 3"), "{text}");
     sim.ok(&unshare(&owner, &targets[0], "cat0"));
     sim.ok(&share(&owner, &targets[3], "cat9"));
-    assert_eq!(sim.state.accounts[&owner].out_shares, 3);
+    assert_eq!(sim.state.account_facts(&owner).out_shares, 3);
 }
 
 #[test]
@@ -1192,18 +1210,15 @@ fn share_counts_follow_only_shares_that_take_effect() {
         EventSubject::new(&other, &target, "photos", EventType::CatalogShared),
         EventBody::Empty,
     );
-    assert_eq!(sim.state.accounts[&owner].out_shares, 1);
-    assert_eq!(sim.state.accounts[&target].in_shares, 1);
-    assert_eq!(
-        sim.state.accounts.get(&other).map_or(0, |a| a.out_shares),
-        0
-    );
+    assert_eq!(sim.state.account_facts(&owner).out_shares, 1);
+    assert_eq!(sim.state.account_facts(&target).in_shares, 1);
+    assert_eq!(sim.state.account_facts(&other).out_shares, 0);
     // An unshare of a share that is not active changes nothing.
     sim.append(
         EventSubject::new(&owner, &other, "photos", EventType::CatalogUnshared),
         EventBody::Empty,
     );
     sim.ok(&unshare(&owner, &target, "photos"));
-    assert_eq!(sim.state.accounts[&owner].out_shares, 0);
-    assert_eq!(sim.state.accounts[&target].in_shares, 0);
+    assert_eq!(sim.state.account_facts(&owner).out_shares, 0);
+    assert_eq!(sim.state.account_facts(&target).in_shares, 0);
 }

@@ -395,7 +395,8 @@ fn agrees_with_the_decision_state_on_decided_logs() {
     let (records, delta) = folded(&events);
     assert!(!records.is_empty());
     let mut total = 0;
-    for (name, catalog) in &state.catalogs {
+    for catalog in state.catalogs() {
+        let name = &catalog.name;
         let record = &records[name];
         assert_eq!(record.owner, catalog.owner, "{name}");
         let mut shared: Vec<&String> = record.shared_with.iter().collect();
@@ -403,7 +404,7 @@ fn agrees_with_the_decision_state_on_decided_logs() {
         assert_eq!(shared, catalog.shares.keys().collect::<Vec<_>>(), "{name}");
         total += catalog.shares.len();
     }
-    assert_eq!(records.len(), state.catalogs.len());
+    assert_eq!(records.len(), state.catalogs().count());
     assert_eq!(delta, shares(total as i64));
 }
 
@@ -422,7 +423,8 @@ fn shares_without_a_real_target_make_no_owner_like_the_projections() {
     assert_eq!(state.owner_of("movies"), None);
     assert_eq!(state.owner_of("music"), None);
     assert_eq!(
-        state.catalogs["movies"].last_seq, 1,
+        state.catalog_facts("movies").unwrap().last_seq,
+        1,
         "the sequence still moves"
     );
     state.apply(&event(3, &b, &c, "movies", EventType::CatalogShared));
