@@ -26,7 +26,7 @@ use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::view::StatsView;
 use crate::reactions::Feeds;
 use crate::store::roundtrip::{self, RoundTripError};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreErrorKind};
 use crate::telemetry::{http, Phase, Telemetry};
 use crate::write::{Decider, ExecuteError, Snapshots};
 use async_nats::service::ServiceExt;
@@ -158,13 +158,13 @@ impl GlobalService {
             .check_fit(client.server_info().max_payload)?;
         let metrics = telemetry.metrics.clone();
         let js = async_nats::jetstream::new(client.clone());
-        let store = Store::ensure(js.clone(), &config.store).await?;
+        let store = ensure_store(&js, &config.store).await?;
         let stop_background = CancellationToken::new();
         let snapshots = Snapshots {
             bucket: store.snapshots.clone(),
             interval: config.snapshot_interval,
         };
-        let decider = Decider::start(
+        let decider = Box::pin(Decider::start(
             js,
             &store.events,
             store.names.clone(),
@@ -172,7 +172,7 @@ impl GlobalService {
             config.share_limits,
             metrics.clone(),
             stop_background.clone(),
-        )
+        ))
         .await?;
         let view = StatsView::start(store.stats.clone(), stop_background.clone()).await?;
         let feeds = Feeds::new(
@@ -302,6 +302,32 @@ impl GlobalService {
     /// Metrics and readiness of this instance.
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+}
+
+/// How long a starting instance keeps trying to create or open its resources while JetStream
+/// cannot place them (a cluster whose peers are still forming or catching up).
+const ENSURE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// [`Store::ensure`], tried again every half second for [`ENSURE_PATIENCE`] while it fails for
+/// a reason that may pass (unavailable); any other failure, or the last one, is returned.
+async fn ensure_store(
+    js: &async_nats::jetstream::Context,
+    config: &StoreConfig,
+) -> Result<Store, StoreError> {
+    let deadline = std::time::Instant::now() + ENSURE_PATIENCE;
+    loop {
+        // Boxed: creating every resource is a large future, awaited inside the service's start.
+        match Box::pin(Store::ensure(js.clone(), config)).await {
+            Err(error)
+                if error.kind() == StoreErrorKind::Unavailable
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(%error, "JetStream resources not available yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
     }
 }
 
