@@ -9,6 +9,11 @@
 //! - the process's RSS then, and its peak;
 //! - the decision-state snapshot: its size and how long writing it took (the first periodic
 //!   write after catching up; the bench runs `--snapshot-interval 5s`);
+//! - the projection runners' record caches then: bytes held and the share of lookups served
+//!   from memory;
+//! - the RSS under a mixed load (8 accounts, 64 requests in flight for 10 s: `whoami`,
+//!   `my.shares`, `stats`, a share or unshare in 50), its peak sampled every 100 ms, and the
+//!   load's rate;
 //! - the same two times and the RSS after a restart (the read models already built, the
 //!   decision state restored from the snapshot written at the stop).
 //!
@@ -33,6 +38,117 @@ struct Start {
     peak_mib: f64,
     /// Size (MiB) and write time of the first snapshot written after catching up.
     snapshot: Option<(f64, Duration)>,
+    /// Record caches after catching up: MiB held, share of lookups that were hits.
+    cache: (f64, f64),
+    /// Under load: requests per second, highest RSS (MiB).
+    load: Option<(f64, f64)>,
+}
+
+/// How long the load runs: 10 s in a full run, 2 s in the smoke run (whose `within` is a
+/// minute).
+fn load_for(within: Duration) -> Duration {
+    if within > Duration::from_secs(60) {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(2)
+    }
+}
+
+/// Accounts that put the load on the service.
+const LOAD_USERS: [&str; 8] = ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7"];
+const LOAD_IN_FLIGHT: usize = 64;
+
+/// The record caches in `metrics`: MiB held (all projections) and the share of hits.
+fn cache_use(metrics: &str) -> (f64, f64) {
+    let sum = |prefix: &str, with: &str| -> f64 {
+        (metrics.lines())
+            .filter(|l| l.starts_with(prefix) && l.contains(with))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let bytes = sum("natster_projection_cache_size_bytes{", "");
+    let lookups = "natster_projection_cache_lookups_total{";
+    let (hits, misses) = (sum(lookups, "\"hit\""), sum(lookups, "\"miss\""));
+    let all = hits + misses;
+    (
+        bytes / 1024.0 / 1024.0,
+        if all > 0.0 { hits / all } else { 1.0 },
+    )
+}
+
+/// A mixed load from [`LOAD_USERS`] for `duration` while the RSS of `pid` is sampled:
+/// requests per second and the highest RSS (MiB) seen.
+async fn under_load(tw: &TestWorld, pid: u32, duration: Duration) -> Result<(f64, f64)> {
+    let mut users = Vec::new();
+    for name in LOAD_USERS {
+        let client = tw.connect(name).await?;
+        let key = tw.key(name);
+        natster_testkit::put_event(
+            &client,
+            "natster_initialized",
+            "none",
+            "none",
+            natster_testkit::init_data(&key),
+        )
+        .await?;
+        users.push((client, key));
+    }
+    let users = std::sync::Arc::new(users);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..LOAD_IN_FLIGHT {
+        let (users, done) = (users.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = worker;
+            while Instant::now() < deadline {
+                let (client, _) = &users[n % users.len()];
+                let other = &users[(n + 1) % users.len()].1;
+                let catalog = format!("load{}", n % 7);
+                let reply = match n % 50 {
+                    0 => {
+                        natster_testkit::put_event(
+                            client,
+                            "catalog_shared",
+                            &catalog,
+                            other,
+                            serde_json::Value::Null,
+                        )
+                        .await
+                    }
+                    1 => {
+                        natster_testkit::put_event(
+                            client,
+                            "catalog_unshared",
+                            &catalog,
+                            other,
+                            serde_json::Value::Null,
+                        )
+                        .await
+                    }
+                    k if k < 21 => natster_testkit::call(client, "whoami", "", None).await,
+                    k if k < 36 => natster_testkit::call(client, "my.shares", "", None).await,
+                    _ => natster_testkit::call(client, "stats", "", None).await,
+                };
+                if reply.is_ok() {
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                n += LOAD_IN_FLIGHT;
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut peak: f64 = 0.0;
+    while Instant::now() < deadline {
+        peak = peak.max(memory_mib(pid)?.0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for task in tasks {
+        task.await?;
+    }
+    let rate =
+        done.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, peak))
 }
 
 /// The value of the sample `series` in `metrics`.
@@ -153,9 +269,13 @@ async fn start(
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let (rss_mib, peak_mib) = memory_mib(serve.0.id())?;
-    let snapshot = match snapshot {
-        true => Some(first_snapshot(addr, deadline).await?),
-        false => None,
+    let cache = cache_use(&http_get(addr, "/metrics").await?.1);
+    let (snapshot, load) = match snapshot {
+        true => (
+            Some(first_snapshot(addr, deadline).await?),
+            Some(under_load(tw, serve.0.id(), load_for(within)).await?),
+        ),
+        false => (None, None),
     };
     Ok((
         serve,
@@ -165,6 +285,8 @@ async fn start(
             rss_mib,
             peak_mib,
             snapshot,
+            cache,
+            load,
         },
     ))
 }
@@ -194,7 +316,7 @@ fn catalogs_for(events: usize) -> usize {
 }
 
 async fn measure(events: usize, within: Duration) -> Result<(Start, Start)> {
-    let tw = TestWorld::start_with(&[], |_| Ok(())).await?;
+    let tw = TestWorld::start_with(&LOAD_USERS, |_| Ok(())).await?;
     let js = async_nats::jetstream::new(tw.connect(NATSTER).await?);
     Store::ensure(js.clone(), &Default::default()).await?;
     let log = mixed_event_log(accounts_for(events), catalogs_for(events), events);
@@ -202,6 +324,14 @@ async fn measure(events: usize, within: Duration) -> Result<(Start, Start)> {
     drop(log);
     let http_port = natster_testkit::port()?;
     let (serve, first) = start(&tw, http_port, within, true).await?;
+    if let Ok(secs) = std::env::var("SCALE_PAUSE").map(|s| s.parse::<u64>()) {
+        eprintln!(
+            "scale: serve is pid {}, pausing {}s",
+            serve.0.id(),
+            secs.clone()?
+        );
+        tokio::time::sleep(Duration::from_secs(secs?)).await;
+    }
     stop(serve)?;
     let (serve, restart) = start(&tw, http_port, within, false).await?;
     stop(serve)?;
@@ -220,18 +350,21 @@ async fn main() -> Result<()> {
         Err(_) => vec![2_000],
     };
     let within = Duration::from_secs(if full { 900 } else { 60 });
-    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0) | RSS then (peak) | snapshot: size / write | restart: answer / caught up / RSS |");
-    println!("|---|---|---|---|---|---|");
+    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0) | RSS then (peak) | caches: MiB / hits | under load: req/s / RSS peak | snapshot: size / write | restart: answer / caught up / RSS |");
+    println!("|---|---|---|---|---|---|---|---|");
     for events in sizes {
         let (first, restart) = measure(events, within).await?;
         println!(
-            "| {events} / {} / {} | {:.1} s | {:.1} s | {:.0} MiB ({:.0}) | {} | {:.1} s / {:.1} s / {:.0} MiB |",
+            "| {events} / {} / {} | {:.1} s | {:.1} s | {:.0} MiB ({:.0}) | {:.0} MiB / {:.0} % | {} | {} | {:.1} s / {:.1} s / {:.0} MiB |",
             accounts_for(events),
             catalogs_for(events),
             first.answering.as_secs_f64(),
             first.caught_up.as_secs_f64(),
             first.rss_mib,
             first.peak_mib,
+            first.cache.0,
+            first.cache.1 * 100.0,
+            first.load.map_or("—".into(), |(rate, peak)| format!("{rate:.0} / {peak:.0} MiB")),
             first.snapshot.map_or("—".into(), |(mib, took)| format!(
                 "{mib:.1} MiB / {:.2} s",
                 took.as_secs_f64()

@@ -5,7 +5,7 @@
 pub use crate::projections::parking::{list as parked_events, ParkedEvent, RecordLimit};
 pub use crate::projections::rebuild::{rebuild, RebuildReport, RebuildTarget};
 pub use crate::projections::runner::{
-    apply_batch, Progress, ProjectionRunner, RunnerConfig, Silent,
+    apply_batch, CacheMetrics, Progress, ProjectionRunner, RunnerConfig, Silent,
 };
 pub use crate::projections::status::status;
 pub use crate::projections::stored::{

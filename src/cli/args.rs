@@ -5,7 +5,7 @@ use super::connect::{check_private_file, NatsAuth, NatsConfig};
 use super::settings::SettingsError;
 use crate::model::validate::{catalog_name_problem, is_account_public_key};
 use crate::model::ShareLimits;
-use crate::service::{HubShare, Sealer, ServiceConfig, StoreConfig};
+use crate::service::{HubShare, RunnerConfig, Sealer, ServiceConfig, StoreConfig};
 use crate::tooling::{bootstrap, nats_context};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -283,6 +283,10 @@ pub struct ServiceArgs {
     /// Active shares one account may receive.
     #[arg(long, env = "NATSTER_MAX_IN_SHARES", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_shares: u32,
+    /// MiB of records (as stored) each projection runner keeps in memory between flushes;
+    /// beyond it, written records are dropped and read again when next needed.
+    #[arg(long, env = "NATSTER_PROJECTION_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub projection_cache_mib: u32,
     /// How often the instance holding the snapshot lease writes the decision-state snapshot
     /// (also written when it stops); a start folds only the log after the last one.
     #[arg(long, env = "NATSTER_SNAPSHOT_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
@@ -352,6 +356,10 @@ impl ServiceArgs {
             ready_max_lag: self.ready_max_lag,
             sealer,
             snapshot_interval: self.snapshot_interval,
+            runner: RunnerConfig {
+                cache_bytes: (self.projection_cache_mib as usize) << 20,
+                ..RunnerConfig::default()
+            },
             ..ServiceConfig::default()
         })
     }

@@ -6,7 +6,7 @@
 use super::ServiceConfig;
 use crate::projections::parking::RecordLimit;
 use crate::projections::registry::{ProjectionName, SourceStream};
-use crate::projections::runner::{Announce, Progress, ProjectionRunner, Silent};
+use crate::projections::runner::{Announce, CacheMetrics, Progress, ProjectionRunner, Silent};
 use crate::projections::Projection;
 use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, online::Online,
@@ -174,7 +174,12 @@ fn spawn_runner<P: Projection>(
             tx,
             parts.metrics.projection_applied(P::NAME),
             parts.metrics.projection_parked(P::NAME),
-        ),
+        )
+        .with_cache(CacheMetrics {
+            hits: parts.metrics.projection_cache_lookups(P::NAME, "hit"),
+            misses: parts.metrics.projection_cache_lookups(P::NAME, "miss"),
+            bytes: parts.metrics.projection_cache_size(P::NAME),
+        }),
         announce,
     };
     tasks.push(tokio::spawn(runner.run(parts.stop.clone())));

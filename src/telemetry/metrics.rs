@@ -66,6 +66,14 @@ pub struct ProjectionLabels {
     pub projection: &'static str,
 }
 
+/// A projection's record lookups, by whether the record was in memory (`hit`) or read from
+/// the bucket (`miss`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLookupLabels {
+    pub projection: &'static str,
+    pub result: &'static str,
+}
+
 /// A feed message kind (`heartbeat`, `catalog_online`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FeedLabels {
@@ -91,6 +99,8 @@ pub struct Metrics {
     pub append_conflicts: Family<EventTypeLabels, Counter>,
     pub projection_events_applied: Family<ProjectionLabels, Counter>,
     pub projection_parked_events: Family<ProjectionLabels, Counter>,
+    pub projection_cache_lookups: Family<CacheLookupLabels, Counter>,
+    pub projection_cache_size_bytes: Family<ProjectionLabels, Gauge>,
     pub projection_applied_sequence: Family<ProjectionLabels, Gauge>,
     pub projection_lag_events: Family<ProjectionLabels, Gauge>,
     pub projection_lag_seconds: Family<ProjectionLabels, FloatGauge>,
@@ -147,6 +157,8 @@ impl Metrics {
             append_conflicts: Family::default(),
             projection_events_applied: Family::default(),
             projection_parked_events: Family::default(),
+            projection_cache_lookups: Family::default(),
+            projection_cache_size_bytes: Family::default(),
             projection_applied_sequence: Family::default(),
             projection_lag_events: Family::default(),
             projection_lag_seconds: Family::default(),
@@ -234,6 +246,18 @@ impl Metrics {
             "Log messages a projection parked because it can never apply them (see \
              `natster-global projections parked`), by projection",
             m.projection_parked_events,
+        );
+        registry.register(
+            "projection_cache_lookups",
+            "Records a projection runner needed to fold a message, by projection and result (hit: \
+             held in memory or known absent; miss: read from the bucket)",
+            m.projection_cache_lookups,
+        );
+        registry.register_with_unit(
+            "projection_cache_size",
+            "Bytes of records (as stored) the projection runner of this instance holds in memory, by projection",
+            Unit::Bytes,
+            m.projection_cache_size_bytes,
         );
         registry.register(
             "projection_applied_sequence",
@@ -407,6 +431,12 @@ impl Metrics {
             let labels = ProjectionLabels { projection };
             let _ = self.projection_events_applied.get_or_create(&labels);
             let _ = self.projection_parked_events.get_or_create(&labels);
+            let _ = self.projection_cache_size_bytes.get_or_create(&labels);
+            for result in ["hit", "miss"] {
+                let _ = self
+                    .projection_cache_lookups
+                    .get_or_create(&CacheLookupLabels { projection, result });
+            }
             let _ = self.projection_applied_sequence.get_or_create(&labels);
             let _ = self.projection_lag_events.get_or_create(&labels);
             let _ = self.projection_lag_seconds.get_or_create(&labels);
@@ -456,6 +486,24 @@ impl Metrics {
     pub fn projection_parked(&self, projection: &'static str) -> Counter {
         self.projection_parked_events
             .get_or_create(&ProjectionLabels { projection })
+            .clone()
+    }
+
+    /// The record-cache lookups of `projection` with `result` (`hit` or `miss`).
+    pub fn projection_cache_lookups(
+        &self,
+        projection: &'static str,
+        result: &'static str,
+    ) -> Counter {
+        let labels = CacheLookupLabels { projection, result };
+        self.projection_cache_lookups.get_or_create(&labels).clone()
+    }
+
+    /// The record-cache size gauge of `projection`.
+    pub fn projection_cache_size(&self, projection: &'static str) -> Gauge {
+        let labels = ProjectionLabels { projection };
+        self.projection_cache_size_bytes
+            .get_or_create(&labels)
             .clone()
     }
 

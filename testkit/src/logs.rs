@@ -25,6 +25,8 @@ pub struct ProjectedBacklog {
     pub record_writes: u64,
     /// Writes to `PROJ_STATS` (counters, checkpoint, lease).
     pub stats_writes: u64,
+    /// Records read from the bucket because they were not in memory.
+    pub cache_misses: u64,
 }
 
 /// Empties the bucket of projection `P` and `PROJ_STATS`, runs `P`'s runner over the log with
@@ -49,6 +51,7 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
     let stats_before = stream_last_seq(js, &stats_stream).await?;
     let records = js.get_key_value(P::BUCKET).await?;
     let (tx, mut applied) = tokio::sync::watch::channel(0u64);
+    let cache = test_util::CacheMetrics::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let runner = test_util::ProjectionRunner::<P> {
         stream: store.events.clone(),
@@ -57,7 +60,8 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
         parked: store.parked.clone(),
         limit: Default::default(),
         config,
-        progress: test_util::Progress::new(tx, Default::default(), Default::default()),
+        progress: test_util::Progress::new(tx, Default::default(), Default::default())
+            .with_cache(cache.clone()),
         announce: std::sync::Arc::new(test_util::Silent),
     };
     let task = tokio::spawn(runner.run(stop.clone()));
@@ -84,6 +88,7 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
         timeline,
         record_writes: stream_last_seq(js, &records_stream).await? - records_before,
         stats_writes: stream_last_seq(js, &stats_stream).await? - stats_before,
+        cache_misses: cache.misses.get(),
     })
 }
 

@@ -482,6 +482,35 @@ async fn the_projections_cli_shows_status_and_rebuilds() -> Result<()> {
     h.stop().await
 }
 
+/// A cache smaller than the records drops written records and reads them again when they are
+/// touched next; the records it leaves are the same.
+#[tokio::test]
+async fn a_cache_smaller_than_the_records_reads_them_again_and_changes_nothing() -> Result<()> {
+    use natster_testkit::{mixed_event_log, project_from_empty, publish_log, PlainServer};
+    let server = PlainServer::start().await?;
+    let js = jetstream::new(server.connect().await?);
+    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let log = mixed_event_log(300, 400, 4_000);
+    publish_log(&js, &log).await?;
+    let events = log.len() as u64;
+    let roomy = project_from_empty::<Accounts>(&js, events, RunnerConfig::default()).await?;
+    assert_eq!(roomy.cache_misses, 0, "an empty bucket is known whole");
+    let records = dump(&js, Accounts::BUCKET).await?;
+    let small = RunnerConfig {
+        max_batch_records: 50,
+        cache_bytes: 4 << 10,
+        ..Default::default()
+    };
+    let tight = project_from_empty::<Accounts>(&js, events, small).await?;
+    assert!(
+        tight.cache_misses > 300,
+        "records read again: {}",
+        tight.cache_misses
+    );
+    assert_eq!(dump(&js, Accounts::BUCKET).await?, records);
+    Ok(())
+}
+
 /// Runs the accounts projection over the whole log from empty buckets with `config`; returns
 /// how many record writes it made and the bucket it left.
 async fn project_backlog(

@@ -1,7 +1,5 @@
 use super::*;
-use crate::model::{
-    Command, ContextBoundData, DecisionState, EventBody, EventSubject, InitData, NatsterContext,
-};
+use crate::model::{DecisionState, EventBody, EventSubject};
 use crate::projections::fold;
 use std::collections::BTreeMap;
 
@@ -352,44 +350,7 @@ fn agrees_with_the_decision_state_on_decided_logs() {
     let mut events: Vec<Event> = Vec::new();
     let mut next = crate::model::testing::xorshift(0x2545_F491_4F6C_DD1D);
     for _ in 0..1500 {
-        let a = keys[next(keys.len())].clone();
-        let b = keys[next(keys.len())].clone();
-        let catalog = names[next(names.len())].to_string();
-        let command = match next(6) {
-            0 => Command::Initialize {
-                caller: a.clone(),
-                data: InitData {
-                    account_key: a.clone(),
-                    ..InitData::default()
-                },
-            },
-            1 | 2 => Command::Share {
-                caller: a,
-                target: b,
-                catalog,
-            },
-            3 => Command::Unshare {
-                caller: a,
-                target: b,
-                catalog,
-            },
-            4 => Command::Import {
-                caller: a,
-                owner: b,
-                catalog,
-            },
-            _ => Command::BindContext {
-                account: a.clone(),
-                data: ContextBoundData {
-                    oauth_id: "x".into(),
-                    bound_context: NatsterContext {
-                        account_public_key: a,
-                        ..NatsterContext::default()
-                    },
-                    ..ContextBoundData::default()
-                },
-            },
-        };
+        let command = crate::model::testing::random_command(&mut next, &keys, &names);
         crate::model::testing::append_decided(&mut state, &mut events, &command);
     }
     let (records, delta) = folded(&events);

@@ -3,6 +3,7 @@
 //! written.
 
 use super::flush::{FlushPlan, Flushed};
+use super::CacheMetrics;
 use crate::projections::parking::{self, ParkedEvent, RecordLimit, Stored};
 use crate::projections::stored::{checkpoint_key, counters_key, Checkpoint, Counters};
 use crate::projections::{changed, CountDelta, Projection};
@@ -13,18 +14,36 @@ use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-/// Records kept in memory before clean ones are dropped (bounds memory), and the largest
-/// bucket read into memory whole when a holder starts.
-pub(super) const CACHE_LIMIT: usize = 200_000;
-
 /// Longest wait for the next entry while reading a bucket into memory.
 const PRELOAD_STALL: Duration = Duration::from_secs(10);
+
+/// A record in memory.
+struct Cached<R> {
+    record: Held<R>,
+    /// Revision as stored by the last finished flush (`None`: never written).
+    revision: Option<u64>,
+    /// Its size as stored (as last read or written; 0 until first written), which is what
+    /// the cache bound counts.
+    bytes: usize,
+}
+
+/// How a record is held: as stored (what a clean record costs: its stored bytes, decoded when a
+/// message touches it), or decoded (touched since, until its flush hands back the bytes).
+/// (Decoded records are boxed so that the many held as stored cost no more than their bytes.)
+enum Held<R> {
+    Encoded(bytes::Bytes),
+    Decoded(Box<Stored<R>>),
+}
 
 /// Valid while its holder holds the lease (the only writer then); a failed write throws all
 /// of it away.
 pub(super) struct FoldState<P: Projection> {
-    /// Key → (record as folded, revision as stored by the last finished flush).
-    cache: HashMap<String, (Stored<P::Record>, Option<u64>)>,
+    cache: HashMap<String, Cached<P::Record>>,
+    /// Sum of the cached records' `bytes`.
+    cache_bytes: usize,
+    /// Past this many bytes, records already written are dropped from memory.
+    cache_limit: usize,
+    cache_metrics: CacheMetrics,
     /// The largest record the bucket takes.
     limit: RecordLimit,
     /// Keys folded since the last flush started.
@@ -49,6 +68,12 @@ pub(super) struct FoldState<P: Projection> {
     pending_seq: Option<u64>,
 }
 
+/// Stored bytes to hold: a copy of exactly their length (the bytes of a message or of an
+/// encoder can be a slice of a larger buffer, which holding them would keep whole).
+fn held_bytes<R>(bytes: &[u8]) -> Held<R> {
+    Held::Encoded(bytes::Bytes::copy_from_slice(bytes))
+}
+
 /// A stored value as the fold holds it.
 fn readable<R: serde::de::DeserializeOwned>(bucket: &str, bytes: &[u8]) -> Stored<R> {
     match kv::decode(bucket, bytes) {
@@ -58,16 +83,22 @@ fn readable<R: serde::de::DeserializeOwned>(bucket: &str, bytes: &[u8]) -> Store
 }
 
 impl<P: Projection> FoldState<P> {
-    /// The counters and checkpoint of `P` as stored, nothing cached.
+    /// The counters and checkpoint of `P` as stored, nothing cached; records are kept in
+    /// memory up to `cache.0` bytes, and the cache reports to `cache.1`.
     pub(super) async fn load(
         stats: &Bucket,
         limit: RecordLimit,
+        cache: (usize, CacheMetrics),
     ) -> Result<FoldState<P>, StoreError> {
         let counters = kv::load::<Counters>(stats, &counters_key(P::NAME)).await?;
         let checkpoint = kv::load::<Checkpoint>(stats, &checkpoint_key(P::NAME)).await?;
         let stored = counters.value.unwrap_or_default();
+        cache.1.bytes.set(0);
         Ok(FoldState {
             cache: HashMap::new(),
+            cache_bytes: 0,
+            cache_limit: cache.0,
+            cache_metrics: cache.1,
             limit,
             dirty: HashSet::new(),
             in_flight: HashSet::new(),
@@ -86,24 +117,24 @@ impl<P: Projection> FoldState<P> {
         })
     }
 
-    /// Reads the whole bucket into memory when it holds at most [`CACHE_LIMIT`] entries (one
+    /// Reads the whole bucket into memory when it holds no more than the cache's bound (one
     /// ordered pass instead of a read per key), and marks the cache complete.
     pub(super) async fn preload(&mut self, records: &Bucket) -> Result<(), StoreError> {
         let action = || format!("read {} into memory", records.name);
         // Fresh stream info: `kv::Store::status` returns what was cached when the handle was
         // made.
-        let values = records
+        let state = records
             .stream
             .clone()
             .info()
             .await
             .map_err(|e| StoreError::unavailable(action(), e))?
             .state
-            .messages;
-        if values > CACHE_LIMIT as u64 {
+            .clone();
+        if state.bytes > self.cache_limit as u64 {
             return Ok(());
         }
-        if values > 0 {
+        if state.messages > 0 {
             let mut entries = records
                 .watch_with_history(">")
                 .await
@@ -116,11 +147,13 @@ impl<P: Projection> FoldState<P> {
                     })?
                     .ok_or_else(|| StoreError::unavailable(action(), "the bucket reader ended"))?
                     .map_err(|e| StoreError::unavailable(action(), e))?;
-                let record = match entry.operation {
-                    Operation::Put => readable(&records.name, &entry.value),
-                    Operation::Delete | Operation::Purge => Stored::Readable(None),
+                let (record, bytes) = match entry.operation {
+                    Operation::Put => (held_bytes(&entry.value), entry.value.len()),
+                    Operation::Delete | Operation::Purge => {
+                        (Held::Decoded(Box::new(Stored::Readable(None))), 0)
+                    }
                 };
-                self.cache.insert(entry.key, (record, Some(entry.revision)));
+                self.insert(entry.key, record, Some(entry.revision), bytes);
                 if entry.delta == 0 {
                     break;
                 }
@@ -134,28 +167,33 @@ impl<P: Projection> FoldState<P> {
         self.pending_seq.is_some()
     }
 
-    /// Reads the records of `inputs` that are not in memory yet.
+    /// Reads the records of `inputs` that are not in memory yet. First, past the cache's
+    /// bound, drops the records that are written (those folded but not written stay).
     pub(super) async fn ensure_loaded(
         &mut self,
         records: &Bucket,
         inputs: &[P::Input],
         concurrency: usize,
     ) -> Result<(), StoreError> {
-        if self.cache.len() > CACHE_LIMIT {
-            let keep: HashSet<&String> = self.dirty.iter().chain(&self.in_flight).collect();
-            self.cache.retain(|key, _| keep.contains(key));
-            self.complete = false;
-        }
-        if self.complete {
-            // `fold` knows a key it does not hold is absent.
-            return Ok(());
+        if self.cache_bytes > self.cache_limit {
+            self.evict_written();
         }
         // A key the bucket cannot hold is never read: its message parks.
-        let missing: BTreeSet<String> = inputs
-            .iter()
-            .flat_map(P::keys)
-            .filter(|key| is_valid_key(key) && !self.cache.contains_key(key))
+        let touched: Vec<String> = (inputs.iter().flat_map(P::keys))
+            .filter(|key| is_valid_key(key))
             .collect();
+        if self.complete {
+            // `fold` knows a key it does not hold is absent.
+            self.cache_metrics.hits.inc_by(touched.len() as u64);
+            return Ok(());
+        }
+        let missing: BTreeSet<String> = (touched.iter())
+            .filter(|key| !self.cache.contains_key(*key))
+            .cloned()
+            .collect();
+        let hits = touched.len() - touched.iter().filter(|k| missing.contains(*k)).count();
+        self.cache_metrics.hits.inc_by(hits as u64);
+        self.cache_metrics.misses.inc_by(missing.len() as u64);
         let loaded: Vec<_> = futures::stream::iter(missing)
             .map(|key| async move {
                 let result = kv::load_bytes(records, &key).await;
@@ -166,13 +204,48 @@ impl<P: Projection> FoldState<P> {
             .await;
         for (key, result) in loaded {
             let stored = result?;
-            let record = match &stored.value {
-                Some(bytes) => readable(&records.name, bytes),
-                None => Stored::Readable(None),
+            let (record, bytes) = match stored.value {
+                Some(bytes) => (held_bytes(&bytes), bytes.len()),
+                None => (Held::Decoded(Box::new(Stored::Readable(None))), 0),
             };
-            self.cache.insert(key, (record, stored.revision));
+            self.insert(key, record, stored.revision, bytes);
         }
         Ok(())
+    }
+
+    fn insert(
+        &mut self,
+        key: String,
+        record: Held<P::Record>,
+        revision: Option<u64>,
+        bytes: usize,
+    ) {
+        let cached = Cached {
+            record,
+            revision,
+            bytes,
+        };
+        self.cache_bytes += bytes;
+        if let Some(old) = self.cache.insert(key, cached) {
+            self.cache_bytes -= old.bytes;
+        }
+        self.cache_metrics.bytes.set(self.cache_bytes as i64);
+    }
+
+    /// Drops every record that is written (not folded since, not being written); a key not
+    /// in memory is no longer known to be absent.
+    fn evict_written(&mut self) {
+        let keep: HashSet<&String> = self.dirty.iter().chain(&self.in_flight).collect();
+        let mut kept = 0;
+        self.cache.retain(|key, cached| {
+            let keep = keep.contains(key);
+            kept += if keep { cached.bytes } else { 0 };
+            keep
+        });
+        self.cache.shrink_to_fit();
+        self.cache_bytes = kept;
+        self.cache_metrics.bytes.set(kept as i64);
+        self.complete = false;
     }
 
     /// Folds `inputs` (stream order, every key loaded by `ensure_loaded`) ending at
@@ -181,17 +254,23 @@ impl<P: Projection> FoldState<P> {
     pub(super) fn fold(&mut self, inputs: &[P::Input], last_seq: u64) {
         for input in inputs {
             let seq = P::seq(input);
+            self.decode_touched(input);
             let cache = &self.cache;
             let complete = self.complete;
-            let step = parking::step::<P>(input, self.limit, |key| match cache.get(key) {
-                Some((Stored::Readable(record), _)) => Ok(record.as_ref()),
-                Some((Stored::Unreadable(detail), _)) => Err(parking::ParkReason::Unreadable {
-                    key: key.to_string(),
-                    detail: detail.clone(),
-                }),
-                None => {
-                    assert!(complete, "every touched key was loaded");
-                    Ok(None)
+            let step = parking::step::<P>(input, self.limit, |key| {
+                match cache.get(key).map(|c| &c.record) {
+                    Some(Held::Decoded(stored)) => match stored.as_ref() {
+                        Stored::Readable(record) => Ok(record.as_ref()),
+                        Stored::Unreadable(detail) => Err(parking::ParkReason::Unreadable {
+                            key: key.to_string(),
+                            detail: detail.clone(),
+                        }),
+                    },
+                    Some(Held::Encoded(_)) => unreachable!("touched records are decoded first"),
+                    None => {
+                        assert!(complete, "every touched key was loaded");
+                        Ok(None)
+                    }
                 }
             });
             let changes = match step {
@@ -211,17 +290,32 @@ impl<P: Projection> FoldState<P> {
                 // Notices go out before records are written, so a change to a record not yet
                 // written is announced again whether or not it was counted: at least once.
                 self.notices.extend(change.notice);
-                let entry = self
-                    .cache
-                    .entry(change.key.clone())
-                    .or_insert((Stored::Readable(None), None));
-                entry.0 = Stored::Readable(change.after);
+                let entry = self.cache.entry(change.key.clone()).or_insert(Cached {
+                    record: Held::Decoded(Box::new(Stored::Readable(None))),
+                    revision: None,
+                    bytes: 0,
+                });
+                match &mut entry.record {
+                    Held::Decoded(stored) => **stored = Stored::Readable(change.after),
+                    held => *held = Held::Decoded(Box::new(Stored::Readable(change.after))),
+                }
                 if changed {
                     self.dirty.insert(change.key);
                 }
             }
         }
         self.pending_seq = Some(last_seq);
+    }
+
+    /// Decodes the records `input` touches that are held as stored bytes.
+    fn decode_touched(&mut self, input: &P::Input) {
+        for key in P::keys(input) {
+            if let Some(cached) = self.cache.get_mut(&key) {
+                if let Held::Encoded(bytes) = &cached.record {
+                    cached.record = Held::Decoded(Box::new(readable(P::BUCKET, bytes)));
+                }
+            }
+        }
     }
 
     /// Hands what is folded to a flush. Call only when no flush is in flight: the revisions
@@ -241,17 +335,30 @@ impl<P: Projection> FoldState<P> {
         self.delta = CountDelta::default();
         self.counted_something = false;
         self.in_flight = std::mem::take(&mut self.dirty);
-        let writes = self
-            .in_flight
-            .iter()
-            .map(|key| {
-                let (record, revision) = &self.cache[key];
-                let Stored::Readable(record) = record else {
-                    unreachable!("an unreadable record is never folded")
-                };
-                (key.clone(), record.as_ref().map(kv::encode), *revision)
-            })
-            .collect();
+        let mut writes = Vec::with_capacity(self.in_flight.len());
+        for key in &self.in_flight {
+            let cached = self
+                .cache
+                .get_mut(key)
+                .expect("a folded record is in memory");
+            let Held::Decoded(stored) = &cached.record else {
+                unreachable!("a folded record is decoded")
+            };
+            let Stored::Readable(record) = stored.as_ref() else {
+                unreachable!("an unreadable record is never folded")
+            };
+            let bytes = record.as_ref().map(kv::encode);
+            let size = bytes.as_ref().map_or(0, |b| b.len());
+            self.cache_bytes = self.cache_bytes + size - cached.bytes;
+            cached.bytes = size;
+            // Held as stored from here on: a clean record costs its stored bytes.
+            cached.record = match &bytes {
+                Some(bytes) => held_bytes(bytes),
+                None => Held::Decoded(Box::new(Stored::Readable(None))),
+            };
+            writes.push((key.clone(), bytes, cached.revision));
+        }
+        self.cache_metrics.bytes.set(self.cache_bytes as i64);
         FlushPlan {
             counters,
             notices: std::mem::take(&mut self.notices),
@@ -270,7 +377,7 @@ impl<P: Projection> FoldState<P> {
         }
         for (key, revision) in done.revisions {
             if let Some(entry) = self.cache.get_mut(&key) {
-                entry.1 = revision;
+                entry.revision = revision;
             }
         }
         if let Some(checkpoint) = done.checkpoint {

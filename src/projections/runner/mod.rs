@@ -65,6 +65,10 @@ pub struct RunnerConfig {
     pub max_linger: Duration,
     /// Lease time: a standby instance takes over at most this long after the holder stops.
     pub takeover_after: Duration,
+    /// Bytes of records (as stored) the holder keeps in memory between flushes; past it, the
+    /// records already written are dropped and read again when next touched. A bucket no
+    /// larger than this is read whole when a holder starts.
+    pub cache_bytes: usize,
 }
 
 impl Default for RunnerConfig {
@@ -74,6 +78,7 @@ impl Default for RunnerConfig {
             write_concurrency: 64,
             max_linger: Duration::from_secs(1),
             takeover_after: Duration::from_secs(5),
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -98,12 +103,23 @@ impl Announce<std::convert::Infallible> for Silent {
     }
 }
 
+/// How a runner's record cache does: lookups served from memory (or known absent), lookups
+/// read from the bucket, and the bytes it holds.
+#[derive(Clone, Default)]
+pub struct CacheMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub bytes: prometheus_client::metrics::gauge::Gauge,
+}
+
 /// Where a runner reports how far it got: the last applied sequence (for read-your-writes
-/// waits), the number of stream messages applied and of messages parked (for metrics).
+/// waits), the number of stream messages applied and of messages parked, and its cache (for
+/// metrics).
 pub struct Progress {
     applied: watch::Sender<u64>,
     messages: Counter,
     parked: Counter,
+    cache: CacheMetrics,
 }
 
 impl Progress {
@@ -114,7 +130,13 @@ impl Progress {
             applied,
             messages,
             parked,
+            cache: CacheMetrics::default(),
         }
+    }
+
+    /// Also reports how the record cache does to `cache`.
+    pub fn with_cache(self, cache: CacheMetrics) -> Progress {
+        Progress { cache, ..self }
     }
 
     /// Finishes a flush in `fold` and reports it.
@@ -242,7 +264,8 @@ impl<P: Projection> ProjectionRunner<P> {
     ) -> Result<(), RunnerError> {
         let config = &self.config;
         let max_batch_records = config.max_batch_records.min(P::MAX_BATCH_RECORDS);
-        let mut fold = FoldState::<P>::load(&self.stats, self.limit).await?;
+        let cache = (config.cache_bytes, self.progress.cache.clone());
+        let mut fold = FoldState::<P>::load(&self.stats, self.limit, cache).await?;
         fold.preload(&self.records).await?;
         let (mut chunks, _reader) = spawn_reader::<P>(self.stream.clone(), fold.checkpoint.0 + 1);
         // Whether the last message read was the stream's last; while it is not, a flush waits
@@ -349,7 +372,8 @@ pub async fn apply_batch<P: Projection<Notice = std::convert::Infallible>>(
     last_seq: u64,
     owner: &str,
 ) -> Result<(), StoreError> {
-    let mut fold = FoldState::<P>::load(stats, RecordLimit::default()).await?;
+    let cache = (usize::MAX, CacheMetrics::default());
+    let mut fold = FoldState::<P>::load(stats, RecordLimit::default(), cache).await?;
     fold.ensure_loaded(records, inputs, 64).await?;
     fold.fold(inputs, last_seq);
     let plan = fold.take_plan(owner);
