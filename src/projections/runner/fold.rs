@@ -19,20 +19,12 @@ const PRELOAD_STALL: Duration = Duration::from_secs(10);
 
 /// A record in memory.
 struct Cached<R> {
-    record: Held<R>,
+    record: Stored<R>,
     /// Revision as stored by the last finished flush (`None`: never written).
     revision: Option<u64>,
     /// Its size as stored (as last read or written; 0 until first written), which is what
     /// the cache bound counts.
     bytes: usize,
-}
-
-/// How a record is held: as stored (what a clean record costs: its stored bytes, decoded when a
-/// message touches it), or decoded (touched since, until its flush hands back the bytes).
-/// (Decoded records are boxed so that the many held as stored cost no more than their bytes.)
-enum Held<R> {
-    Encoded(bytes::Bytes),
-    Decoded(Box<Stored<R>>),
 }
 
 /// Valid while its holder holds the lease (the only writer then); a failed write throws all
@@ -44,6 +36,9 @@ pub(super) struct FoldState<P: Projection> {
     /// Past this many bytes, records already written are dropped from memory.
     cache_limit: usize,
     cache_metrics: CacheMetrics,
+    /// Records read by `ensure_loaded` and not yet looked up by `fold` (which counts the
+    /// rest of its lookups as hits).
+    loaded_since_fold: u64,
     /// The largest record the bucket takes.
     limit: RecordLimit,
     /// Keys folded since the last flush started.
@@ -66,12 +61,6 @@ pub(super) struct FoldState<P: Projection> {
     pub(super) checkpoint: (u64, Option<u64>),
     /// Last sequence folded and not yet handed to a flush.
     pending_seq: Option<u64>,
-}
-
-/// Stored bytes to hold: a copy of exactly their length (the bytes of a message or of an
-/// encoder can be a slice of a larger buffer, which holding them would keep whole).
-fn held_bytes<R>(bytes: &[u8]) -> Held<R> {
-    Held::Encoded(bytes::Bytes::copy_from_slice(bytes))
 }
 
 /// A stored value as the fold holds it.
@@ -99,6 +88,7 @@ impl<P: Projection> FoldState<P> {
             cache_bytes: 0,
             cache_limit: cache.0,
             cache_metrics: cache.1,
+            loaded_since_fold: 0,
             limit,
             dirty: HashSet::new(),
             in_flight: HashSet::new(),
@@ -148,10 +138,8 @@ impl<P: Projection> FoldState<P> {
                     .ok_or_else(|| StoreError::unavailable(action(), "the bucket reader ended"))?
                     .map_err(|e| StoreError::unavailable(action(), e))?;
                 let (record, bytes) = match entry.operation {
-                    Operation::Put => (held_bytes(&entry.value), entry.value.len()),
-                    Operation::Delete | Operation::Purge => {
-                        (Held::Decoded(Box::new(Stored::Readable(None))), 0)
-                    }
+                    Operation::Put => (readable(&records.name, &entry.value), entry.value.len()),
+                    Operation::Delete | Operation::Purge => (Stored::Readable(None), 0),
                 };
                 self.insert(entry.key, record, Some(entry.revision), bytes);
                 if entry.delta == 0 {
@@ -178,22 +166,18 @@ impl<P: Projection> FoldState<P> {
         if self.cache_bytes > self.cache_limit {
             self.evict_written();
         }
-        // A key the bucket cannot hold is never read: its message parks.
-        let touched: Vec<String> = (inputs.iter().flat_map(P::keys))
-            .filter(|key| is_valid_key(key))
-            .collect();
         if self.complete {
             // `fold` knows a key it does not hold is absent.
-            self.cache_metrics.hits.inc_by(touched.len() as u64);
             return Ok(());
         }
-        let missing: BTreeSet<String> = (touched.iter())
-            .filter(|key| !self.cache.contains_key(*key))
-            .cloned()
+        // A key the bucket cannot hold is never read: its message parks.
+        let missing: BTreeSet<String> = inputs
+            .iter()
+            .flat_map(P::keys)
+            .filter(|key| is_valid_key(key) && !self.cache.contains_key(key))
             .collect();
-        let hits = touched.len() - touched.iter().filter(|k| missing.contains(*k)).count();
-        self.cache_metrics.hits.inc_by(hits as u64);
         self.cache_metrics.misses.inc_by(missing.len() as u64);
+        self.loaded_since_fold += missing.len() as u64;
         let loaded: Vec<_> = futures::stream::iter(missing)
             .map(|key| async move {
                 let result = kv::load_bytes(records, &key).await;
@@ -205,8 +189,8 @@ impl<P: Projection> FoldState<P> {
         for (key, result) in loaded {
             let stored = result?;
             let (record, bytes) = match stored.value {
-                Some(bytes) => (held_bytes(&bytes), bytes.len()),
-                None => (Held::Decoded(Box::new(Stored::Readable(None))), 0),
+                Some(bytes) => (readable(&records.name, &bytes), bytes.len()),
+                None => (Stored::Readable(None), 0),
             };
             self.insert(key, record, stored.revision, bytes);
         }
@@ -216,7 +200,7 @@ impl<P: Projection> FoldState<P> {
     fn insert(
         &mut self,
         key: String,
-        record: Held<P::Record>,
+        record: Stored<P::Record>,
         revision: Option<u64>,
         bytes: usize,
     ) {
@@ -252,21 +236,19 @@ impl<P: Projection> FoldState<P> {
     /// `last_seq` into memory; a message [`parking::step`] refuses changes nothing and is
     /// parked.
     pub(super) fn fold(&mut self, inputs: &[P::Input], last_seq: u64) {
+        let lookups = std::cell::Cell::new(0u64);
         for input in inputs {
             let seq = P::seq(input);
-            self.decode_touched(input);
             let cache = &self.cache;
             let complete = self.complete;
             let step = parking::step::<P>(input, self.limit, |key| {
+                lookups.set(lookups.get() + 1);
                 match cache.get(key).map(|c| &c.record) {
-                    Some(Held::Decoded(stored)) => match stored.as_ref() {
-                        Stored::Readable(record) => Ok(record.as_ref()),
-                        Stored::Unreadable(detail) => Err(parking::ParkReason::Unreadable {
-                            key: key.to_string(),
-                            detail: detail.clone(),
-                        }),
-                    },
-                    Some(Held::Encoded(_)) => unreachable!("touched records are decoded first"),
+                    Some(Stored::Readable(record)) => Ok(record.as_ref()),
+                    Some(Stored::Unreadable(detail)) => Err(parking::ParkReason::Unreadable {
+                        key: key.to_string(),
+                        detail: detail.clone(),
+                    }),
                     None => {
                         assert!(complete, "every touched key was loaded");
                         Ok(None)
@@ -291,31 +273,21 @@ impl<P: Projection> FoldState<P> {
                 // written is announced again whether or not it was counted: at least once.
                 self.notices.extend(change.notice);
                 let entry = self.cache.entry(change.key.clone()).or_insert(Cached {
-                    record: Held::Decoded(Box::new(Stored::Readable(None))),
+                    record: Stored::Readable(None),
                     revision: None,
                     bytes: 0,
                 });
-                match &mut entry.record {
-                    Held::Decoded(stored) => **stored = Stored::Readable(change.after),
-                    held => *held = Held::Decoded(Box::new(Stored::Readable(change.after))),
-                }
+                entry.record = Stored::Readable(change.after);
                 if changed {
                     self.dirty.insert(change.key);
                 }
             }
         }
         self.pending_seq = Some(last_seq);
-    }
-
-    /// Decodes the records `input` touches that are held as stored bytes.
-    fn decode_touched(&mut self, input: &P::Input) {
-        for key in P::keys(input) {
-            if let Some(cached) = self.cache.get_mut(&key) {
-                if let Held::Encoded(bytes) = &cached.record {
-                    cached.record = Held::Decoded(Box::new(readable(P::BUCKET, bytes)));
-                }
-            }
-        }
+        let hits = lookups
+            .get()
+            .saturating_sub(std::mem::take(&mut self.loaded_since_fold));
+        self.cache_metrics.hits.inc_by(hits);
     }
 
     /// Hands what is folded to a flush. Call only when no flush is in flight: the revisions
@@ -341,21 +313,13 @@ impl<P: Projection> FoldState<P> {
                 .cache
                 .get_mut(key)
                 .expect("a folded record is in memory");
-            let Held::Decoded(stored) = &cached.record else {
-                unreachable!("a folded record is decoded")
-            };
-            let Stored::Readable(record) = stored.as_ref() else {
+            let Stored::Readable(record) = &cached.record else {
                 unreachable!("an unreadable record is never folded")
             };
             let bytes = record.as_ref().map(kv::encode);
             let size = bytes.as_ref().map_or(0, |b| b.len());
             self.cache_bytes = self.cache_bytes + size - cached.bytes;
             cached.bytes = size;
-            // Held as stored from here on: a clean record costs its stored bytes.
-            cached.record = match &bytes {
-                Some(bytes) => held_bytes(bytes),
-                None => Held::Decoded(Box::new(Stored::Readable(None))),
-            };
             writes.push((key.clone(), bytes, cached.revision));
         }
         self.cache_metrics.bytes.set(self.cache_bytes as i64);
