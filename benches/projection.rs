@@ -24,7 +24,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use async_nats::jetstream::{self, consumer, kv};
 use futures::{StreamExt, TryStreamExt};
 use natster_global::model::AccountRecord;
@@ -101,23 +101,6 @@ fn decode(message: &jetstream::Message) -> Option<Decoded> {
         &message.subject,
         &message.payload,
     ))
-}
-
-/// Reads the log with an ordered consumer and decodes every event, as each reader of the log
-/// in the service does before its own work.
-async fn raw_ordered_read(js: &jetstream::Context, n: usize) -> Result<f64> {
-    let stream = js.get_stream("NATSTER_EVENTS").await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig::default())
-        .await?;
-    let started = Instant::now();
-    let mut messages = consumer.messages().await?.take(n);
-    let mut decoded = 0;
-    while let Some(message) = messages.next().await {
-        decoded += decode(&message.map_err(anyhow::Error::msg)?).is_some() as usize;
-    }
-    ensure!(decoded == n, "{decoded} of {n} messages decoded");
-    Ok(rate(n, started.elapsed()))
 }
 
 /// The original service's projector: fetch one, get, put (unconditionally), ack.
@@ -517,7 +500,10 @@ async fn main() -> Result<()> {
         server: median(rounds.iter().map(|r| f(r).server).collect()),
     };
     let (ordered, ordered_cpu) = meter
-        .measure(sizes.events, raw_ordered_read(&js, sizes.events))
+        .measure(
+            sizes.events,
+            natster_testkit::raw_ordered_read(&js, sizes.events),
+        )
         .await?;
     let (original, original_cpu) = meter
         .measure(sizes.original, original_algorithm(&js, sizes.original))

@@ -5,7 +5,8 @@
 //!
 //! - how long after start the endpoints answer (`$SRV.PING` as the service account);
 //! - how long until the projections have caught up (`/readyz` 200 and every projection's lag
-//!   zero in `/metrics`);
+//!   zero in `/metrics`), and that rate against the raw ordered read of the same log in the
+//!   same run (an ordered consumer decoding every event, before the service starts);
 //! - the process's RSS then, and its peak;
 //! - the decision-state snapshot: its size and how long writing it took (the first periodic
 //!   write after catching up; the bench runs `--snapshot-interval 5s`);
@@ -315,13 +316,14 @@ fn catalogs_for(events: usize) -> usize {
         .unwrap_or((events / 5).max(1))
 }
 
-async fn measure(events: usize, within: Duration) -> Result<(Start, Start)> {
+async fn measure(events: usize, within: Duration) -> Result<(f64, Start, Start)> {
     let tw = TestWorld::start_with(&LOAD_USERS, |_| Ok(())).await?;
     let js = async_nats::jetstream::new(tw.connect(NATSTER).await?);
     Store::ensure(js.clone(), &Default::default()).await?;
     let log = mixed_event_log(accounts_for(events), catalogs_for(events), events);
     publish_log(&js, &log).await?;
     drop(log);
+    let raw_read = natster_testkit::raw_ordered_read(&js, events).await?;
     let http_port = natster_testkit::port()?;
     let (serve, first) = start(&tw, http_port, within, true).await?;
     if let Ok(secs) = std::env::var("SCALE_PAUSE").map(|s| s.parse::<u64>()) {
@@ -335,7 +337,7 @@ async fn measure(events: usize, within: Duration) -> Result<(Start, Start)> {
     stop(serve)?;
     let (serve, restart) = start(&tw, http_port, within, false).await?;
     stop(serve)?;
-    Ok((first, restart))
+    Ok((raw_read, first, restart))
 }
 
 #[tokio::main]
@@ -350,16 +352,18 @@ async fn main() -> Result<()> {
         Err(_) => vec![2_000],
     };
     let within = Duration::from_secs(if full { 900 } else { 60 });
-    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0) | RSS then (peak) | caches: MiB / hits | under load: req/s / RSS peak | snapshot: size / write | restart: answer / caught up / RSS |");
+    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0): time, events/s ÷ raw ordered read | RSS then (peak) | caches: MiB / hits | under load: req/s / RSS peak | snapshot: size / write | restart: answer / caught up / RSS |");
     println!("|---|---|---|---|---|---|---|---|");
     for events in sizes {
-        let (first, restart) = measure(events, within).await?;
+        let (raw_read, first, restart) = measure(events, within).await?;
+        let catch_up = events as f64 / first.caught_up.as_secs_f64();
         println!(
-            "| {events} / {} / {} | {:.1} s | {:.1} s | {:.0} MiB ({:.0}) | {:.0} MiB / {:.0} % | {} | {} | {:.1} s / {:.1} s / {:.0} MiB |",
+            "| {events} / {} / {} | {:.1} s | {:.1} s, {catch_up:.0} ÷ {raw_read:.0} = {:.2}× | {:.0} MiB ({:.0}) | {:.0} MiB / {:.0} % | {} | {} | {:.1} s / {:.1} s / {:.0} MiB |",
             accounts_for(events),
             catalogs_for(events),
             first.answering.as_secs_f64(),
             first.caught_up.as_secs_f64(),
+            catch_up / raw_read,
             first.rss_mib,
             first.peak_mib,
             first.cache.0,

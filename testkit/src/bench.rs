@@ -1,5 +1,6 @@
 //! Helpers of the benchmarks: rates at a number of requests in flight, acknowledged
-//! publishes, requests that must succeed, the CPU a process has used.
+//! publishes, requests that must succeed, the CPU a process has used, the raw ordered read of
+//! the event log.
 
 use anyhow::{Context, Result};
 
@@ -57,4 +58,31 @@ pub fn cpu_seconds(pid: &str) -> Result<f64> {
         .collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     Ok(ticks / 100.0)
+}
+
+/// Reads the first `n` messages of `NATSTER_EVENTS` with an ordered consumer and decodes each
+/// as the service's log reader does; messages per second. What every reader of the log in the
+/// service pays before its own work: the baseline a projector is measured against.
+pub async fn raw_ordered_read(js: &async_nats::jetstream::Context, n: usize) -> Result<f64> {
+    use futures::StreamExt;
+    let stream = js.get_stream("NATSTER_EVENTS").await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let started = std::time::Instant::now();
+    let mut messages = consumer.messages().await?.take(n);
+    let mut decoded = 0;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(anyhow::Error::msg)?;
+        let info = message.info().map_err(anyhow::Error::msg)?;
+        let _ = natster_global::model::Decoded::from_parts(
+            info.stream_sequence,
+            info.published.unix_timestamp(),
+            &message.subject,
+            &message.payload,
+        );
+        decoded += 1;
+    }
+    anyhow::ensure!(decoded == n, "{decoded} of {n} messages read");
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
