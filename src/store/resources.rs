@@ -245,37 +245,43 @@ async fn ensure_object_store(
     js: &jetstream::Context,
     config: object_store::Config,
 ) -> Result<object_store::ObjectStore, StoreError> {
-    if let Ok(existing) = js.get_object_store(&config.bucket).await {
-        return Ok(existing);
-    }
-    let bucket = config.bucket.clone();
-    match js.create_object_store(config).await {
-        Ok(created) => {
-            tracing::info!(%bucket, "created object store");
-            Ok(created)
-        }
-        Err(create_error) => js.get_object_store(&bucket).await.map_err(|_| {
-            StoreError::unavailable(format!("create object store {bucket}"), create_error)
-        }),
-    }
+    let name = config.bucket.clone();
+    let open = || js.get_object_store(&name);
+    adopt_or_create("object store", &name, open, js.create_object_store(config)).await
 }
 
 async fn ensure_bucket(
     js: &jetstream::Context,
     config: kv::Config,
 ) -> Result<kv::Store, StoreError> {
-    if let Ok(existing) = js.get_key_value(&config.bucket).await {
+    let name = config.bucket.clone();
+    let open = || js.get_key_value(&name);
+    adopt_or_create("bucket", &name, open, js.create_key_value(config)).await
+}
+
+/// The resource `open` finds, else the one `create` makes; when creating fails because
+/// another instance won the race, the winner's (opened again). Unavailable when neither works.
+async fn adopt_or_create<T, OE, CE, Open, OpenFut>(
+    what: &str,
+    name: &str,
+    open: Open,
+    create: impl std::future::Future<Output = Result<T, CE>>,
+) -> Result<T, StoreError>
+where
+    Open: Fn() -> OpenFut,
+    OpenFut: std::future::Future<Output = Result<T, OE>>,
+    CE: std::fmt::Display,
+{
+    if let Ok(existing) = open().await {
         return Ok(existing);
     }
-    let bucket = config.bucket.clone();
-    match js.create_key_value(config).await {
+    match create.await {
         Ok(created) => {
-            tracing::info!(%bucket, "created bucket");
+            tracing::info!(%name, "created {what}");
             Ok(created)
         }
-        Err(create_error) => js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|_| StoreError::unavailable(format!("create bucket {bucket}"), create_error)),
+        Err(create_error) => open().await.map_err(|_| {
+            StoreError::unavailable(format!("create {what} {name}"), create_error.to_string())
+        }),
     }
 }

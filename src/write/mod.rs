@@ -133,9 +133,7 @@ impl Decider {
         if let Some(restored) = load.await {
             state = restored.state;
             state.limits = limits;
-            for r in &restored.recent {
-                recent.record(&r.key, &r.fingerprint, r.seq, r.time);
-            }
+            recent = RecentRequests::restore(window, &restored.recent);
         }
         let folded = Arc::new(progress::Progress::default());
         folded.advance(state.last_seq);

@@ -51,6 +51,16 @@ impl RecentRequests {
         }
     }
 
+    /// Remembers requests for `window_secs` of stream time, starting from `remembered`
+    /// (oldest first, as [`RecentRequests::remembered`] lists them, e.g. from a snapshot).
+    pub fn restore(window_secs: i64, remembered: &[Remembered]) -> RecentRequests {
+        let mut recent = RecentRequests::new(window_secs);
+        for r in remembered {
+            recent.record(&r.key, &r.fingerprint, r.seq, r.time);
+        }
+        recent
+    }
+
     /// Folds in a request appended at `seq`, stream time `time`. Calls come in stream order.
     pub fn record(&mut self, key: &str, fingerprint: &str, seq: u64, time: i64) {
         // The first append under a key is the one retries are answered with; the server

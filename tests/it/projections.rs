@@ -482,17 +482,25 @@ async fn the_projections_cli_shows_status_and_rebuilds() -> Result<()> {
     h.stop().await
 }
 
-/// A cache smaller than the records drops written records and reads them again when they are
-/// touched next; the records it leaves are the same.
-#[tokio::test]
-async fn a_cache_smaller_than_the_records_reads_them_again_and_changes_nothing() -> Result<()> {
-    use natster_testkit::{mixed_event_log, project_from_empty, publish_log, PlainServer};
+/// A server whose event log holds a mixed log of 4 000 events over 300 accounts and 400
+/// names (the server, a JetStream context on it, the number of events).
+async fn a_published_mixed_log() -> Result<(natster_testkit::PlainServer, jetstream::Context, u64)>
+{
+    use natster_testkit::{mixed_event_log, publish_log, PlainServer};
     let server = PlainServer::start().await?;
     let js = jetstream::new(server.connect().await?);
     natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
     let log = mixed_event_log(300, 400, 4_000);
     publish_log(&js, &log).await?;
-    let events = log.len() as u64;
+    Ok((server, js, log.len() as u64))
+}
+
+/// A cache smaller than the records drops written records and reads them again when they are
+/// touched next; the records it leaves are the same.
+#[tokio::test]
+async fn a_cache_smaller_than_the_records_reads_them_again_and_changes_nothing() -> Result<()> {
+    use natster_testkit::project_from_empty;
+    let (_server, js, events) = a_published_mixed_log().await?;
     let roomy = project_from_empty::<Accounts>(&js, events, RunnerConfig::default()).await?;
     assert_eq!(roomy.cache_misses, 0, "an empty bucket is known whole");
     let records = dump(&js, Accounts::BUCKET).await?;
@@ -527,13 +535,7 @@ async fn project_backlog(
 /// bound splits it into more flushes; both leave the same bytes.
 #[tokio::test]
 async fn a_backlog_is_written_once_per_record_within_the_batch_bound() -> Result<()> {
-    use natster_testkit::{mixed_event_log, publish_log, PlainServer};
-    let server = PlainServer::start().await?;
-    let js = jetstream::new(server.connect().await?);
-    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
-    let log = mixed_event_log(300, 400, 4_000);
-    publish_log(&js, &log).await?;
-    let events = log.len() as u64;
+    let (_server, js, events) = a_published_mixed_log().await?;
     // No flush for time's sake: only the end of the backlog or the bound starts one.
     let patient = RunnerConfig {
         max_linger: Duration::from_secs(3600),

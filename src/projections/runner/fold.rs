@@ -226,7 +226,6 @@ impl<P: Projection> FoldState<P> {
             kept += if keep { cached.bytes } else { 0 };
             keep
         });
-        self.cache.shrink_to_fit();
         self.cache_bytes = kept;
         self.cache_metrics.bytes.set(kept as i64);
         self.complete = false;

@@ -108,10 +108,7 @@ fn a_snapshot_taken_mid_log_plus_the_tail_equals_a_full_replay() {
             let restored = decode(&bytes, &this_log(), log.len() as u64).expect("usable");
             let mut state = restored.state;
             assert_eq!(state.last_seq, split as u64);
-            let mut recent = RecentRequests::new(WINDOW);
-            for r in &restored.recent {
-                recent.record(&r.key, &r.fingerprint, r.seq, r.time);
-            }
+            let mut recent = RecentRequests::restore(WINDOW, &restored.recent);
             fold(&mut state, &mut recent, &log[split..]);
             assert_eq!(state, full, "seed {seed:x}, snapshot at {split}");
             assert_eq!(recent.remembered(), full_recent.remembered(), "at {split}");
@@ -134,13 +131,17 @@ fn a_snapshot_taken_mid_log_plus_the_tail_equals_a_full_replay() {
     }
 }
 
+/// The snapshot of a random log of `len` messages folded whole.
+fn snapshot_of(seed: u64, len: usize) -> Vec<u8> {
+    let (mut state, mut recent) = (DecisionState::default(), RecentRequests::new(WINDOW));
+    fold(&mut state, &mut recent, &random_log(seed, len));
+    encode(&this_log(), &state, &recent.remembered())
+}
+
 #[test]
 fn damaged_snapshots_are_corrupt() {
-    let log = random_log(3, 200);
-    let (mut state, mut recent) = (DecisionState::default(), RecentRequests::new(WINDOW));
-    fold(&mut state, &mut recent, &log);
-    let bytes = encode(&this_log(), &state, &recent.remembered());
-    let end = log.len() as u64;
+    let bytes = snapshot_of(3, 200);
+    let end = 200;
     let corrupt = |bytes: &[u8]| match decode(bytes, &this_log(), end) {
         Err(Unusable::Corrupt(why)) => why,
         other => panic!("not corrupt: {other:?}"),
@@ -165,10 +166,7 @@ fn damaged_snapshots_are_corrupt() {
 
 #[test]
 fn snapshots_of_another_format_or_log_are_stale_or_foreign() {
-    let log = random_log(5, 100);
-    let (mut state, mut recent) = (DecisionState::default(), RecentRequests::new(WINDOW));
-    fold(&mut state, &mut recent, &log);
-    let bytes = encode(&this_log(), &state, &recent.remembered());
+    let bytes = snapshot_of(5, 100);
     let mut other_format = bytes.clone();
     other_format[8..12].copy_from_slice(&(FORMAT + 1).to_le_bytes());
     let stale = decode(&other_format, &this_log(), 100).unwrap_err();
