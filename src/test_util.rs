@@ -16,6 +16,7 @@ pub use crate::projections::{
     Projection,
 };
 pub use crate::store::lease::Lease;
+pub use crate::store::log::shared::{SharedConfig, SharedLog};
 pub use crate::store::log::LogReader;
 pub use crate::store::roundtrip::sync;
 pub use crate::store::{

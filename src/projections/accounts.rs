@@ -97,6 +97,22 @@ impl Projection for Accounts {
         record.applied_seq
     }
 
+    /// A record copies in at most the subject's tokens (its own key, a share's catalog and
+    /// account) and a binding's OAuth id.
+    fn growth_bound(event: &Event) -> Option<usize> {
+        let s = &event.subject;
+        let oauth_id = match &event.body {
+            EventBody::ContextBound(data) => data.oauth_id.as_str(),
+            _ => "",
+        };
+        Some(super::json_growth_bound([
+            s.origin.as_str(),
+            s.target.as_str(),
+            s.catalog.as_str(),
+            oauth_id,
+        ]))
+    }
+
     fn tally(record: Option<&AccountRecord>) -> CountDelta {
         CountDelta {
             total_initialized: record.is_some_and(|r| r.initialized_at > 0) as i64,

@@ -57,6 +57,16 @@ impl Projection for Catalogs {
         record.applied_seq
     }
 
+    /// A record copies in at most the subject's tokens (its name, owner and one account).
+    fn growth_bound(event: &Event) -> Option<usize> {
+        let s = &event.subject;
+        Some(super::json_growth_bound([
+            s.origin.as_str(),
+            s.target.as_str(),
+            s.catalog.as_str(),
+        ]))
+    }
+
     fn tally(record: Option<&CatalogRecord>) -> CountDelta {
         CountDelta {
             share_count: record.map_or(0, |r| r.shared_with.len() as i64),

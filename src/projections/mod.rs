@@ -91,7 +91,7 @@ pub trait Projection: Send + Sync + 'static {
     /// Bucket that holds the records.
     const BUCKET: &'static str;
     /// One message of the projection's stream, decoded.
-    type Input: Send + Sync + 'static;
+    type Input: Clone + Send + Sync + 'static;
     /// One record.
     type Record: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync + std::fmt::Debug;
     /// What the projection announces when a record changes in a way others must hear of
@@ -110,7 +110,8 @@ pub trait Projection: Send + Sync + 'static {
     /// The stream subject of `input` (for parked messages).
     fn subject(input: &Self::Input) -> String;
 
-    /// Keys of the records `input` changes (none for messages this projection ignores).
+    /// Keys of the records `input` changes, each once (none for messages this projection
+    /// ignores).
     fn keys(input: &Self::Input) -> Vec<String>;
 
     /// The record at `key` after `input`; `None` = no record.
@@ -127,6 +128,14 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Last sequence applied to `record`.
     fn applied_seq(record: &Self::Record) -> u64;
+
+    /// An upper bound on the bytes `input` adds to the stored (JSON) form of any record it
+    /// changes or creates, when one is known: then a record whose size is known to stay under
+    /// the limit is not measured after every message (measuring means serializing it). `None`
+    /// measures every change.
+    fn growth_bound(_input: &Self::Input) -> Option<usize> {
+        None
+    }
 
     /// What one record contributes to the counters; a message changes them by the record's
     /// tally after it minus its tally before.
@@ -145,6 +154,22 @@ pub fn decode_event(
         Decoded::Event(event) => Some(*event),
         Decoded::Unknown { .. } | Decoded::Foreign { .. } => None,
     }
+}
+
+/// JSON writes a byte of a string as at most this many (`\u0000`).
+const JSON_ESCAPE_FACTOR: usize = 6;
+/// Bytes of field names, punctuation and numbers one message can add to a record.
+const JSON_FRAME_BYTES: usize = 256;
+
+/// An upper bound on what a message adds to a record's JSON when every string it copies in
+/// is one of `copied`: each escaped at worst, plus the framing of one new entry, one new
+/// record and its numbers.
+pub fn json_growth_bound<'a>(copied: impl IntoIterator<Item = &'a str>) -> usize {
+    copied
+        .into_iter()
+        .map(|s| s.len() * JSON_ESCAPE_FACTOR)
+        .sum::<usize>()
+        + JSON_FRAME_BYTES
 }
 
 /// Whether `apply` changed a record: it removed it, or stamped it with the message's sequence.
@@ -166,7 +191,7 @@ pub fn fold_parking<P: Projection>(
 ) -> CountDelta {
     let mut delta = CountDelta::default();
     for input in inputs {
-        match parking::step::<P>(input, limit, |key| Ok(records.get(key))) {
+        match parking::step::<P>(input, limit, records) {
             Ok(changes) => {
                 for change in changes {
                     delta += P::tally(change.after.as_ref()) - change.before;

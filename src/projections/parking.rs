@@ -71,63 +71,145 @@ pub enum Stored<R> {
     Unreadable(String),
 }
 
+/// A key's record before a message, as the caller holds it.
+pub struct Before<'a, R> {
+    /// The record (`None`: the key holds nothing).
+    pub record: Option<&'a R>,
+    /// An upper bound on its stored size, when the caller knows one.
+    pub size_bound: Option<usize>,
+}
+
+impl<'a, R> Before<'a, R> {
+    /// `record`, its size unknown (every change to it is measured).
+    pub fn unmeasured(record: Option<&'a R>) -> Self {
+        Before {
+            record,
+            size_bound: None,
+        }
+    }
+}
+
+/// The records a message is applied to, as [`step`] needs them.
+pub trait Records<R> {
+    /// The record at `key` before the message; a [`ParkReason::Unreadable`] for a stored
+    /// value that does not decode.
+    fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason>;
+
+    /// Takes the record at `key` out to change it without a copy; the caller puts the
+    /// [`Change`]'s `after` back (also when it is unchanged).
+    fn take(&mut self, key: &str) -> Option<R>;
+}
+
+/// Records in an ordered map, sizes unknown (rebuilds, tests).
+impl<R> Records<R> for std::collections::BTreeMap<String, R> {
+    fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason> {
+        Ok(Before::unmeasured(self.get(key)))
+    }
+
+    fn take(&mut self, key: &str) -> Option<R> {
+        self.remove(key)
+    }
+}
+
 /// One record a message changes, as [`step`] computed it.
 pub struct Change<P: Projection> {
     pub key: String,
     /// Whether the key held a record before.
     pub existed: bool,
     pub before: super::CountDelta,
+    /// The record after the message; unchanged when its `applied_seq` is older than the
+    /// message's.
     pub after: Option<P::Record>,
+    /// An upper bound on the stored size of `after`, when known (exact when it was measured).
+    pub size_bound: Option<usize>,
     pub notice: Option<P::Notice>,
 }
 
-/// Applies `input` to every record it touches, or says why it parks. `current` gives a key's
-/// record before the message (a [`ParkReason::Unreadable`] for a stored value that does not
-/// decode). Records already at or past the message's sequence are left out (replays change
-/// nothing).
-pub fn step<'a, P: Projection>(
+/// What a message finds at one key, checked before anything changes.
+struct Touched {
+    key: String,
+    existed: bool,
+    before: super::CountDelta,
+    size_bound: Option<usize>,
+    /// The size bound after the message, when it is known to stay within the limit.
+    grown: Option<usize>,
+}
+
+/// Applies `input` to every record it touches, or says why it parks. Records already at or
+/// past the message's sequence are left out (replays change nothing).
+///
+/// All or nothing: every check that depends on the records before the message (valid keys,
+/// readable records) is made first. When every touched record's size bound plus the
+/// message's [`Projection::growth_bound`] stays within the limit, the records are taken out
+/// and changed without a copy (nothing can park any more); otherwise each is copied, changed
+/// and measured, and nothing is taken unless all fit. So the same messages park whether or
+/// not the caller knows sizes.
+pub fn step<P: Projection>(
     input: &P::Input,
     limit: RecordLimit,
-    current: impl Fn(&str) -> Result<Option<&'a P::Record>, ParkReason>,
-) -> Result<Vec<Change<P>>, ParkReason>
-where
-    P::Record: 'a,
-{
+    records: &mut impl Records<P::Record>,
+) -> Result<Vec<Change<P>>, ParkReason> {
     let seq = P::seq(input);
-    let mut changes = Vec::new();
+    let growth = P::growth_bound(input);
+    let mut touched = Vec::new();
     for key in P::keys(input) {
         if !is_valid_key(&key) {
             return Err(ParkReason::InvalidKey { key });
         }
-        let record = current(&key)?;
+        let Before { record, size_bound } = records.before(&key)?;
         if record.is_some_and(|r| P::applied_seq(r) >= seq) {
             continue;
         }
-        let before = P::tally(record);
-        let (after, notice) = P::apply_announcing(&key, record.cloned(), input);
-        if let Some(after) = after.as_ref().filter(|a| P::applied_seq(a) == seq) {
-            let bytes = encoded_len(after);
-            if bytes > limit.max_bytes {
-                return Err(ParkReason::TooLarge {
-                    key,
-                    bytes,
-                    limit: limit.max_bytes,
-                });
-            }
-        }
-        changes.push(Change {
+        let grown = size_bound
+            .zip(growth)
+            .map(|(size, growth)| size.saturating_add(growth))
+            .filter(|grown| *grown <= limit.max_bytes);
+        touched.push(Touched {
             existed: record.is_some(),
+            before: P::tally(record),
             key,
-            before,
+            size_bound,
+            grown,
+        });
+    }
+    let in_place = touched.iter().all(|t| t.grown.is_some());
+    let mut applied = Vec::with_capacity(touched.len());
+    for t in touched {
+        let record = match in_place {
+            true => records.take(&t.key),
+            false => records.before(&t.key)?.record.cloned(),
+        };
+        let (after, notice) = P::apply_announcing(&t.key, record, input);
+        let size_bound = match after.as_ref() {
+            None => Some(0),
+            Some(after) if P::applied_seq(after) != seq => t.size_bound,
+            Some(_) if in_place => t.grown,
+            Some(after) => {
+                let bytes = encoded_len(after);
+                if bytes > limit.max_bytes {
+                    return Err(ParkReason::TooLarge {
+                        key: t.key,
+                        bytes,
+                        limit: limit.max_bytes,
+                    });
+                }
+                Some(bytes)
+            }
+        };
+        applied.push(Change {
+            key: t.key,
+            existed: t.existed,
+            before: t.before,
             after,
+            size_bound,
             notice,
         });
     }
-    Ok(changes)
+    Ok(applied)
 }
 
 /// Bytes of `record` as JSON, without building them.
-fn encoded_len<T: Serialize>(record: &T) -> usize {
+pub fn encoded_len<T: Serialize>(record: &T) -> usize {
     struct Counting(usize);
     impl std::io::Write for Counting {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -4,15 +4,17 @@
 //! time; all of them end when the stop token is cancelled.
 
 use super::ServiceConfig;
+use crate::model::Event;
 use crate::projections::parking::RecordLimit;
 use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::runner::{Announce, CacheMetrics, Progress, ProjectionRunner, Silent};
-use crate::projections::Projection;
 use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, online::Online,
 };
+use crate::projections::{decode_event, Projection};
 use crate::reactions::{autoshare, share_notices, Feeds};
 use crate::store::lease::{holder_id, lead, Lease};
+use crate::store::log::shared::{SharedConfig, SharedLog};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::write::{log_identity, snapshotter, Decider, Snapshots};
@@ -50,21 +52,34 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
         progress: Vec::new(),
     };
     let store = parts.store;
+    // The event log's projections read it once between them.
+    let events = SharedLog::spawn(
+        store.events.clone(),
+        decode_event,
+        |event: &Event| event.seq,
+        SharedConfig::default(),
+    );
     for name in ProjectionName::ALL {
-        let (events, tasks) = (&store.events, &mut started.tasks);
+        let tasks = &mut started.tasks;
         let applied = match name {
             ProjectionName::Accounts => {
-                spawn_runner::<Accounts>(parts, events, &store.accounts, Arc::new(Silent), tasks)
+                spawn_runner::<Accounts>(parts, &events, &store.accounts, Arc::new(Silent), tasks)
             }
             ProjectionName::Catalogs => {
-                spawn_runner::<Catalogs>(parts, events, &store.catalogs, Arc::new(Silent), tasks)
+                spawn_runner::<Catalogs>(parts, &events, &store.catalogs, Arc::new(Silent), tasks)
             }
             ProjectionName::OAuth => {
-                spawn_runner::<OAuthIndex>(parts, events, &store.oauth, Arc::new(Silent), tasks)
+                spawn_runner::<OAuthIndex>(parts, &events, &store.oauth, Arc::new(Silent), tasks)
             }
             ProjectionName::Online => {
                 let feeds = Arc::new(parts.feeds.clone());
-                spawn_runner::<Online>(parts, &store.online, &store.online_records, feeds, tasks)
+                let online = SharedLog::spawn(
+                    store.online.clone(),
+                    Online::decode,
+                    Online::seq,
+                    SharedConfig::default(),
+                );
+                spawn_runner::<Online>(parts, &online, &store.online_records, feeds, tasks)
             }
         };
         if name.source() == SourceStream::Events {
@@ -154,17 +169,17 @@ where
     })
 }
 
-/// Spawns the runner of `P` over `stream` into `records`; returns its applied sequence.
+/// Spawns the runner of `P` over what `log` reads into `records`; returns its applied sequence.
 fn spawn_runner<P: Projection>(
     parts: &Parts<'_>,
-    stream: &async_nats::jetstream::stream::Stream,
+    log: &SharedLog<P::Input>,
     records: &async_nats::jetstream::kv::Store,
     announce: Arc<dyn Announce<P::Notice>>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0);
     let runner = ProjectionRunner::<P> {
-        stream: stream.clone(),
+        log: log.clone(),
         records: records.clone(),
         stats: parts.store.stats.clone(),
         parked: parts.store.parked.clone(),

@@ -7,6 +7,8 @@
 //! new consumer that starts after the last message handed out, so callers never see a gap or
 //! a repeat. Sequences and times come from each message's metadata, never the local clock.
 
+pub mod shared;
+
 use super::error::StoreError;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::stream::ReadyChunks;
@@ -30,6 +32,9 @@ pub struct Chunk<T> {
     pub read: usize,
     /// The last message read was the stream's last when it was delivered.
     pub caught_up: bool,
+    /// Messages in the stream after the last one read, when it was delivered (the backlog
+    /// still to read).
+    pub pending: u64,
 }
 
 /// An ordered read of one stream.
@@ -109,7 +114,7 @@ impl<T> LogReader<T> {
         delivered: Vec<Result<jetstream::Message, consumer::pull::OrderedError>>,
     ) -> Option<Chunk<T>> {
         let mut items = Vec::with_capacity(delivered.len());
-        let mut caught_up = false;
+        let mut pending = 0;
         let mut last_seq = None;
         let mut read = 0;
         for message in delivered {
@@ -129,7 +134,7 @@ impl<T> LogReader<T> {
             if self.end.is_some_and(|end| seq > end) {
                 break;
             }
-            caught_up = info.pending == 0;
+            pending = info.pending;
             if let Some(item) = (self.decode)(seq, info.published.unix_timestamp(), &message) {
                 items.push(item);
             }
@@ -141,7 +146,8 @@ impl<T> LogReader<T> {
             items,
             last_seq: last_seq?,
             read,
-            caught_up,
+            caught_up: pending == 0,
+            pending,
         })
     }
 

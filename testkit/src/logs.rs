@@ -54,7 +54,12 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
     let cache = test_util::CacheMetrics::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let runner = test_util::ProjectionRunner::<P> {
-        stream: store.events.clone(),
+        log: test_util::SharedLog::spawn(
+            store.events.clone(),
+            P::decode,
+            P::seq,
+            Default::default(),
+        ),
         records,
         stats: store.stats.clone(),
         parked: store.parked.clone(),

@@ -567,3 +567,34 @@ async fn a_backlog_is_written_once_per_record_within_the_batch_bound() -> Result
     );
     Ok(())
 }
+
+/// Under a deep backlog a flush waits for the batch bound (or `backlog_linger`), not for
+/// `max_linger`: a backlog read with no linger at all is written once per record when all of
+/// it counts as deep, and with more writes when none of it does.
+#[tokio::test]
+async fn a_deep_backlog_is_flushed_by_its_bound_not_by_the_linger() -> Result<()> {
+    let (_server, js, events) = a_published_mixed_log().await?;
+    let hasty = RunnerConfig {
+        max_linger: Duration::ZERO,
+        backlog_linger: Duration::from_secs(3600),
+        deep_backlog: events,
+        ..Default::default()
+    };
+    let (shallow_writes, records) = project_backlog(&js, events, hasty.clone()).await?;
+    let deep = RunnerConfig {
+        deep_backlog: 0,
+        ..hasty
+    };
+    let (deep_writes, deep_records) = project_backlog(&js, events, deep).await?;
+    assert_eq!(
+        deep_writes,
+        records.len() as u64,
+        "one write per record under a deep backlog"
+    );
+    assert!(
+        shallow_writes > deep_writes,
+        "with no linger, a shallow backlog flushes as it reads ({shallow_writes} writes)"
+    );
+    assert_eq!(deep_records, records, "batching never changes the result");
+    Ok(())
+}

@@ -87,17 +87,28 @@ fn a_record_past_the_limit_parks_the_message_and_leaves_every_record_as_it_was()
     assert!(parked[0].error.contains("250 bytes"), "{}", parked[0].error);
 }
 
-#[test]
-fn an_unreadable_record_parks_what_touches_it() {
-    let share = event(5, "A", "B", "movies", EventType::CatalogShared);
-    let parked = step::<Catalogs>(&share, RecordLimit::default(), |key| {
+/// Records whose every stored value fails to decode.
+struct AllUnreadable;
+
+impl<R> Records<R> for AllUnreadable {
+    fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason> {
         Err(ParkReason::Unreadable {
             key: key.to_string(),
             detail: "expected value at line 1 column 1".into(),
         })
-    })
-    .err()
-    .expect("parks");
+    }
+
+    fn take(&mut self, _key: &str) -> Option<R> {
+        unreachable!("nothing is taken from records that do not decode")
+    }
+}
+
+#[test]
+fn an_unreadable_record_parks_what_touches_it() {
+    let share = event(5, "A", "B", "movies", EventType::CatalogShared);
+    let parked = step::<Catalogs>(&share, RecordLimit::default(), &mut AllUnreadable)
+        .err()
+        .expect("parks");
     assert_eq!(
         parked,
         ParkReason::Unreadable {
@@ -111,4 +122,143 @@ fn an_unreadable_record_parks_what_touches_it() {
 fn parked_keys_sort_in_log_order() {
     assert!(parked_key("accounts", 9) < parked_key("accounts", 10));
     assert_eq!(parked_key("catalogs", 42), "catalogs.00000000000000000042");
+}
+
+/// Records with their size bounds beside them, as the runner keeps them.
+struct WithSizes<R>(BTreeMap<String, (Option<R>, Option<usize>)>);
+
+impl<R> Records<R> for WithSizes<R> {
+    fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason> {
+        Ok(match self.0.get(key) {
+            Some((record, size_bound)) => Before {
+                record: record.as_ref(),
+                size_bound: *size_bound,
+            },
+            None => Before {
+                record: None,
+                size_bound: Some(0),
+            },
+        })
+    }
+
+    fn take(&mut self, key: &str) -> Option<R> {
+        self.0.get_mut(key).and_then(|(record, _)| record.take())
+    }
+}
+
+/// Folds `log` into `P`'s records the way the runner does when it knows sizes (changing
+/// records in place when they are known to fit). Checks on the way that every bound `step`
+/// returns holds.
+fn fold_with_size_bounds<P: Projection>(
+    log: &[P::Input],
+    limit: RecordLimit,
+) -> (BTreeMap<String, P::Record>, Vec<ParkedEvent>) {
+    let mut records = WithSizes::<P::Record>(BTreeMap::new());
+    let mut parked = Vec::new();
+    for input in log {
+        match step::<P>(input, limit, &mut records) {
+            Ok(changes) => {
+                for change in changes {
+                    if let Some(after) = &change.after {
+                        let bound = change.size_bound.expect("known sizes stay known");
+                        assert!(encoded_len(after) <= bound, "a size bound holds");
+                    }
+                    records
+                        .0
+                        .insert(change.key, (change.after, change.size_bound));
+                }
+            }
+            Err(reason) => parked.push(ParkedEvent::new::<P>(input, &reason)),
+        }
+    }
+    let records = records
+        .0
+        .into_iter()
+        .filter_map(|(k, (r, _))| Some((k, r?)))
+        .collect();
+    (records, parked)
+}
+
+/// Random share traffic among a few accounts over catalog names that JSON has to escape,
+/// with bindings whose OAuth ids do too.
+fn escaping_log(seed: u64, events: u64) -> Vec<Event> {
+    use crate::model::{ContextBoundData, NatsterContext};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let accounts = ["A", "B", "C", "D"];
+    let long_escapes = "\u{1}".repeat(100);
+    let catalogs = [
+        "movies",
+        "q\"uote",
+        "back\\slash",
+        "ctl\u{1}\u{2}",
+        "tab\tnl\n",
+        "x",
+        &long_escapes,
+    ];
+    (1..=events)
+        .map(|seq| {
+            let origin = accounts[rng.gen_range(0..accounts.len())];
+            let target = accounts[rng.gen_range(0..accounts.len())];
+            let catalog = catalogs[rng.gen_range(0..catalogs.len())];
+            match rng.gen_range(0..10) {
+                0 => Event {
+                    seq,
+                    time: seq as i64,
+                    subject: EventSubject::new(origin, "none", "none", EventType::ContextBound),
+                    body: EventBody::ContextBound(ContextBoundData {
+                        oauth_id: format!("gh\u{1}{}", rng.gen_range(0..3)),
+                        bound_context: NatsterContext::default(),
+                        previous_oauth_id: None,
+                        previous_account: None,
+                    }),
+                },
+                1 => event(seq, origin, "none", "none", EventType::NatsterInitialized),
+                2..=3 => event(seq, origin, target, catalog, EventType::CatalogUnshared),
+                _ => event(seq, origin, target, catalog, EventType::CatalogShared),
+            }
+        })
+        .collect()
+}
+
+/// The same events parked for the same reasons (when they were parked aside).
+fn same_parked(a: &[ParkedEvent], b: &[ParkedEvent]) -> bool {
+    let what = |p: &[ParkedEvent]| {
+        p.iter()
+            .map(|e| (e.seq, e.error.clone()))
+            .collect::<Vec<_>>()
+    };
+    what(a) == what(b)
+}
+
+#[test]
+fn size_bounds_hold_and_park_exactly_what_measuring_every_change_parks() {
+    for (seed, max_bytes) in [(1, 2_000), (2, 3_000), (3, 1_000_000)] {
+        let log = escaping_log(seed, 3_000);
+        let limit = RecordLimit { max_bytes };
+        let mut measured = BTreeMap::new();
+        let mut measured_parked = Vec::new();
+        fold_parking::<Accounts>(&mut measured, &log, limit, &mut measured_parked);
+        let (bounded, bounded_parked) = fold_with_size_bounds::<Accounts>(&log, limit);
+        assert_eq!(bounded, measured, "accounts, seed {seed}");
+        assert!(
+            same_parked(&bounded_parked, &measured_parked),
+            "accounts, seed {seed}"
+        );
+        if max_bytes < 5_000 {
+            assert!(
+                !measured_parked.is_empty(),
+                "the limit is reached (seed {seed})"
+            );
+        }
+        let mut measured = BTreeMap::new();
+        let mut measured_parked = Vec::new();
+        fold_parking::<Catalogs>(&mut measured, &log, limit, &mut measured_parked);
+        let (bounded, bounded_parked) = fold_with_size_bounds::<Catalogs>(&log, limit);
+        assert_eq!(bounded, measured, "catalogs, seed {seed}");
+        assert!(
+            same_parked(&bounded_parked, &measured_parked),
+            "catalogs, seed {seed}"
+        );
+    }
 }

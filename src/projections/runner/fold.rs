@@ -4,14 +4,15 @@
 
 use super::flush::{FlushPlan, Flushed};
 use super::CacheMetrics;
-use crate::projections::parking::{self, ParkedEvent, RecordLimit, Stored};
+use crate::projections::parking::{self, Before, ParkedEvent, RecordLimit, Records, Stored};
 use crate::projections::stored::{checkpoint_key, counters_key, Checkpoint, Counters};
 use crate::projections::{changed, CountDelta, Projection};
 use crate::store::kv::{self, is_valid_key};
 use crate::store::StoreError;
 use async_nats::jetstream::kv::{Operation, Store as Bucket};
 use futures::StreamExt;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// Longest wait for the next entry while reading a bucket into memory.
@@ -25,6 +26,9 @@ struct Cached<R> {
     /// Its size as stored (as last read or written; 0 until first written), which is what
     /// the cache bound counts.
     bytes: usize,
+    /// An upper bound on the size of `record` as it would be stored now (exact when read or
+    /// written; grown by each message's bound since), so that not every change is measured.
+    size_bound: Option<usize>,
 }
 
 /// Valid while its holder holds the lease (the only writer then); a failed write throws all
@@ -61,6 +65,54 @@ pub(super) struct FoldState<P: Projection> {
     pub(super) checkpoint: (u64, Option<u64>),
     /// Last sequence folded and not yet handed to a flush.
     pending_seq: Option<u64>,
+}
+
+/// The cache as [`parking::step`] sees it, counting lookups.
+struct CachedRecords<'a, R> {
+    cache: &'a mut HashMap<String, Cached<R>>,
+    /// The cache holds every key of the bucket (a key not in it is absent).
+    complete: bool,
+    lookups: std::cell::Cell<u64>,
+}
+
+impl<R> Records<R> for CachedRecords<'_, R> {
+    fn before(&self, key: &str) -> Result<Before<'_, R>, parking::ParkReason> {
+        self.lookups.set(self.lookups.get() + 1);
+        match self.cache.get(key) {
+            Some(Cached {
+                record: Stored::Readable(record),
+                size_bound,
+                ..
+            }) => Ok(Before {
+                record: record.as_ref(),
+                size_bound: *size_bound,
+            }),
+            Some(Cached {
+                record: Stored::Unreadable(detail),
+                ..
+            }) => Err(parking::ParkReason::Unreadable {
+                key: key.to_string(),
+                detail: detail.clone(),
+            }),
+            None => {
+                assert!(self.complete, "every touched key was loaded");
+                Ok(Before {
+                    record: None,
+                    size_bound: Some(0),
+                })
+            }
+        }
+    }
+
+    fn take(&mut self, key: &str) -> Option<R> {
+        match self.cache.get_mut(key) {
+            Some(Cached {
+                record: Stored::Readable(record),
+                ..
+            }) => record.take(),
+            _ => None,
+        }
+    }
 }
 
 /// A stored value as the fold holds it.
@@ -208,6 +260,7 @@ impl<P: Projection> FoldState<P> {
             record,
             revision,
             bytes,
+            size_bound: Some(bytes),
         };
         self.cache_bytes += bytes;
         if let Some(old) = self.cache.insert(key, cached) {
@@ -235,25 +288,16 @@ impl<P: Projection> FoldState<P> {
     /// `last_seq` into memory; a message [`parking::step`] refuses changes nothing and is
     /// parked.
     pub(super) fn fold(&mut self, inputs: &[P::Input], last_seq: u64) {
-        let lookups = std::cell::Cell::new(0u64);
+        let mut lookups = 0;
         for input in inputs {
             let seq = P::seq(input);
-            let cache = &self.cache;
-            let complete = self.complete;
-            let step = parking::step::<P>(input, self.limit, |key| {
-                lookups.set(lookups.get() + 1);
-                match cache.get(key).map(|c| &c.record) {
-                    Some(Stored::Readable(record)) => Ok(record.as_ref()),
-                    Some(Stored::Unreadable(detail)) => Err(parking::ParkReason::Unreadable {
-                        key: key.to_string(),
-                        detail: detail.clone(),
-                    }),
-                    None => {
-                        assert!(complete, "every touched key was loaded");
-                        Ok(None)
-                    }
-                }
-            });
+            let mut records = CachedRecords {
+                cache: &mut self.cache,
+                complete: self.complete,
+                lookups: std::cell::Cell::new(0),
+            };
+            let step = parking::step::<P>(input, self.limit, &mut records);
+            lookups += records.lookups.get();
             let changes = match step {
                 Ok(changes) => changes,
                 Err(reason) => {
@@ -271,21 +315,21 @@ impl<P: Projection> FoldState<P> {
                 // Notices go out before records are written, so a change to a record not yet
                 // written is announced again whether or not it was counted: at least once.
                 self.notices.extend(change.notice);
-                let entry = self.cache.entry(change.key.clone()).or_insert(Cached {
+                let entry = self.cache.entry_ref(change.key.as_str()).or_insert(Cached {
                     record: Stored::Readable(None),
                     revision: None,
                     bytes: 0,
+                    size_bound: Some(0),
                 });
                 entry.record = Stored::Readable(change.after);
+                entry.size_bound = change.size_bound;
                 if changed {
                     self.dirty.insert(change.key);
                 }
             }
         }
         self.pending_seq = Some(last_seq);
-        let hits = lookups
-            .get()
-            .saturating_sub(std::mem::take(&mut self.loaded_since_fold));
+        let hits = lookups.saturating_sub(std::mem::take(&mut self.loaded_since_fold));
         self.cache_metrics.hits.inc_by(hits);
     }
 
@@ -319,6 +363,7 @@ impl<P: Projection> FoldState<P> {
             let size = bytes.as_ref().map_or(0, |b| b.len());
             self.cache_bytes = self.cache_bytes + size - cached.bytes;
             cached.bytes = size;
+            cached.size_bound = Some(size);
             writes.push((key.clone(), bytes, cached.revision));
         }
         self.cache_metrics.bytes.set(self.cache_bytes as i64);

@@ -29,26 +29,22 @@ use super::parking::RecordLimit;
 use super::stored::lease_key;
 use super::Projection;
 use crate::store::lease::{holder_id, lead, Held, Lease};
-use crate::store::log::{Chunk, LogReader};
+use crate::store::log::shared::SharedLog;
 use crate::store::{StoreError, StoreErrorKind};
-use async_nats::jetstream::{kv, stream};
+use async_nats::jetstream::kv;
 use flush::{FlushPlan, Flushed, Target};
 use fold::FoldState;
 use futures::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Fresh starts from the checkpoint after failed writes before the runner gives the lease up.
 const BATCH_ATTEMPTS: usize = 8;
 /// Pause before starting over after an unavailable store, times the attempt.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-/// Chunks of decoded messages queued between the log reader and the folder.
-const READ_AHEAD: usize = 32;
-/// Most messages the reader hands over at once.
-const READ_CHUNK: usize = 1024;
 
 /// Tuning of a runner.
 #[derive(Debug, Clone)]
@@ -63,6 +59,15 @@ pub struct RunnerConfig {
     /// Under a backlog, the longest a folded message waits for its flush (caught up, a flush
     /// starts at once).
     pub max_linger: Duration,
+    /// The same under a deep backlog (more than `deep_backlog` messages still to read, as
+    /// when catching up from empty): nobody can read the end of the log before it is folded
+    /// anyway, so a flush waits for `max_batch_records` touched records (or this long) and
+    /// each record is written once for as many messages as the bound allows. Bounds the work
+    /// a crash throws away.
+    pub backlog_linger: Duration,
+    /// Messages still to read beyond which a backlog is deep: far more than arrive while a
+    /// flush of live traffic is written, so live readers never wait for `backlog_linger`.
+    pub deep_backlog: u64,
     /// Lease time: a standby instance takes over at most this long after the holder stops.
     pub takeover_after: Duration,
     /// Bytes of records (as stored) the holder keeps in memory between flushes; past it, the
@@ -74,9 +79,11 @@ pub struct RunnerConfig {
 impl Default for RunnerConfig {
     fn default() -> Self {
         RunnerConfig {
-            max_batch_records: 65_536,
+            max_batch_records: 262_144,
             write_concurrency: 64,
             max_linger: Duration::from_secs(1),
+            backlog_linger: Duration::from_secs(30),
+            deep_backlog: 10_000,
             takeover_after: Duration::from_secs(5),
             cache_bytes: 64 << 20,
         }
@@ -155,8 +162,6 @@ pub enum RunnerError {
     Store(#[from] StoreError),
     #[error("a flush did not finish: {0}")]
     Flush(#[from] tokio::task::JoinError),
-    #[error("the log reader stopped")]
-    ReaderStopped,
 }
 
 impl RunnerError {
@@ -169,10 +174,11 @@ impl RunnerError {
     }
 }
 
-/// Projection `P` applied from `stream` to `records`, with its counters and checkpoint in
-/// `stats` and the messages it cannot apply in `parked`.
+/// Projection `P` applied from the stream `log` reads to `records`, with its counters and
+/// checkpoint in `stats` and the messages it cannot apply in `parked`.
 pub struct ProjectionRunner<P: Projection> {
-    pub stream: stream::Stream,
+    /// The read of the projection's stream, shared with the other projections of that stream.
+    pub log: SharedLog<P::Input>,
     pub records: kv::Store,
     pub stats: kv::Store,
     pub parked: kv::Store,
@@ -267,16 +273,20 @@ impl<P: Projection> ProjectionRunner<P> {
         let cache = (config.cache_bytes, self.progress.cache.clone());
         let mut fold = FoldState::<P>::load(&self.stats, self.limit, cache).await?;
         fold.preload(&self.records).await?;
-        let (mut chunks, _reader) = spawn_reader::<P>(self.stream.clone(), fold.checkpoint.0 + 1);
-        // Whether the last message read was the stream's last; while it is not, a flush waits
-        // for more messages (up to `max_batch_records` touched records or `max_linger`) so
-        // that each write covers more of them.
-        let mut caught_up = true;
+        let mut chunks = self.log.subscribe(fold.checkpoint.0 + 1);
+        // Messages still to read after the last one read; while there are some, a flush
+        // waits for more messages (up to `max_batch_records` touched records or the linger)
+        // so that each write covers more of them.
+        let mut backlog = 0;
         let mut pending_since = tokio::time::Instant::now();
         loop {
-            let due = caught_up
+            let linger = match backlog > config.deep_backlog {
+                true => config.backlog_linger,
+                false => config.max_linger,
+            };
+            let due = backlog == 0
                 || fold.dirty.len() >= max_batch_records
-                || pending_since.elapsed() >= config.max_linger;
+                || pending_since.elapsed() >= linger;
             if flushing.is_none() && fold.has_pending() && due {
                 if !held.is_held() {
                     // Too late to trust the lease (a pause, a slow renewal): let the next
@@ -294,12 +304,11 @@ impl<P: Projection> ProjectionRunner<P> {
                     *flushing = None;
                     self.progress.finish(&mut fold, done??);
                 }
-                _ = tokio::time::sleep_until(pending_since + config.max_linger),
+                _ = tokio::time::sleep_until(pending_since + linger),
                     if flushing.is_none() && fold.has_pending() => {}
                 _ = held.lost() => return Ok(()),
-                chunk = chunks.recv(), if accepting => {
-                    let chunk = chunk.ok_or(RunnerError::ReaderStopped)?;
-                    caught_up = chunk.caught_up;
+                chunk = chunks.next(), if accepting => {
+                    backlog = chunk.pending;
                     if !fold.has_pending() {
                         pending_since = tokio::time::Instant::now();
                     }
@@ -328,36 +337,6 @@ impl<P: Projection> ProjectionRunner<P> {
         }
         Ok(())
     }
-}
-
-/// Reads and decodes the stream from `start` in a task of its own, so that reading goes on
-/// while the runner folds. The task ends when the receiver is dropped (the handle also aborts
-/// it when dropped); a stream that cannot be read is tried again every 250 ms.
-fn spawn_reader<P: Projection>(
-    stream: stream::Stream,
-    start: u64,
-) -> (
-    mpsc::Receiver<Chunk<P::Input>>,
-    tokio_util::task::AbortOnDropHandle<()>,
-) {
-    let (tx, rx) = mpsc::channel(READ_AHEAD);
-    let task = tokio::spawn(async move {
-        let mut reader = LogReader::new(stream, start, P::decode, READ_CHUNK);
-        loop {
-            match reader.next_chunk().await {
-                Ok(chunk) => {
-                    if tx.send(chunk).await.is_err() {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(projection = P::NAME, %error, "cannot read the stream; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
-    });
-    (rx, tokio_util::task::AbortOnDropHandle::new(task))
 }
 
 /// Applies `inputs` (one batch, stream order, ending at `last_seq`) to the records of `P`,
