@@ -15,6 +15,9 @@
 //! - the RSS under a mixed load (8 accounts, 64 requests in flight for 10 s: `whoami`,
 //!   `my.shares`, `stats`, a share or unshare in 50), its peak sampled every 100 ms, and the
 //!   load's rate;
+//! - `projections rebuild` of the three event-log projections with the service stopped: its
+//!   time, each projection's replay rate (events ÷ its share of the time) against the raw read,
+//!   and that it found every record as the runners left it (none written or deleted);
 //! - the same two times and the RSS after a restart (the read models already built, the
 //!   decision state restored from the snapshot written at the stop).
 //!
@@ -316,7 +319,51 @@ fn catalogs_for(events: usize) -> usize {
         .unwrap_or((events / 5).max(1))
 }
 
-async fn measure(events: usize, within: Duration) -> Result<(f64, Start, Start)> {
+/// Runs `projections rebuild` (every event-log projection) against the world's server;
+/// returns how long it took and the events each replayed (the log, and what the load added).
+/// Fails unless every projection found every record as the runners left it (rebuild ==
+/// incremental).
+fn rebuild(tw: &TestWorld, events: usize) -> Result<(Duration, usize)> {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_natster-global"))
+        .args([
+            "projections",
+            "rebuild",
+            "--nats-url",
+            &tw.server.url(),
+            "--creds",
+        ])
+        .arg(tw.world.creds_path(NATSTER))
+        .env("RUST_LOG", "warn")
+        .env_remove("NATSTER_CONFIG")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()?;
+    let took = started.elapsed();
+    let report = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "rebuild failed: {report}");
+    let lines: Vec<&str> = report.lines().filter(|l| l.contains("replayed")).collect();
+    ensure!(lines.len() == 3, "three projections rebuilt: {report}");
+    let mut replayed = 0;
+    for line in lines {
+        ensure!(
+            line.contains(" 0 records written") && line.contains(" 0 deleted"),
+            "the rebuild changed what the runners left: {line}"
+        );
+        replayed = line
+            .split_once("replayed ")
+            .and_then(|(_, rest)| rest.split_once(' '))
+            .and_then(|(n, _)| n.parse().ok())
+            .context("the events replayed")?;
+        ensure!(replayed >= events, "the whole log replayed: {line}");
+    }
+    Ok((took, replayed))
+}
+
+async fn measure(
+    events: usize,
+    within: Duration,
+) -> Result<(f64, Start, (Duration, usize), Start)> {
     let tw = TestWorld::start_with(&LOAD_USERS, |_| Ok(())).await?;
     let js = async_nats::jetstream::new(tw.connect(NATSTER).await?);
     Store::ensure(js.clone(), &Default::default()).await?;
@@ -335,9 +382,10 @@ async fn measure(events: usize, within: Duration) -> Result<(f64, Start, Start)>
         tokio::time::sleep(Duration::from_secs(secs?)).await;
     }
     stop(serve)?;
+    let rebuilt = rebuild(&tw, events)?;
     let (serve, restart) = start(&tw, http_port, within, false).await?;
     stop(serve)?;
-    Ok((raw_read, first, restart))
+    Ok((raw_read, first, rebuilt, restart))
 }
 
 #[tokio::main]
@@ -352,13 +400,15 @@ async fn main() -> Result<()> {
         Err(_) => vec![2_000],
     };
     let within = Duration::from_secs(if full { 900 } else { 60 });
-    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0): time, events/s ÷ raw ordered read | RSS then (peak) | caches: MiB / hits | under load: req/s / RSS peak | snapshot: size / write | restart: answer / caught up / RSS |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0): time, events/s ÷ raw ordered read | RSS then (peak) | caches: MiB / hits | under load: req/s / RSS peak | snapshot: size / write | rebuild of 3: time, events/s per projection ÷ raw | restart: answer / caught up / RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for events in sizes {
-        let (raw_read, first, restart) = measure(events, within).await?;
+        let (raw_read, first, rebuilt, restart) = measure(events, within).await?;
         let catch_up = events as f64 / first.caught_up.as_secs_f64();
+        let (rebuilt, replayed) = rebuilt;
+        let replay = 3.0 * replayed as f64 / rebuilt.as_secs_f64();
         println!(
-            "| {events} / {} / {} | {:.1} s | {:.1} s, {catch_up:.0} ÷ {raw_read:.0} = {:.2}× | {:.0} MiB ({:.0}) | {:.0} MiB / {:.0} % | {} | {} | {:.1} s / {:.1} s / {:.0} MiB |",
+            "| {events} / {} / {} | {:.1} s | {:.1} s, {catch_up:.0} ÷ {raw_read:.0} = {:.2}× | {:.0} MiB ({:.0}) | {:.0} MiB / {:.0} % | {} | {} | {:.1} s, {replay:.0} ÷ {raw_read:.0} = {:.2}× | {:.1} s / {:.1} s / {:.0} MiB |",
             accounts_for(events),
             catalogs_for(events),
             first.answering.as_secs_f64(),
@@ -373,6 +423,8 @@ async fn main() -> Result<()> {
                 "{mib:.1} MiB / {:.2} s",
                 took.as_secs_f64()
             )),
+            rebuilt.as_secs_f64(),
+            replay / raw_read,
             restart.answering.as_secs_f64(),
             restart.caught_up.as_secs_f64(),
             restart.rss_mib,

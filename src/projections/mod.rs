@@ -184,7 +184,7 @@ pub fn changed<P: Projection>(existed: bool, after: Option<&P::Record>, seq: u64
 /// batch, parking what [`parking::step`] refuses into `parked`; returns the counter changes.
 /// Used by rebuilds and tests.
 pub fn fold_parking<P: Projection>(
-    records: &mut std::collections::BTreeMap<String, P::Record>,
+    records: &mut impl parking::Records<P::Record>,
     inputs: &[P::Input],
     limit: parking::RecordLimit,
     parked: &mut Vec<parking::ParkedEvent>,
@@ -195,10 +195,7 @@ pub fn fold_parking<P: Projection>(
             Ok(changes) => {
                 for change in changes {
                     delta += P::tally(change.after.as_ref()) - change.before;
-                    match change.after {
-                        Some(record) => records.insert(change.key, record),
-                        None => records.remove(&change.key),
-                    };
+                    records.put(change.key, change.after, change.size_bound);
                 }
             }
             Err(reason) => parked.push(parking::ParkedEvent::new::<P>(input, &reason)),

@@ -98,9 +98,12 @@ pub trait Records<R> {
     /// Takes the record at `key` out to change it without a copy; the caller puts the
     /// [`Change`]'s `after` back (also when it is unchanged).
     fn take(&mut self, key: &str) -> Option<R>;
+
+    /// Stores what a change left at `key` (`None`: no record), with its size bound.
+    fn put(&mut self, key: String, record: Option<R>, size_bound: Option<usize>);
 }
 
-/// Records in an ordered map, sizes unknown (rebuilds, tests).
+/// Records in an ordered map, sizes unknown (tests).
 impl<R> Records<R> for std::collections::BTreeMap<String, R> {
     fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason> {
         Ok(Before::unmeasured(self.get(key)))
@@ -108,6 +111,73 @@ impl<R> Records<R> for std::collections::BTreeMap<String, R> {
 
     fn take(&mut self, key: &str) -> Option<R> {
         self.remove(key)
+    }
+
+    fn put(&mut self, key: String, record: Option<R>, _size_bound: Option<usize>) {
+        match record {
+            Some(record) => self.insert(key, record),
+            None => self.remove(&key),
+        };
+    }
+}
+
+/// Records in memory with a size bound each, every key of the projection (a key not held is
+/// absent): what a rebuild folds into. Changes are made in place while the bounds show the
+/// records fit.
+pub struct SizedRecords<R> {
+    records: hashbrown::HashMap<String, (R, Option<usize>)>,
+}
+
+impl<R> Default for SizedRecords<R> {
+    fn default() -> Self {
+        SizedRecords {
+            records: hashbrown::HashMap::new(),
+        }
+    }
+}
+
+impl<R> SizedRecords<R> {
+    /// The records, in no particular order.
+    pub fn into_records(self) -> impl Iterator<Item = (String, R)> {
+        self.records
+            .into_iter()
+            .map(|(key, (record, _))| (key, record))
+    }
+
+    /// The record at `key`.
+    pub fn get(&self, key: &str) -> Option<&R> {
+        self.records.get(key).map(|(record, _)| record)
+    }
+
+    /// Removes and returns the record at `key`.
+    pub fn remove(&mut self, key: &str) -> Option<R> {
+        self.records.remove(key).map(|(record, _)| record)
+    }
+}
+
+impl<R> Records<R> for SizedRecords<R> {
+    fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason> {
+        Ok(match self.records.get(key) {
+            Some((record, size_bound)) => Before {
+                record: Some(record),
+                size_bound: *size_bound,
+            },
+            None => Before {
+                record: None,
+                size_bound: Some(0),
+            },
+        })
+    }
+
+    fn take(&mut self, key: &str) -> Option<R> {
+        self.remove(key)
+    }
+
+    fn put(&mut self, key: String, record: Option<R>, size_bound: Option<usize>) {
+        match record {
+            Some(record) => self.records.insert(key, (record, size_bound)),
+            None => self.records.remove(&key),
+        };
     }
 }
 

@@ -12,15 +12,18 @@
 //! applying the whole log in order with the cause removed (a larger `max_payload`, a
 //! repaired record) is right.
 
-use super::parking::{self, ParkedEvent, RecordLimit};
+use super::parking::{self, ParkedEvent, RecordLimit, SizedRecords};
 use super::stored::{checkpoint_key, counters_key, lease_key, rebuild_key, Checkpoint, Counters};
 use super::{fold_parking, Projection};
 use crate::store::lease::{instance_id, Lease};
 use crate::store::log::LogReader;
 use crate::store::{kv, StoreError};
 use async_nats::jetstream::{kv::Store as Bucket, stream};
-use std::collections::BTreeMap;
+use futures::{StreamExt, TryStreamExt};
 use std::time::Duration;
+
+/// Record writes (and deletes) of a rebuild in flight at once.
+const WRITE_CONCURRENCY: usize = 64;
 
 /// What a rebuild did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -136,7 +139,7 @@ async fn report_progress(stats: &Bucket, name: &str, done: u64, total: u64, runn
 
 /// The log as it was when the rebuild began, folded in memory.
 struct Replayed<P: Projection> {
-    records: BTreeMap<String, P::Record>,
+    records: SizedRecords<P::Record>,
     counts: super::CountDelta,
     parked: Vec<ParkedEvent>,
     /// Messages replayed.
@@ -160,7 +163,7 @@ async fn replay<P: Projection>(
         .clone();
     let (last_seq, total) = (state.last_sequence, state.messages);
     let mut replayed = Replayed {
-        records: BTreeMap::new(),
+        records: SizedRecords::default(),
         counts: super::CountDelta::default(),
         parked: Vec::new(),
         messages: 0,
@@ -189,36 +192,43 @@ async fn replay<P: Projection>(
 
 /// Writes the replayed records over the stored ones (only where the bytes differ), deletes
 /// records that no longer exist, replaces the parked list, then sets the counters and the
-/// checkpoint.
+/// checkpoint. The stored records are compared in one ordered pass over the bucket; writes
+/// and deletes go out [`WRITE_CONCURRENCY`] at a time.
 async fn rebuild_leased<P: Projection>(
     target: &RebuildTarget<'_>,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<RebuildReport, StoreError> {
     let (records, stats) = (target.records, target.stats);
-    let replayed = replay::<P>(target, progress).await?;
+    let mut replayed = replay::<P>(target, progress).await?;
     let mut report = RebuildReport {
         projection: P::NAME,
         events: replayed.messages,
         last_seq: replayed.last_seq,
         ..Default::default()
     };
-    let stored_keys = kv::keys(records).await?;
-    for (key, record) in &replayed.records {
-        let bytes = kv::encode(record);
-        if kv::get(records, key).await?.as_ref() == Some(&bytes) {
-            report.unchanged += 1;
-        } else {
-            kv::put(records, key, bytes).await?;
-            report.written += 1;
+    let mut gone = Vec::new();
+    kv::scan(records, None, |stored| {
+        let Some(bytes) = stored.value else { return };
+        match replayed.records.get(&stored.key).map(kv::encode) {
+            Some(rebuilt) if rebuilt == bytes => {
+                replayed.records.remove(&stored.key);
+                report.unchanged += 1;
+            }
+            Some(_) => {}
+            None => gone.push(stored.key),
         }
-    }
-    for key in stored_keys
-        .iter()
-        .filter(|k| !replayed.records.contains_key(*k))
-    {
-        kv::delete(records, key).await?;
-        report.deleted += 1;
-    }
+    })
+    .await?;
+    report.written = futures::stream::iter(replayed.records.into_records())
+        .map(|(key, record)| async move { kv::put(records, &key, kv::encode(&record)).await })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_fold(0, |written, _| async move { Ok(written + 1) })
+        .await?;
+    report.deleted = futures::stream::iter(gone)
+        .map(|key| async move { kv::delete(records, &key).await })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_fold(0, |deleted, _| async move { Ok(deleted + 1) })
+        .await?;
     report.parked = replayed.parked.len();
     report.unparked = parking::replace(target.parked, P::NAME, &replayed.parked).await?;
     let counters = Counters::default().advanced(replayed.counts, replayed.last_seq);

@@ -171,5 +171,58 @@ pub async fn keys(bucket: &kv::Store) -> Result<Vec<String>, StoreError> {
     Ok(all)
 }
 
+/// Longest wait for the next entry while reading a whole bucket.
+const SCAN_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One key of a bucket as it stands: its latest value (`None`: deleted) and revision.
+pub struct Entry {
+    pub key: String,
+    pub value: Option<Bytes>,
+    pub revision: u64,
+}
+
+/// Hands every key of `bucket` as it stands to `each`, in one ordered pass (the bucket's
+/// latest message per key); returns the bucket's size in bytes as the pass began. With
+/// `max_bytes`, a bucket larger than that is not read (`each` is never called).
+pub async fn scan(
+    bucket: &kv::Store,
+    max_bytes: Option<u64>,
+    mut each: impl FnMut(Entry),
+) -> Result<u64, StoreError> {
+    let action = || format!("read {} whole", bucket.name);
+    // Fresh stream info: `kv::Store::status` returns what was cached when the handle was made.
+    let state = bucket
+        .stream
+        .clone()
+        .info()
+        .await
+        .map_err(|e| StoreError::unavailable(action(), e))?
+        .state
+        .clone();
+    if state.messages == 0 || max_bytes.is_some_and(|max| state.bytes > max) {
+        return Ok(state.bytes);
+    }
+    let mut entries = bucket
+        .watch_with_history(">")
+        .await
+        .map_err(|e| StoreError::unavailable(action(), e))?;
+    loop {
+        let entry = tokio::time::timeout(SCAN_STALL, entries.next())
+            .await
+            .map_err(|_| StoreError::unavailable(action(), "no entry within the stall timeout"))?
+            .ok_or_else(|| StoreError::unavailable(action(), "the bucket reader ended"))?
+            .map_err(|e| StoreError::unavailable(action(), e))?;
+        let last = entry.delta == 0;
+        each(Entry {
+            value: matches!(entry.operation, kv::Operation::Put).then_some(entry.value),
+            key: entry.key,
+            revision: entry.revision,
+        });
+        if last {
+            return Ok(state.bytes);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -101,6 +101,10 @@ impl<R> Records<R> for AllUnreadable {
     fn take(&mut self, _key: &str) -> Option<R> {
         unreachable!("nothing is taken from records that do not decode")
     }
+
+    fn put(&mut self, _key: String, _record: Option<R>, _size_bound: Option<usize>) {
+        unreachable!("nothing is changed in records that do not decode")
+    }
 }
 
 #[test]
@@ -124,28 +128,6 @@ fn parked_keys_sort_in_log_order() {
     assert_eq!(parked_key("catalogs", 42), "catalogs.00000000000000000042");
 }
 
-/// Records with their size bounds beside them, as the runner keeps them.
-struct WithSizes<R>(BTreeMap<String, (Option<R>, Option<usize>)>);
-
-impl<R> Records<R> for WithSizes<R> {
-    fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason> {
-        Ok(match self.0.get(key) {
-            Some((record, size_bound)) => Before {
-                record: record.as_ref(),
-                size_bound: *size_bound,
-            },
-            None => Before {
-                record: None,
-                size_bound: Some(0),
-            },
-        })
-    }
-
-    fn take(&mut self, key: &str) -> Option<R> {
-        self.0.get_mut(key).and_then(|(record, _)| record.take())
-    }
-}
-
 /// Folds `log` into `P`'s records the way the runner does when it knows sizes (changing
 /// records in place when they are known to fit). Checks on the way that every bound `step`
 /// returns holds.
@@ -153,7 +135,7 @@ fn fold_with_size_bounds<P: Projection>(
     log: &[P::Input],
     limit: RecordLimit,
 ) -> (BTreeMap<String, P::Record>, Vec<ParkedEvent>) {
-    let mut records = WithSizes::<P::Record>(BTreeMap::new());
+    let mut records = SizedRecords::<P::Record>::default();
     let mut parked = Vec::new();
     for input in log {
         match step::<P>(input, limit, &mut records) {
@@ -163,20 +145,13 @@ fn fold_with_size_bounds<P: Projection>(
                         let bound = change.size_bound.expect("known sizes stay known");
                         assert!(encoded_len(after) <= bound, "a size bound holds");
                     }
-                    records
-                        .0
-                        .insert(change.key, (change.after, change.size_bound));
+                    records.put(change.key, change.after, change.size_bound);
                 }
             }
             Err(reason) => parked.push(ParkedEvent::new::<P>(input, &reason)),
         }
     }
-    let records = records
-        .0
-        .into_iter()
-        .filter_map(|(k, (r, _))| Some((k, r?)))
-        .collect();
-    (records, parked)
+    (records.into_records().collect(), parked)
 }
 
 /// Random share traffic among a few accounts over catalog names that JSON has to escape,

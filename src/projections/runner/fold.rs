@@ -9,14 +9,10 @@ use crate::projections::stored::{checkpoint_key, counters_key, Checkpoint, Count
 use crate::projections::{changed, CountDelta, Projection};
 use crate::store::kv::{self, is_valid_key};
 use crate::store::StoreError;
-use async_nats::jetstream::kv::{Operation, Store as Bucket};
+use async_nats::jetstream::kv::Store as Bucket;
 use futures::StreamExt;
 use hashbrown::{HashMap, HashSet};
 use std::collections::BTreeSet;
-use std::time::Duration;
-
-/// Longest wait for the next entry while reading a bucket into memory.
-const PRELOAD_STALL: Duration = Duration::from_secs(10);
 
 /// A record in memory.
 struct Cached<R> {
@@ -113,6 +109,28 @@ impl<R> Records<R> for CachedRecords<'_, R> {
             _ => None,
         }
     }
+
+    fn put(&mut self, key: String, record: Option<R>, size_bound: Option<usize>) {
+        keep(self.cache, &key, record, size_bound);
+    }
+}
+
+/// Holds what a change left at `key` in the cache (its revision and stored size stay those of
+/// the stored record).
+fn keep<R>(
+    cache: &mut HashMap<String, Cached<R>>,
+    key: &str,
+    record: Option<R>,
+    size_bound: Option<usize>,
+) {
+    let entry = cache.entry_ref(key).or_insert(Cached {
+        record: Stored::Readable(None),
+        revision: None,
+        bytes: 0,
+        size_bound: Some(0),
+    });
+    entry.record = Stored::Readable(record);
+    entry.size_bound = size_bound;
 }
 
 /// A stored value as the fold holds it.
@@ -162,44 +180,16 @@ impl<P: Projection> FoldState<P> {
     /// Reads the whole bucket into memory when it holds no more than the cache's bound (one
     /// ordered pass instead of a read per key), and marks the cache complete.
     pub(super) async fn preload(&mut self, records: &Bucket) -> Result<(), StoreError> {
-        let action = || format!("read {} into memory", records.name);
-        // Fresh stream info: `kv::Store::status` returns what was cached when the handle was
-        // made.
-        let state = records
-            .stream
-            .clone()
-            .info()
-            .await
-            .map_err(|e| StoreError::unavailable(action(), e))?
-            .state
-            .clone();
-        if state.bytes > self.cache_limit as u64 {
-            return Ok(());
-        }
-        if state.messages > 0 {
-            let mut entries = records
-                .watch_with_history(">")
-                .await
-                .map_err(|e| StoreError::unavailable(action(), e))?;
-            loop {
-                let entry = tokio::time::timeout(PRELOAD_STALL, entries.next())
-                    .await
-                    .map_err(|_| {
-                        StoreError::unavailable(action(), "no entry within the stall timeout")
-                    })?
-                    .ok_or_else(|| StoreError::unavailable(action(), "the bucket reader ended"))?
-                    .map_err(|e| StoreError::unavailable(action(), e))?;
-                let (record, bytes) = match entry.operation {
-                    Operation::Put => (readable(&records.name, &entry.value), entry.value.len()),
-                    Operation::Delete | Operation::Purge => (Stored::Readable(None), 0),
-                };
-                self.insert(entry.key, record, Some(entry.revision), bytes);
-                if entry.delta == 0 {
-                    break;
-                }
-            }
-        }
-        self.complete = true;
+        let limit = Some(self.cache_limit as u64);
+        let bytes = kv::scan(records, limit, |entry| {
+            let (record, bytes) = match &entry.value {
+                Some(value) => (readable(&records.name, value), value.len()),
+                None => (Stored::Readable(None), 0),
+            };
+            self.insert(entry.key, record, Some(entry.revision), bytes);
+        })
+        .await?;
+        self.complete = bytes <= self.cache_limit as u64;
         Ok(())
     }
 
@@ -315,14 +305,12 @@ impl<P: Projection> FoldState<P> {
                 // Notices go out before records are written, so a change to a record not yet
                 // written is announced again whether or not it was counted: at least once.
                 self.notices.extend(change.notice);
-                let entry = self.cache.entry_ref(change.key.as_str()).or_insert(Cached {
-                    record: Stored::Readable(None),
-                    revision: None,
-                    bytes: 0,
-                    size_bound: Some(0),
-                });
-                entry.record = Stored::Readable(change.after);
-                entry.size_bound = change.size_bound;
+                keep(
+                    &mut self.cache,
+                    &change.key,
+                    change.after,
+                    change.size_bound,
+                );
                 if changed {
                     self.dirty.insert(change.key);
                 }
