@@ -259,19 +259,29 @@ impl<P: Projection> FoldState<P> {
         self.cache_metrics.bytes.set(self.cache_bytes as i64);
     }
 
-    /// Drops every record that is written (not folded since, not being written); a key not
-    /// in memory is no longer known to be absent.
+    /// Drops records that are written (not folded since, not being written) until the cache
+    /// holds at most three quarters of its bound, so most of what it held stays a hit; a key
+    /// not in memory is no longer known to be absent.
     fn evict_written(&mut self) {
+        let target = self.cache_limit / 4 * 3;
         let keep: HashSet<&String> = self.dirty.iter().chain(&self.in_flight).collect();
-        let mut kept = 0;
+        let mut held = self.cache_bytes;
         self.cache.retain(|key, cached| {
-            let keep = keep.contains(key);
-            kept += if keep { cached.bytes } else { 0 };
-            keep
+            if held <= target || keep.contains(key) {
+                return true;
+            }
+            held -= cached.bytes;
+            false
         });
-        self.cache_bytes = kept;
-        self.cache_metrics.bytes.set(kept as i64);
+        self.cache_bytes = held;
+        self.cache_metrics.bytes.set(held as i64);
         self.complete = false;
+    }
+
+    /// Whether the records held (as stored) exceed the cache's bound even after dropping the
+    /// written ones: what is folded must be written before memory can be given back.
+    pub(super) fn over_bound(&self) -> bool {
+        self.cache_bytes > self.cache_limit
     }
 
     /// Folds `inputs` (stream order, every key loaded by `ensure_loaded`) ending at

@@ -51,8 +51,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub struct RunnerConfig {
     /// Most distinct records one flush writes. This bounds a batch's memory: folded messages
     /// are dropped at once, the records they touched are kept until written. Under a backlog
-    /// a flush waits for this many touched records (or `max_linger`), so every record is
-    /// written once for as many messages as possible.
+    /// a flush waits for this many touched records (or `max_linger`, or the record cache
+    /// over its bound with what is not yet written), so every record is written once for as
+    /// many messages as possible.
     pub max_batch_records: usize,
     /// Record reads and writes in flight at once.
     pub write_concurrency: usize,
@@ -286,6 +287,7 @@ impl<P: Projection> ProjectionRunner<P> {
             };
             let due = backlog == 0
                 || fold.dirty.len() >= max_batch_records
+                || fold.over_bound()
                 || pending_since.elapsed() >= linger;
             if flushing.is_none() && fold.has_pending() && due {
                 if !held.is_held() {

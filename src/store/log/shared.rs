@@ -244,27 +244,41 @@ impl<T> From<Joining<T>> for Subscriber<T> {
     }
 }
 
-/// Hands `chunk` to every subscriber that wants part of it, all at once; drops the ones that
-/// left and detaches the ones that take nothing for `detach_after`.
+/// Hands `chunk` to every subscriber that wants part of it; drops the ones that left and
+/// detaches the ones that take nothing for `detach_after`. A subscriber with room takes it at
+/// once; the read waits only for full ones, all at the same time.
 async fn deliver<T: Clone>(
     subscribers: &mut Vec<Subscriber<T>>,
     chunk: Chunk<T>,
     source: &Source<T>,
 ) {
+    use mpsc::error::TrySendError;
     let chunk = Arc::new(chunk);
-    let sends = subscribers.iter().map(|subscriber| {
-        let part = part_for(&chunk, subscriber.next_seq, source.seq_of);
-        async move {
-            let Some(part) = part else {
-                return true;
-            };
-            let sent =
-                tokio::time::timeout(source.config.detach_after, subscriber.chunks.send(part))
-                    .await;
-            matches!(sent, Ok(Ok(())))
+    let mut kept = vec![true; subscribers.len()];
+    let mut full = Vec::new();
+    for (index, subscriber) in subscribers.iter().enumerate() {
+        let Some(part) = part_for(&chunk, subscriber.next_seq, source.seq_of) else {
+            continue;
+        };
+        match subscriber.chunks.try_send(part) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(_)) => kept[index] = false,
+            Err(TrySendError::Full(part)) => full.push((index, part)),
         }
-    });
-    let kept = futures::future::join_all(sends).await;
+    }
+    if !full.is_empty() {
+        let waits = full.into_iter().map(|(index, part)| {
+            let chunks = &subscribers[index].chunks;
+            async move {
+                let sent =
+                    tokio::time::timeout(source.config.detach_after, chunks.send(part)).await;
+                (index, matches!(sent, Ok(Ok(()))))
+            }
+        });
+        for (index, sent) in futures::future::join_all(waits).await {
+            kept[index] = sent;
+        }
+    }
     let mut kept = kept.into_iter();
     subscribers.retain_mut(|subscriber| {
         let keep = kept.next().unwrap_or(false);
