@@ -10,14 +10,15 @@ use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 
 /// Everything a batch writes, with the revisions it expects.
-pub(super) struct FlushPlan<N> {
+pub(super) struct FlushPlan<N, R> {
     pub counters: Option<(Counters, Option<u64>)>,
     /// What the batch announces.
     pub notices: Vec<N>,
     /// Messages of the batch the projection could not apply.
     pub parked: Vec<ParkedEvent>,
-    /// Key, serialized record (`None`: delete), expected revision.
-    pub writes: Vec<(String, Option<Bytes>, Option<u64>)>,
+    /// Key, record (`None`: delete), expected revision. Each record is serialized as it is
+    /// written.
+    pub writes: Vec<(String, Option<Arc<R>>, Option<u64>)>,
     pub checkpoint: (u64, Option<u64>),
     pub last_seq: u64,
     pub owner: String,
@@ -26,7 +27,8 @@ pub(super) struct FlushPlan<N> {
 /// What a finished flush stored.
 pub(super) struct Flushed {
     pub counters: Option<(Counters, Option<u64>)>,
-    pub revisions: Vec<(String, Option<u64>)>,
+    /// Key, revision and size of every record written.
+    pub revisions: Vec<(String, Option<u64>, usize)>,
     pub checkpoint: Option<(u64, Option<u64>)>,
     pub last_seq: u64,
 }
@@ -58,9 +60,9 @@ pub(super) struct Target<N> {
 ///    readers waiting for `Natster-Min-Seq` trust it only once the records are written. A
 ///    checkpoint moved by someone else is left alone (a checkpoint only moves forward; a stale
 ///    writer finishing an old batch changes nothing).
-pub(super) async fn execute<N>(
+pub(super) async fn execute<N, R: serde::Serialize>(
     target: Target<N>,
-    plan: FlushPlan<N>,
+    plan: FlushPlan<N, R>,
 ) -> Result<Flushed, StoreError> {
     let counters = match plan.counters {
         Some((counters, revision)) => {
@@ -74,12 +76,14 @@ pub(super) async fn execute<N>(
         crate::crashpoint::reached(crate::crashpoint::BEFORE_ANNOUNCE).await;
         target.announce.announce(&plan.notices).await?;
     }
-    let revisions: Vec<(String, Option<u64>)> = futures::stream::iter(plan.writes)
+    let revisions: Vec<(String, Option<u64>, usize)> = futures::stream::iter(plan.writes)
         .map(|(key, record, revision)| {
             let records = &target.records;
             async move {
-                let stored = kv::write_bytes(records, &key, record, revision).await?;
-                Ok::<_, StoreError>((key, stored))
+                let bytes = record.as_deref().map(kv::encode);
+                let size = bytes.as_ref().map_or(0, Bytes::len);
+                let stored = kv::write_bytes(records, &key, bytes, revision).await?;
+                Ok::<_, StoreError>((key, stored, size))
             }
         })
         .buffer_unordered(target.concurrency.max(1))

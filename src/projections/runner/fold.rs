@@ -13,10 +13,12 @@ use async_nats::jetstream::kv::Store as Bucket;
 use futures::StreamExt;
 use hashbrown::{HashMap, HashSet};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// A record in memory.
 struct Cached<R> {
-    record: Stored<R>,
+    /// Shared with a flush that writes it: a change while it is written copies it once.
+    record: Stored<Arc<R>>,
     /// Revision as stored by the last finished flush (`None`: never written).
     revision: Option<u64>,
     /// Its size as stored (as last read or written; 0 until first written), which is what
@@ -71,7 +73,7 @@ struct CachedRecords<'a, R> {
     lookups: std::cell::Cell<u64>,
 }
 
-impl<R> Records<R> for CachedRecords<'_, R> {
+impl<R: Clone> Records<R> for CachedRecords<'_, R> {
     fn before(&self, key: &str) -> Result<Before<'_, R>, parking::ParkReason> {
         self.lookups.set(self.lookups.get() + 1);
         match self.cache.get(key) {
@@ -80,7 +82,7 @@ impl<R> Records<R> for CachedRecords<'_, R> {
                 size_bound,
                 ..
             }) => Ok(Before {
-                record: record.as_ref(),
+                record: record.as_deref(),
                 size_bound: *size_bound,
             }),
             Some(Cached {
@@ -105,7 +107,7 @@ impl<R> Records<R> for CachedRecords<'_, R> {
             Some(Cached {
                 record: Stored::Readable(record),
                 ..
-            }) => record.take(),
+            }) => record.take().map(Arc::unwrap_or_clone),
             _ => None,
         }
     }
@@ -129,14 +131,14 @@ fn keep<R>(
         bytes: 0,
         size_bound: Some(0),
     });
-    entry.record = Stored::Readable(record);
+    entry.record = Stored::Readable(record.map(Arc::new));
     entry.size_bound = size_bound;
 }
 
 /// A stored value as the fold holds it.
-fn readable<R: serde::de::DeserializeOwned>(bucket: &str, bytes: &[u8]) -> Stored<R> {
+fn readable<R: serde::de::DeserializeOwned>(bucket: &str, bytes: &[u8]) -> Stored<Arc<R>> {
     match kv::decode(bucket, bytes) {
-        Ok(record) => Stored::Readable(Some(record)),
+        Ok(record) => Stored::Readable(Some(Arc::new(record))),
         Err(error) => Stored::Unreadable(error.to_string()),
     }
 }
@@ -242,7 +244,7 @@ impl<P: Projection> FoldState<P> {
     fn insert(
         &mut self,
         key: String,
-        record: Stored<P::Record>,
+        record: Stored<Arc<P::Record>>,
         revision: Option<u64>,
         bytes: usize,
     ) {
@@ -333,7 +335,7 @@ impl<P: Projection> FoldState<P> {
 
     /// Hands what is folded to a flush. Call only when no flush is in flight: the revisions
     /// it expects are those the previous flush stored.
-    pub(super) fn take_plan(&mut self, owner: &str) -> FlushPlan<P::Notice> {
+    pub(super) fn take_plan(&mut self, owner: &str) -> FlushPlan<P::Notice, P::Record> {
         let last_seq = self.pending_seq.take().expect("something is pending");
         // Counters move only when some message changes them: a batch whose every message
         // counts nothing counts nothing on replay either, so leaving `counted_seq` behind is
@@ -348,23 +350,19 @@ impl<P: Projection> FoldState<P> {
         self.delta = CountDelta::default();
         self.counted_something = false;
         self.in_flight = std::mem::take(&mut self.dirty);
-        let mut writes = Vec::with_capacity(self.in_flight.len());
-        for key in &self.in_flight {
-            let cached = self
-                .cache
-                .get_mut(key)
-                .expect("a folded record is in memory");
-            let Stored::Readable(record) = &cached.record else {
-                unreachable!("an unreadable record is never folded")
-            };
-            let bytes = record.as_ref().map(kv::encode);
-            let size = bytes.as_ref().map_or(0, |b| b.len());
-            self.cache_bytes = self.cache_bytes + size - cached.bytes;
-            cached.bytes = size;
-            cached.size_bound = Some(size);
-            writes.push((key.clone(), bytes, cached.revision));
-        }
-        self.cache_metrics.bytes.set(self.cache_bytes as i64);
+        // The records are shared with the flush, which serializes each as it writes it: a
+        // batch never holds all of its records encoded at once.
+        let writes = self
+            .in_flight
+            .iter()
+            .map(|key| {
+                let cached = self.cache.get(key).expect("a folded record is in memory");
+                let Stored::Readable(record) = &cached.record else {
+                    unreachable!("an unreadable record is never folded")
+                };
+                (key.clone(), record.clone(), cached.revision)
+            })
+            .collect();
         FlushPlan {
             counters,
             notices: std::mem::take(&mut self.notices),
@@ -381,11 +379,18 @@ impl<P: Projection> FoldState<P> {
         if let Some(counters) = done.counters {
             self.counters = counters;
         }
-        for (key, revision) in done.revisions {
+        for (key, revision, size) in done.revisions {
             if let Some(entry) = self.cache.get_mut(&key) {
                 entry.revision = revision;
+                self.cache_bytes = self.cache_bytes + size - entry.bytes;
+                entry.bytes = size;
+                if !self.dirty.contains(&key) {
+                    // Unchanged since it was written: its size is known exactly.
+                    entry.size_bound = Some(size);
+                }
             }
         }
+        self.cache_metrics.bytes.set(self.cache_bytes as i64);
         if let Some(checkpoint) = done.checkpoint {
             self.checkpoint = checkpoint;
         }

@@ -333,7 +333,7 @@ impl<P: Projection> ProjectionRunner<P> {
             self.progress.finish(fold, done);
         }
         if fold.has_pending() && held.is_held() {
-            let plan: FlushPlan<P::Notice> = fold.take_plan(held.owner());
+            let plan: FlushPlan<P::Notice, P::Record> = fold.take_plan(held.owner());
             let done = flush::execute(self.target(), plan).await?;
             self.progress.finish(fold, done);
         }
