@@ -57,6 +57,7 @@ struct Joining<T> {
 }
 
 /// How a shared read is made (kept so a detached subscription can make its own).
+#[derive(Clone)]
 struct Source<T> {
     stream: stream::Stream,
     decode: Decoder<T>,
@@ -64,33 +65,13 @@ struct Source<T> {
     config: SharedConfig,
 }
 
-impl<T> Clone for Source<T> {
-    fn clone(&self) -> Self {
-        Source {
-            stream: self.stream.clone(),
-            decode: self.decode,
-            seq_of: self.seq_of,
-            config: self.config,
-        }
-    }
-}
-
 /// One ordered read of a stream, for any number of subscriptions. Cheap to clone; the read
 /// ends when the last clone is dropped.
+#[derive(Clone)]
 pub struct SharedLog<T> {
     joins: mpsc::UnboundedSender<Joining<T>>,
     source: Source<T>,
     _task: Arc<AbortOnDropHandle<()>>,
-}
-
-impl<T> Clone for SharedLog<T> {
-    fn clone(&self) -> Self {
-        SharedLog {
-            joins: self.joins.clone(),
-            source: self.source.clone(),
-            _task: self._task.clone(),
-        }
-    }
 }
 
 impl<T: Clone + Send + Sync + 'static> SharedLog<T> {

@@ -4,11 +4,13 @@
 use super::*;
 use async_nats::jetstream;
 
-fn seq_of(seq: u64, _time: i64, _message: &jetstream::Message) -> Option<u64> {
+/// Decodes a message as its sequence (shared with the shared read's tests).
+pub(super) fn seq_of(seq: u64, _time: i64, _message: &jetstream::Message) -> Option<u64> {
     Some(seq)
 }
 
-async fn stream_with(js: &jetstream::Context, messages: usize) -> stream::Stream {
+/// Stream `T` over `t.>`, holding `messages` messages.
+pub(super) async fn stream_with(js: &jetstream::Context, messages: usize) -> stream::Stream {
     let stream = js
         .create_stream(stream::Config {
             name: "T".into(),
@@ -21,7 +23,8 @@ async fn stream_with(js: &jetstream::Context, messages: usize) -> stream::Stream
     stream
 }
 
-async fn publish(js: &jetstream::Context, messages: usize) {
+/// Publishes `messages` more messages to `T`, each acknowledged.
+pub(super) async fn publish(js: &jetstream::Context, messages: usize) {
     for i in 0..messages {
         js.publish(format!("t.{i}"), "x".into())
             .await

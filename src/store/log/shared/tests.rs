@@ -2,38 +2,12 @@
 //! in order wherever it starts and whenever it joins, and one that takes nothing is detached
 //! without holding the others up.
 
+use super::super::tests::{publish, seq_of, stream_with};
 use super::*;
-use async_nats::jetstream::{self, stream};
-
-fn seq_of(seq: u64, _time: i64, _message: &jetstream::Message) -> Option<u64> {
-    Some(seq)
-}
+use async_nats::jetstream;
 
 fn identity(seq: &u64) -> u64 {
     *seq
-}
-
-async fn stream_with(js: &jetstream::Context, messages: usize) -> stream::Stream {
-    let stream = js
-        .create_stream(stream::Config {
-            name: "T".into(),
-            subjects: vec!["t.>".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("stream");
-    publish(js, messages).await;
-    stream
-}
-
-async fn publish(js: &jetstream::Context, messages: usize) {
-    for i in 0..messages {
-        js.publish(format!("t.{i}"), "x".into())
-            .await
-            .expect("publish")
-            .await
-            .expect("ack");
-    }
 }
 
 /// Reads `subscription` until it has handed out sequence `upto`; checks each chunk's own
