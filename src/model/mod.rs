@@ -3,6 +3,7 @@
 //! input rules. Nothing here touches NATS; everything here is deterministic.
 
 pub mod bindings;
+pub mod compact;
 pub mod decide;
 pub mod event;
 pub mod intern;

@@ -7,6 +7,7 @@
 //! length of their strings each time they are mentioned. It serialises (serde) as it is held,
 //! which is what a snapshot of it stores.
 
+use super::compact;
 use super::event::{Decoded, Event, EventBody, EventSubject, EventType, NONE};
 use super::intern::Interner;
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,10 @@ struct CatalogAggregate {
     last_seq: u64,
     /// Active shares, sorted by target account id.
     shares: Vec<(u32, ShareState)>,
+    /// Last sequence on each `origin.target` pair of this name (any event type), sorted by
+    /// pair: a few per name, held here rather than in one map keyed by all three ids (at
+    /// 3 M events a map of two million pairs held four million slots).
+    pairs: Vec<(u32, u32, u64)>,
 }
 
 impl Default for CatalogAggregate {
@@ -51,6 +56,7 @@ impl Default for CatalogAggregate {
             owner: NO_OWNER,
             last_seq: 0,
             shares: Vec::new(),
+            pairs: Vec::new(),
         }
     }
 }
@@ -60,10 +66,35 @@ impl CatalogAggregate {
         let at = self.shares.binary_search_by_key(&target, |s| s.0).ok()?;
         Some(&self.shares[at].1)
     }
-}
 
-/// One `origin.target.catalog` pair, by ids.
-type PairKey = (u32, u32, u32);
+    fn pair_last_seq(&self, origin: u32, target: u32) -> u64 {
+        match self
+            .pairs
+            .binary_search_by_key(&(origin, target), |p| (p.0, p.1))
+        {
+            Ok(at) => self.pairs[at].2,
+            Err(_) => 0,
+        }
+    }
+
+    /// Moves the pair's sequence to `seq`; whether the pair is new.
+    fn touch_pair(&mut self, origin: u32, target: u32, seq: u64) -> bool {
+        match self
+            .pairs
+            .binary_search_by_key(&(origin, target), |p| (p.0, p.1))
+        {
+            Ok(at) => {
+                self.pairs[at].2 = seq;
+                false
+            }
+            Err(at) => {
+                compact::reserve_one(&mut self.pairs);
+                self.pairs.insert(at, (origin, target, seq));
+                true
+            }
+        }
+    }
+}
 
 /// A catalog as the decision state knows it, by name (for tests and checks).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +117,8 @@ pub struct DecisionState {
     catalog_names: Interner,
     /// Facts by catalog id.
     catalogs: Vec<CatalogAggregate>,
-    /// Last sequence on each pair (any event type).
-    pairs: hashbrown::HashMap<PairKey, u64>,
+    /// Pairs with a sequence, over all catalog names.
+    pair_count: u64,
     /// Which OAuth id each account is bound to.
     pub bindings: super::bindings::Bindings,
     /// Last stream sequence folded in.
@@ -157,6 +188,7 @@ impl DecisionState {
                 }
                 match aggregate.shares.binary_search_by_key(&target, |s| s.0) {
                     Err(at) if aggregate.owner == origin => {
+                        compact::reserve_one(&mut aggregate.shares);
                         aggregate.shares.insert(at, (target, ShareState::default()));
                         1
                     }
@@ -200,8 +232,9 @@ impl DecisionState {
         if id as usize == self.catalogs.len() {
             self.catalogs.push(CatalogAggregate::default());
         }
-        self.catalogs[id as usize].last_seq = seq;
-        self.pairs.insert((origin, target, id), seq);
+        let catalog = &mut self.catalogs[id as usize];
+        catalog.last_seq = seq;
+        self.pair_count += catalog.touch_pair(origin, target, seq) as u64;
         id
     }
 
@@ -308,7 +341,7 @@ impl DecisionState {
             id(&self.catalog_names, &subject.catalog),
         );
         match key {
-            (Some(o), Some(t), Some(c)) => self.pairs.get(&(o, t, c)).copied().unwrap_or(0),
+            (Some(o), Some(t), Some(c)) => self.catalogs[c as usize].pair_last_seq(o, t),
             _ => 0,
         }
     }
@@ -352,7 +385,7 @@ impl DecisionState {
         (
             self.accounts.len(),
             self.catalog_names.len(),
-            self.pairs.len(),
+            self.pair_count as usize,
         )
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{CountDelta, Projection};
 use crate::contract::PROJ_ACCOUNT_BUCKET;
+use crate::model::compact::reserve_one;
 use crate::model::{AccountRecord, Event, EventBody, EventType, ShareRef, NONE};
 
 /// The account projection.
@@ -76,6 +77,7 @@ impl Projection for Accounts {
                     account: other.clone(),
                 };
                 if !list.contains(&share) {
+                    reserve_one(list);
                     list.push(share);
                 }
             }

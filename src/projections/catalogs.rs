@@ -2,6 +2,7 @@
 //! an unshare removes the account from `shared_with`.
 
 use super::{CountDelta, Projection};
+use crate::model::compact::reserve_one;
 use crate::model::{CatalogRecord, Event, EventType, NONE};
 use crate::store::PROJ_CATALOG_BUCKET;
 
@@ -43,6 +44,7 @@ impl Projection for Catalogs {
         if record.owner == s.origin {
             match s.event_type {
                 EventType::CatalogShared if !record.shared_with.contains(&s.target) => {
+                    reserve_one(&mut record.shared_with);
                     record.shared_with.push(s.target.clone());
                 }
                 EventType::CatalogUnshared => record.shared_with.retain(|a| a != &s.target),

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The format this version writes and reads.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 const MAGIC: &[u8; 8] = b"NATSTRDS";
 const HEADER: usize = MAGIC.len() + 4 + 32;
 
@@ -79,14 +79,20 @@ pub struct Restored {
 }
 
 /// The bytes of a snapshot of `state` and `recent` (oldest first), folded from `log`.
+///
+/// Measured first and written once into a buffer of exactly that size: a growing buffer would
+/// hold up to twice the snapshot at once, on top of the state itself.
 pub fn encode(log: &LogIdentity, state: &DecisionState, recent: &[Remembered]) -> Vec<u8> {
-    let body = postcard::to_stdvec(&BodyRef { log, state, recent })
-        .expect("the decision state serialises");
-    let mut bytes = Vec::with_capacity(HEADER + body.len());
+    let body = BodyRef { log, state, recent };
+    let size =
+        postcard::experimental::serialized_size(&body).expect("the decision state serialises");
+    let mut bytes = Vec::with_capacity(HEADER + size);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&FORMAT.to_le_bytes());
-    bytes.extend_from_slice(&Sha256::digest(&body));
-    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&[0; 32]);
+    let mut bytes = postcard::to_extend(&body, bytes).expect("the decision state serialises");
+    let checksum = Sha256::digest(&bytes[HEADER..]);
+    bytes[HEADER - 32..HEADER].copy_from_slice(&checksum);
     bytes
 }
 

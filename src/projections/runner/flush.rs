@@ -16,19 +16,36 @@ pub(super) struct FlushPlan<N, R> {
     pub notices: Vec<N>,
     /// Messages of the batch the projection could not apply.
     pub parked: Vec<ParkedEvent>,
-    /// Key, record (`None`: delete), expected revision. Each record is serialized as it is
-    /// written.
-    pub writes: Vec<(String, Option<Arc<R>>, Option<u64>)>,
+    /// Each record is serialized as it is written.
+    pub writes: Vec<RecordWrite<R>>,
     pub checkpoint: (u64, Option<u64>),
     pub last_seq: u64,
     pub owner: String,
 }
 
+/// One record a flush writes.
+pub(super) struct RecordWrite<R> {
+    pub key: Arc<str>,
+    /// `None`: delete. Shared with the cache of the fold.
+    pub record: Option<Arc<R>>,
+    /// The revision it replaces (`None`: the key holds nothing yet).
+    pub expected: Option<u64>,
+}
+
+/// One record a flush wrote.
+pub(super) struct RecordWritten {
+    pub key: Arc<str>,
+    /// Its revision now (as the write returned it).
+    pub revision: Option<u64>,
+    /// Its size as stored.
+    pub bytes: usize,
+}
+
 /// What a finished flush stored.
 pub(super) struct Flushed {
     pub counters: Option<(Counters, Option<u64>)>,
-    /// Key, revision and size of every record written.
-    pub revisions: Vec<(String, Option<u64>, usize)>,
+    /// Every record written.
+    pub revisions: Vec<RecordWritten>,
     pub checkpoint: Option<(u64, Option<u64>)>,
     pub last_seq: u64,
 }
@@ -76,14 +93,18 @@ pub(super) async fn execute<N, R: serde::Serialize>(
         crate::crashpoint::reached(crate::crashpoint::BEFORE_ANNOUNCE).await;
         target.announce.announce(&plan.notices).await?;
     }
-    let revisions: Vec<(String, Option<u64>, usize)> = futures::stream::iter(plan.writes)
-        .map(|(key, record, revision)| {
+    let revisions: Vec<RecordWritten> = futures::stream::iter(plan.writes)
+        .map(|write| {
             let records = &target.records;
             async move {
-                let bytes = record.as_deref().map(kv::encode);
+                let bytes = write.record.as_deref().map(kv::encode);
                 let size = bytes.as_ref().map_or(0, Bytes::len);
-                let stored = kv::write_bytes(records, &key, bytes, revision).await?;
-                Ok::<_, StoreError>((key, stored, size))
+                let revision = kv::write_bytes(records, &write.key, bytes, write.expected).await?;
+                Ok::<_, StoreError>(RecordWritten {
+                    key: write.key,
+                    revision,
+                    bytes: size,
+                })
             }
         })
         .buffer_unordered(target.concurrency.max(1))

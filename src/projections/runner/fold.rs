@@ -2,7 +2,7 @@
 //! stored revisions, the counters and checkpoint as stored, and what is folded but not yet
 //! written.
 
-use super::flush::{FlushPlan, Flushed};
+use super::flush::{FlushPlan, Flushed, RecordWrite, RecordWritten};
 use super::CacheMetrics;
 use crate::projections::parking::{self, Before, ParkedEvent, RecordLimit, Records, Stored};
 use crate::projections::stored::{checkpoint_key, counters_key, Checkpoint, Counters};
@@ -15,24 +15,51 @@ use hashbrown::{HashMap, HashSet};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-/// A record in memory.
+/// A record in memory, held compact: a cache holds hundreds of thousands of them, keyed by
+/// shared keys (the sets of keys being folded and written share them too).
 struct Cached<R> {
-    /// Shared with a flush that writes it: a change while it is written copies it once.
-    record: Stored<Arc<R>>,
-    /// Revision as stored by the last finished flush (`None`: never written).
-    revision: Option<u64>,
+    /// The record (`None`: the key holds nothing). Shared with a flush that writes it: a
+    /// change while it is written copies it once.
+    record: Option<Arc<R>>,
+    /// Revision as stored by the last finished flush ([`NEVER_WRITTEN`]: none).
+    revision: u64,
     /// Its size as stored (as last read or written; 0 until first written), which is what
     /// the cache bound counts.
-    bytes: usize,
+    bytes: u32,
     /// An upper bound on the size of `record` as it would be stored now (exact when read or
-    /// written; grown by each message's bound since), so that not every change is measured.
-    size_bound: Option<usize>,
+    /// written; grown by each message's bound since), so that not every change is measured;
+    /// [`UNKNOWN_SIZE`] when none is known.
+    size_bound: u32,
 }
+
+/// KV revisions start at 1.
+const NEVER_WRITTEN: u64 = 0;
+/// A size bound not known (or past what a record can be: every record fits `max_payload`).
+const UNKNOWN_SIZE: u32 = u32::MAX;
+
+impl<R> Cached<R> {
+    fn revision(&self) -> Option<u64> {
+        (self.revision != NEVER_WRITTEN).then_some(self.revision)
+    }
+
+    fn size_bound(&self) -> Option<usize> {
+        (self.size_bound != UNKNOWN_SIZE).then_some(self.size_bound as usize)
+    }
+}
+
+fn compact_size(size: Option<usize>) -> u32 {
+    size.and_then(|size| u32::try_from(size).ok())
+        .unwrap_or(UNKNOWN_SIZE)
+}
+
+type Cache<R> = HashMap<Arc<str>, Cached<R>>;
 
 /// Valid while its holder holds the lease (the only writer then); a failed write throws all
 /// of it away.
 pub(super) struct FoldState<P: Projection> {
-    cache: HashMap<String, Cached<P::Record>>,
+    cache: Cache<P::Record>,
+    /// Stored values that do not decode (a message touching one parks); never dropped.
+    unreadable: HashMap<Arc<str>, String>,
     /// Sum of the cached records' `bytes`.
     cache_bytes: usize,
     /// Past this many bytes, records already written are dropped from memory.
@@ -44,9 +71,9 @@ pub(super) struct FoldState<P: Projection> {
     /// The largest record the bucket takes.
     limit: RecordLimit,
     /// Keys folded since the last flush started.
-    pub(super) dirty: HashSet<String>,
+    pub(super) dirty: HashSet<Arc<str>>,
     /// Keys being written by the flush in flight (never evicted while it runs).
-    in_flight: HashSet<String>,
+    in_flight: HashSet<Arc<str>>,
     /// `cache` holds every key of the bucket: a key not in it is absent, no read needed.
     complete: bool,
     /// Counters as stored, and their revision.
@@ -67,7 +94,8 @@ pub(super) struct FoldState<P: Projection> {
 
 /// The cache as [`parking::step`] sees it, counting lookups.
 struct CachedRecords<'a, R> {
-    cache: &'a mut HashMap<String, Cached<R>>,
+    cache: &'a mut Cache<R>,
+    unreadable: &'a HashMap<Arc<str>, String>,
     /// The cache holds every key of the bucket (a key not in it is absent).
     complete: bool,
     lookups: std::cell::Cell<u64>,
@@ -76,21 +104,16 @@ struct CachedRecords<'a, R> {
 impl<R: Clone> Records<R> for CachedRecords<'_, R> {
     fn before(&self, key: &str) -> Result<Before<'_, R>, parking::ParkReason> {
         self.lookups.set(self.lookups.get() + 1);
-        match self.cache.get(key) {
-            Some(Cached {
-                record: Stored::Readable(record),
-                size_bound,
-                ..
-            }) => Ok(Before {
-                record: record.as_deref(),
-                size_bound: *size_bound,
-            }),
-            Some(Cached {
-                record: Stored::Unreadable(detail),
-                ..
-            }) => Err(parking::ParkReason::Unreadable {
+        if let Some(detail) = self.unreadable.get(key) {
+            return Err(parking::ParkReason::Unreadable {
                 key: key.to_string(),
                 detail: detail.clone(),
+            });
+        }
+        match self.cache.get(key) {
+            Some(cached) => Ok(Before {
+                record: cached.record.as_deref(),
+                size_bound: cached.size_bound(),
             }),
             None => {
                 assert!(self.complete, "every touched key was loaded");
@@ -103,13 +126,10 @@ impl<R: Clone> Records<R> for CachedRecords<'_, R> {
     }
 
     fn take(&mut self, key: &str) -> Option<R> {
-        match self.cache.get_mut(key) {
-            Some(Cached {
-                record: Stored::Readable(record),
-                ..
-            }) => record.take().map(Arc::unwrap_or_clone),
-            _ => None,
-        }
+        self.cache
+            .get_mut(key)
+            .and_then(|cached| cached.record.take())
+            .map(Arc::unwrap_or_clone)
     }
 
     fn put(&mut self, key: String, record: Option<R>, size_bound: Option<usize>) {
@@ -118,21 +138,29 @@ impl<R: Clone> Records<R> for CachedRecords<'_, R> {
 }
 
 /// Holds what a change left at `key` in the cache (its revision and stored size stay those of
-/// the stored record).
+/// the stored record); returns the cache's key.
 fn keep<R>(
-    cache: &mut HashMap<String, Cached<R>>,
+    cache: &mut Cache<R>,
     key: &str,
     record: Option<R>,
     size_bound: Option<usize>,
-) {
-    let entry = cache.entry_ref(key).or_insert(Cached {
-        record: Stored::Readable(None),
-        revision: None,
+) -> Arc<str> {
+    let record = record.map(Arc::new);
+    let size_bound = compact_size(size_bound);
+    if let Some((key, cached)) = cache.get_key_value_mut(key) {
+        cached.record = record;
+        cached.size_bound = size_bound;
+        return key.clone();
+    }
+    let key: Arc<str> = key.into();
+    let cached = Cached {
+        record,
+        revision: NEVER_WRITTEN,
         bytes: 0,
-        size_bound: Some(0),
-    });
-    entry.record = Stored::Readable(record.map(Arc::new));
-    entry.size_bound = size_bound;
+        size_bound,
+    };
+    cache.insert(key.clone(), cached);
+    key
 }
 
 /// A stored value as the fold holds it.
@@ -157,6 +185,7 @@ impl<P: Projection> FoldState<P> {
         cache.1.bytes.set(0);
         Ok(FoldState {
             cache: HashMap::new(),
+            unreadable: HashMap::new(),
             cache_bytes: 0,
             cache_limit: cache.0,
             cache_metrics: cache.1,
@@ -188,7 +217,7 @@ impl<P: Projection> FoldState<P> {
                 Some(value) => (readable(&records.name, value), value.len()),
                 None => (Stored::Readable(None), 0),
             };
-            self.insert(entry.key, record, Some(entry.revision), bytes);
+            self.insert(entry.key.into(), record, Some(entry.revision), bytes);
         })
         .await?;
         self.complete = bytes <= self.cache_limit as u64;
@@ -218,7 +247,11 @@ impl<P: Projection> FoldState<P> {
         let missing: BTreeSet<String> = inputs
             .iter()
             .flat_map(P::keys)
-            .filter(|key| is_valid_key(key) && !self.cache.contains_key(key))
+            .filter(|key| {
+                is_valid_key(key)
+                    && !self.cache.contains_key(key.as_str())
+                    && !self.unreadable.contains_key(key.as_str())
+            })
             .collect();
         self.cache_metrics.misses.inc_by(missing.len() as u64);
         self.loaded_since_fold += missing.len() as u64;
@@ -236,27 +269,34 @@ impl<P: Projection> FoldState<P> {
                 Some(bytes) => (readable(&records.name, &bytes), bytes.len()),
                 None => (Stored::Readable(None), 0),
             };
-            self.insert(key, record, stored.revision, bytes);
+            self.insert(key.into(), record, stored.revision, bytes);
         }
         Ok(())
     }
 
     fn insert(
         &mut self,
-        key: String,
+        key: Arc<str>,
         record: Stored<Arc<P::Record>>,
         revision: Option<u64>,
         bytes: usize,
     ) {
+        let record = match record {
+            Stored::Readable(record) => record,
+            Stored::Unreadable(detail) => {
+                self.unreadable.insert(key, detail);
+                return;
+            }
+        };
         let cached = Cached {
             record,
-            revision,
-            bytes,
-            size_bound: Some(bytes),
+            revision: revision.unwrap_or(NEVER_WRITTEN),
+            bytes: compact_size(Some(bytes)),
+            size_bound: compact_size(Some(bytes)),
         };
         self.cache_bytes += bytes;
         if let Some(old) = self.cache.insert(key, cached) {
-            self.cache_bytes -= old.bytes;
+            self.cache_bytes -= old.bytes as usize;
         }
         self.cache_metrics.bytes.set(self.cache_bytes as i64);
     }
@@ -266,15 +306,16 @@ impl<P: Projection> FoldState<P> {
     /// not in memory is no longer known to be absent.
     fn evict_written(&mut self) {
         let target = self.cache_limit / 4 * 3;
-        let keep: HashSet<&String> = self.dirty.iter().chain(&self.in_flight).collect();
+        let (dirty, in_flight) = (&self.dirty, &self.in_flight);
         let mut held = self.cache_bytes;
         self.cache.retain(|key, cached| {
-            if held <= target || keep.contains(key) {
+            if held <= target || dirty.contains(key) || in_flight.contains(key) {
                 return true;
             }
-            held -= cached.bytes;
+            held -= cached.bytes as usize;
             false
         });
+        self.cache.shrink_to_fit();
         self.cache_bytes = held;
         self.cache_metrics.bytes.set(held as i64);
         self.complete = false;
@@ -295,6 +336,7 @@ impl<P: Projection> FoldState<P> {
             let seq = P::seq(input);
             let mut records = CachedRecords {
                 cache: &mut self.cache,
+                unreadable: &self.unreadable,
                 complete: self.complete,
                 lookups: std::cell::Cell::new(0),
             };
@@ -317,14 +359,14 @@ impl<P: Projection> FoldState<P> {
                 // Notices go out before records are written, so a change to a record not yet
                 // written is announced again whether or not it was counted: at least once.
                 self.notices.extend(change.notice);
-                keep(
+                let key = keep(
                     &mut self.cache,
                     &change.key,
                     change.after,
                     change.size_bound,
                 );
                 if changed {
-                    self.dirty.insert(change.key);
+                    self.dirty.insert(key);
                 }
             }
         }
@@ -357,10 +399,11 @@ impl<P: Projection> FoldState<P> {
             .iter()
             .map(|key| {
                 let cached = self.cache.get(key).expect("a folded record is in memory");
-                let Stored::Readable(record) = &cached.record else {
-                    unreachable!("an unreadable record is never folded")
-                };
-                (key.clone(), record.clone(), cached.revision)
+                RecordWrite {
+                    key: key.clone(),
+                    record: cached.record.clone(),
+                    expected: cached.revision(),
+                }
             })
             .collect();
         FlushPlan {
@@ -379,14 +422,19 @@ impl<P: Projection> FoldState<P> {
         if let Some(counters) = done.counters {
             self.counters = counters;
         }
-        for (key, revision, size) in done.revisions {
+        for RecordWritten {
+            key,
+            revision,
+            bytes: size,
+        } in done.revisions
+        {
             if let Some(entry) = self.cache.get_mut(&key) {
-                entry.revision = revision;
-                self.cache_bytes = self.cache_bytes + size - entry.bytes;
-                entry.bytes = size;
+                entry.revision = revision.unwrap_or(NEVER_WRITTEN);
+                self.cache_bytes = self.cache_bytes + size - entry.bytes as usize;
+                entry.bytes = compact_size(Some(size));
                 if !self.dirty.contains(&key) {
                     // Unchanged since it was written: its size is known exactly.
-                    entry.size_bound = Some(size);
+                    entry.size_bound = compact_size(Some(size));
                 }
             }
         }
