@@ -3,6 +3,8 @@
 
 /// mimalloc: the projection and request paths allocate many small, short-lived values (about
 /// 9 % more projector throughput than the system allocator in `cargo bench --bench projection`).
+/// Its v2 line: it gives freed memory back to the system within milliseconds, where v3 kept
+/// the peak of a catch-up (1 M events: 291 MiB under load with v3, 230 MiB with v2, same build).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
