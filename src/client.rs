@@ -317,7 +317,15 @@ impl GlobalClient {
     }
 
     /// The caller's own account record and its stream sequence; `None` before it initialised.
+    ///
+    /// The record is read straight from the bucket (a direct get through the import), which
+    /// cannot wait for a sequence: under [`GlobalClient::at_least`] a `stats` call carrying
+    /// the sequence goes first, and answers only once the account projection has applied it
+    /// (its records are written before its checkpoint moves).
     pub async fn own_record(&self) -> Result<Option<(AccountRecord, u64)>, ClientError> {
+        if self.min_seq.is_some() {
+            self.stats().await?;
+        }
         let request = self.client.request(OWN_RECORD_SUBJECT, bytes::Bytes::new());
         let reply = tokio::time::timeout(self.timeout, request)
             .await

@@ -26,6 +26,7 @@ pub use request::{read_record, ApiRequest, Caller, MIN_SEQ_WAIT};
 
 use crate::contract::{op, Envelope, Op, Operation};
 use crate::otc::{CodeExpiry, CredentialsProvider, Sealer};
+use crate::projections::online_view::OnlineView;
 use crate::projections::view::StatsView;
 use crate::reactions::Feeds;
 use crate::store::Store;
@@ -59,6 +60,8 @@ pub struct ApiContext {
     pub store: Store,
     pub decider: Decider,
     pub view: StatsView,
+    /// What `my.shares` answers catalogs' online state from, once complete.
+    pub online_view: OnlineView,
     pub settings: ApiSettings,
     pub credentials: Arc<dyn CredentialsProvider>,
     pub feeds: Feeds,

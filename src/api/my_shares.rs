@@ -4,6 +4,7 @@ use super::{read_record, ApiContext, ApiError, ApiRequest, Handler};
 use crate::contract::{op, ShareSummary};
 use crate::model::online::{online_key, OnlineRecord};
 use crate::model::AccountRecord;
+use crate::projections::online_view::OnlineEntry;
 use crate::projections::{accounts::Accounts, Projection};
 use crate::store::kv::is_valid_key;
 use std::collections::{BTreeSet, HashMap};
@@ -19,32 +20,56 @@ impl Handler for op::MyShares {
         let me = &request.caller.account;
         let record: Option<AccountRecord> = read_record(&context.store.accounts, me).await?;
         let mut summaries = record.map(|r| summaries(me, &r)).unwrap_or_default();
-        // One online read per distinct catalog (the owner is the sharing account); a catalog
-        // of an adopted log whose name no key can hold is never online.
+        // The online state of each distinct catalog (the owner is the sharing account) from
+        // the instance's view, or one read each while the view is rebuilt; a catalog of an
+        // adopted log whose name no key can hold is never online.
         let catalogs: BTreeSet<String> = summaries
             .iter()
             .map(|s| online_key(&s.from_account, &s.catalog))
             .filter(|key| is_valid_key(key))
             .collect();
-        let online: Vec<Option<OnlineRecord>> = futures::future::try_join_all(
-            catalogs
-                .iter()
-                .map(|key| read_record(&context.store.online_records, key)),
-        )
-        .await?;
-        let online: HashMap<&String, OnlineRecord> = catalogs
+        let online = match context
+            .online_view
+            .lookup(catalogs.iter().map(String::as_str))
+        {
+            Some(entries) => entries,
+            None => read_online(context, &catalogs).await?,
+        };
+        let online: HashMap<&String, OnlineEntry> = catalogs
             .iter()
             .zip(online)
-            .filter_map(|(key, record)| Some((key, record?)))
+            .filter_map(|(key, entry)| Some((key, entry?)))
             .collect();
         for summary in &mut summaries {
-            if let Some(record) = online.get(&online_key(&summary.from_account, &summary.catalog)) {
-                summary.catalog_online = record.online;
-                summary.revision = record.revision;
+            if let Some(entry) = online.get(&online_key(&summary.from_account, &summary.catalog)) {
+                summary.catalog_online = entry.online;
+                summary.revision = entry.revision;
             }
         }
         Ok(summaries)
     }
+}
+
+/// The online state of each of `catalogs` read from the bucket (one read each, at once).
+async fn read_online(
+    context: &ApiContext,
+    catalogs: &BTreeSet<String>,
+) -> Result<Vec<Option<OnlineEntry>>, ApiError> {
+    let records: Vec<Option<OnlineRecord>> = futures::future::try_join_all(
+        catalogs
+            .iter()
+            .map(|key| read_record(&context.store.online_records, key)),
+    )
+    .await?;
+    Ok(records
+        .into_iter()
+        .map(|record| {
+            record.map(|r| OnlineEntry {
+                online: r.online,
+                revision: r.revision,
+            })
+        })
+        .collect())
 }
 
 /// The account's outgoing then incoming shares, all offline at revision 0.

@@ -33,6 +33,7 @@ pub mod accounts;
 pub mod catalogs;
 pub mod oauth;
 pub mod online;
+pub mod online_view;
 pub mod parking;
 pub mod rebuild;
 pub mod registry;

@@ -1,10 +1,12 @@
 //! An instance's background work: every projection of the registry in the shared runner, the
-//! share notices and, when configured, the auto-share reactor. Each holds a lease or a pinned
+//! share notices and, when configured, the auto-share reactor, each holding a lease or a pinned
 //! consumer, so with several instances running each piece of work is done by one of them at a
-//! time; all of them end when the stop token is cancelled.
+//! time; and the instance's own view of catalogs online. All of it ends when the stop token is
+//! cancelled.
 
 use super::ServiceConfig;
 use crate::model::Event;
+use crate::projections::online_view::{OnlineView, ViewMetrics};
 use crate::projections::parking::RecordLimit;
 use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::runner::{Announce, CacheMetrics, Progress, ProjectionRunner, Silent};
@@ -24,11 +26,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The spawned tasks, and each event-log projection's applied sequence (for waits on a
-/// sequence of the event log).
+/// The spawned tasks, each event-log projection's applied sequence (for waits on a sequence
+/// of the event log), and the view of catalogs online.
 pub(super) struct Started {
     pub tasks: Vec<JoinHandle<()>>,
     pub progress: Vec<(&'static str, watch::Receiver<u64>)>,
+    pub online_view: OnlineView,
 }
 
 /// What background work needs of the instance.
@@ -45,13 +48,30 @@ pub(super) struct Parts<'a> {
     pub stop: &'a CancellationToken,
 }
 
+/// The instance's view of catalogs online, reporting to its metrics.
+fn start_online_view(parts: &Parts<'_>) -> OnlineView {
+    let metrics = ViewMetrics {
+        entries: parts.metrics.online_view_entries.clone(),
+        bytes: parts.metrics.online_view_bytes.clone(),
+        rebuilds: parts.metrics.online_view_rebuilds.clone(),
+    };
+    let store = parts.store;
+    OnlineView::start(
+        store.js.client(),
+        store.online_records.clone(),
+        metrics,
+        parts.stop.clone(),
+    )
+}
+
 /// Spawns all background work of one instance.
 pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
+    let store = parts.store;
     let mut started = Started {
         tasks: Vec::new(),
         progress: Vec::new(),
+        online_view: start_online_view(parts),
     };
-    let store = parts.store;
     // The event log's projections read it once between them.
     let events = SharedLog::spawn(
         store.events.clone(),

@@ -202,6 +202,7 @@ impl GlobalService {
             store,
             decider,
             view: view.clone(),
+            online_view: started.online_view,
             settings: config.api_settings(),
             credentials: Arc::new(NoCredentials),
             rate_limiter: config.rate_limiter(),

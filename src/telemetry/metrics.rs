@@ -127,6 +127,9 @@ pub struct Metrics {
     pub decision_snapshot_sequence: Gauge,
     pub decision_snapshot_size_bytes: Gauge,
     pub decision_snapshot_write_duration: Histogram,
+    pub online_view_entries: Gauge,
+    pub online_view_bytes: Gauge,
+    pub online_view_rebuilds: Counter,
 }
 
 /// What the decision state holds, as label `kind` (`accounts`, `catalogs`, `pairs`,
@@ -185,6 +188,9 @@ impl Metrics {
             decision_snapshot_sequence: Gauge::default(),
             decision_snapshot_size_bytes: Gauge::default(),
             decision_snapshot_write_duration: Histogram::new(SNAPSHOT_WRITE_BUCKETS),
+            online_view_entries: Gauge::default(),
+            online_view_bytes: Gauge::default(),
+            online_view_rebuilds: Counter::default(),
         };
         registry.register(
             "build",
@@ -395,6 +401,21 @@ impl Metrics {
             m.nats_reconnects,
         );
         registry.register("ready", "1 while /readyz answers 200", m.ready);
+        registry.register(
+            "online_view_entries",
+            "Catalogs this instance's in-memory view of PROJ_ONLINE holds (0 while it is rebuilt)",
+            m.online_view_entries,
+        );
+        registry.register(
+            "online_view_bytes",
+            "Approximate memory this instance's view of PROJ_ONLINE takes (map slots and keys)",
+            m.online_view_bytes,
+        );
+        registry.register(
+            "online_view_rebuilds",
+            "Times this instance threw its view of PROJ_ONLINE away and read it again (watch failed or ended, client reconnected)",
+            m.online_view_rebuilds,
+        );
     }
 
     /// Creates every series whose labels are known in advance, at zero: a series that exists
