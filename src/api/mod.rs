@@ -25,8 +25,10 @@ pub use error::ApiError;
 pub use request::{read_record, ApiRequest, Caller, MIN_SEQ_WAIT};
 
 use crate::contract::{op, Envelope, Op, Operation};
+use crate::model::AccountRecord;
 use crate::otc::{CodeExpiry, CredentialsProvider, Sealer};
 use crate::projections::online_view::OnlineView;
+use crate::projections::record_cache::RecordCache;
 use crate::projections::view::StatsView;
 use crate::reactions::Feeds;
 use crate::store::Store;
@@ -62,6 +64,8 @@ pub struct ApiContext {
     pub view: StatsView,
     /// What `my.shares` answers catalogs' online state from, once complete.
     pub online_view: OnlineView,
+    /// Account records for reads without `Natster-Min-Seq`.
+    pub account_cache: RecordCache<AccountRecord>,
     pub settings: ApiSettings,
     pub credentials: Arc<dyn CredentialsProvider>,
     pub feeds: Feeds,

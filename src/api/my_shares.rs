@@ -18,7 +18,7 @@ impl Handler for op::MyShares {
     ) -> Result<Vec<ShareSummary>, ApiError> {
         request.wait_min_seq(context, &[Accounts::NAME]).await?;
         let me = &request.caller.account;
-        let record: Option<AccountRecord> = read_record(&context.store.accounts, me).await?;
+        let record = request.own_account(context).await?;
         let mut summaries = record.map(|r| summaries(me, &r)).unwrap_or_default();
         // The online state of each distinct catalog (the owner is the sharing account) from
         // the instance's view, or one read each while the view is rebuilt; a catalog of an

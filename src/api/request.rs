@@ -4,8 +4,10 @@
 use super::{ApiContext, ApiError};
 use crate::contract::{BodyError, Operation, RequestBody, MIN_SEQ_HEADER};
 use crate::model::validate::is_account_public_key;
+use crate::model::AccountRecord;
 use crate::store::kv;
 use bytes::Bytes;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a read waits for `Natster-Min-Seq`.
@@ -124,4 +126,24 @@ pub async fn read_record<T: serde::de::DeserializeOwned>(
         .await
         .map(|record| record.value)
         .map_err(|error| ApiError::store("a projection cannot be read", &error))
+}
+
+impl ApiRequest<'_> {
+    /// The caller's account record: from the instance's cache, or read from the bucket when
+    /// the request waits for a sequence (`Natster-Min-Seq`), which the cache cannot promise.
+    pub async fn own_account(
+        &self,
+        context: &ApiContext,
+    ) -> Result<Option<Arc<AccountRecord>>, ApiError> {
+        let key = &self.caller.account;
+        if self.header(MIN_SEQ_HEADER).is_some() {
+            let record = read_record::<AccountRecord>(&context.store.accounts, key).await?;
+            return Ok(record.map(Arc::new));
+        }
+        context
+            .account_cache
+            .get(key)
+            .await
+            .map_err(|error| ApiError::store("a projection cannot be read", &error))
+    }
 }

@@ -1,8 +1,7 @@
 //! `whoami`: the caller's own identity as the service knows it; 404 until it initialised.
 
-use super::{read_record, ApiContext, ApiError, ApiRequest, Handler};
+use super::{ApiContext, ApiError, ApiRequest, Handler};
 use crate::contract::{op, WhoamiReply};
-use crate::model::AccountRecord;
 use crate::projections::{accounts::Accounts, Projection};
 
 impl Handler for op::Whoami {
@@ -13,10 +12,8 @@ impl Handler for op::Whoami {
         request: &ApiRequest<'_>,
     ) -> Result<WhoamiReply, ApiError> {
         request.wait_min_seq(context, &[Accounts::NAME]).await?;
-        let record: Option<AccountRecord> =
-            read_record(&context.store.accounts, &request.caller.account).await?;
-        match record {
-            Some(record) if record.initialized_at > 0 => Ok(WhoamiReply::from(&record)),
+        match request.own_account(context).await? {
+            Some(record) if record.initialized_at > 0 => Ok(WhoamiReply::from(&*record)),
             _ => Err(ApiError::not_found(
                 "this account has not initialised Natster",
             )),

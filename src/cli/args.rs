@@ -287,6 +287,10 @@ pub struct ServiceArgs {
     /// beyond it, written records are dropped and read again when next needed.
     #[arg(long, env = "NATSTER_PROJECTION_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub projection_cache_mib: u32,
+    /// MiB of account records (as stored) kept in memory for `whoami` and `my.shares`
+    /// without `Natster-Min-Seq`, kept current by a watch of the bucket.
+    #[arg(long, env = "NATSTER_ACCOUNT_CACHE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub account_cache_mib: u32,
     /// How often the instance holding the snapshot lease writes the decision-state snapshot
     /// (also written when it stops); a start folds only the log after the last one.
     #[arg(long, env = "NATSTER_SNAPSHOT_INTERVAL", default_value = "1m", value_parser = parse_positive_duration)]
@@ -360,6 +364,7 @@ impl ServiceArgs {
                 cache_bytes: (self.projection_cache_mib as usize) << 20,
                 ..RunnerConfig::default()
             },
+            account_cache_bytes: (self.account_cache_mib as usize) << 20,
             ..ServiceConfig::default()
         })
     }

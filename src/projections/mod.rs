@@ -36,6 +36,7 @@ pub mod online;
 pub mod online_view;
 pub mod parking;
 pub mod rebuild;
+pub mod record_cache;
 pub mod registry;
 pub mod runner;
 pub mod status;

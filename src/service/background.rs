@@ -5,9 +5,11 @@
 //! cancelled.
 
 use super::ServiceConfig;
+use crate::model::AccountRecord;
 use crate::model::Event;
 use crate::projections::online_view::{OnlineView, ViewMetrics};
 use crate::projections::parking::RecordLimit;
+use crate::projections::record_cache::{RecordCache, RecordCacheMetrics};
 use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::runner::{Announce, CacheMetrics, Progress, ProjectionRunner, Silent};
 use crate::projections::{
@@ -18,6 +20,7 @@ use crate::reactions::{autoshare, share_notices, Feeds};
 use crate::store::lease::{holder_id, lead, Lease};
 use crate::store::log::shared::{SharedConfig, SharedLog};
 use crate::store::{Store, StoreError};
+use crate::telemetry::metrics::ResultLabels;
 use crate::telemetry::Metrics;
 use crate::write::{log_identity, snapshotter, Decider, Snapshots};
 use std::future::Future;
@@ -32,6 +35,7 @@ pub(super) struct Started {
     pub tasks: Vec<JoinHandle<()>>,
     pub progress: Vec<(&'static str, watch::Receiver<u64>)>,
     pub online_view: OnlineView,
+    pub account_cache: RecordCache<AccountRecord>,
 }
 
 /// What background work needs of the instance.
@@ -64,6 +68,32 @@ fn start_online_view(parts: &Parts<'_>) -> OnlineView {
     )
 }
 
+/// The read ops' cache of account records, reporting to its metrics.
+fn start_account_cache(parts: &Parts<'_>) -> RecordCache<AccountRecord> {
+    let lookups = |result| {
+        let labels = ResultLabels { result };
+        parts
+            .metrics
+            .account_cache_lookups
+            .get_or_create(&labels)
+            .clone()
+    };
+    let metrics = RecordCacheMetrics {
+        hits: lookups("hit"),
+        misses: lookups("miss"),
+        bytes: parts.metrics.account_cache_bytes.clone(),
+        rebuilds: parts.metrics.account_cache_rebuilds.clone(),
+    };
+    let store = parts.store;
+    RecordCache::start(
+        store.js.client(),
+        store.accounts.clone(),
+        parts.config.account_cache_bytes,
+        metrics,
+        parts.stop.clone(),
+    )
+}
+
 /// Spawns all background work of one instance.
 pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
     let store = parts.store;
@@ -71,6 +101,7 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
         tasks: Vec::new(),
         progress: Vec::new(),
         online_view: start_online_view(parts),
+        account_cache: start_account_cache(parts),
     };
     // The event log's projections read it once between them.
     let events = SharedLog::spawn(

@@ -49,6 +49,9 @@ pub struct ServiceConfig {
     pub share_limits: ShareLimits,
     /// Tuning of the projection runners.
     pub runner: RunnerConfig,
+    /// Bytes of account records (as stored) the read ops keep in memory (see
+    /// [`crate::projections::record_cache`]).
+    pub account_cache_bytes: usize,
     /// A catalog is online until this long after its last heartbeat (whole seconds, at
     /// least 1 s: the server's per-message TTL).
     pub online_ttl: Duration,
@@ -81,6 +84,7 @@ impl Default for ServiceConfig {
             refusal_delay: Duration::from_secs(1),
             share_limits: ShareLimits::default(),
             runner: Default::default(),
+            account_cache_bytes: 32 << 20,
             snapshot_interval: Duration::from_secs(60),
             online_ttl: Duration::from_secs(180),
             ready_max_lag: 10_000,

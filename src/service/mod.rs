@@ -203,6 +203,7 @@ impl GlobalService {
             decider,
             view: view.clone(),
             online_view: started.online_view,
+            account_cache: started.account_cache,
             settings: config.api_settings(),
             credentials: Arc::new(NoCredentials),
             rate_limiter: config.rate_limiter(),

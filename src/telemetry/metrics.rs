@@ -76,6 +76,11 @@ pub struct CacheLookupLabels {
 
 /// A feed message kind (`heartbeat`, `catalog_online`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FeedLabels {
     pub kind: &'static str,
 }
@@ -130,6 +135,9 @@ pub struct Metrics {
     pub online_view_entries: Gauge,
     pub online_view_bytes: Gauge,
     pub online_view_rebuilds: Counter,
+    pub account_cache_lookups: Family<ResultLabels, Counter>,
+    pub account_cache_bytes: Gauge,
+    pub account_cache_rebuilds: Counter,
 }
 
 /// What the decision state holds, as label `kind` (`accounts`, `catalogs`, `pairs`,
@@ -191,6 +199,9 @@ impl Metrics {
             online_view_entries: Gauge::default(),
             online_view_bytes: Gauge::default(),
             online_view_rebuilds: Counter::default(),
+            account_cache_lookups: Family::default(),
+            account_cache_bytes: Gauge::default(),
+            account_cache_rebuilds: Counter::default(),
         };
         registry.register(
             "build",
@@ -204,6 +215,7 @@ impl Metrics {
         metrics.register_projections(&mut registry);
         metrics.register_state(&mut registry);
         metrics.register_decisions(&mut registry);
+        metrics.register_read_views(&mut registry);
         metrics.start_series_at_zero(projections);
         (metrics, registry)
     }
@@ -290,6 +302,41 @@ impl Metrics {
             "projection_rebuild_progress_ratio",
             "Share of the log replayed by the running or last rebuild (0 to 1)",
             m.projection_rebuild_progress_ratio,
+        );
+    }
+
+    /// The read ops' in-memory views: catalogs online, account records.
+    fn register_read_views(&self, registry: &mut Registry) {
+        let m = self.clone();
+        registry.register(
+            "online_view_entries",
+            "Catalogs this instance's in-memory view of PROJ_ONLINE holds (0 while it is rebuilt)",
+            m.online_view_entries,
+        );
+        registry.register(
+            "online_view_bytes",
+            "Approximate memory this instance's view of PROJ_ONLINE takes (map slots and keys)",
+            m.online_view_bytes,
+        );
+        registry.register(
+            "account_cache_lookups",
+            "Account records the read ops looked up in this instance's cache, by result (hit, miss: read from the bucket)",
+            m.account_cache_lookups,
+        );
+        registry.register(
+            "account_cache_bytes",
+            "Bytes of account records this instance's read cache holds (bounded by --account-cache-mib)",
+            m.account_cache_bytes,
+        );
+        registry.register(
+            "account_cache_rebuilds",
+            "Times this instance emptied its account record cache (watch failed or ended, client reconnected)",
+            m.account_cache_rebuilds,
+        );
+        registry.register(
+            "online_view_rebuilds",
+            "Times this instance threw its view of PROJ_ONLINE away and read it again (watch failed or ended, client reconnected)",
+            m.online_view_rebuilds,
         );
     }
 
@@ -401,21 +448,6 @@ impl Metrics {
             m.nats_reconnects,
         );
         registry.register("ready", "1 while /readyz answers 200", m.ready);
-        registry.register(
-            "online_view_entries",
-            "Catalogs this instance's in-memory view of PROJ_ONLINE holds (0 while it is rebuilt)",
-            m.online_view_entries,
-        );
-        registry.register(
-            "online_view_bytes",
-            "Approximate memory this instance's view of PROJ_ONLINE takes (map slots and keys)",
-            m.online_view_bytes,
-        );
-        registry.register(
-            "online_view_rebuilds",
-            "Times this instance threw its view of PROJ_ONLINE away and read it again (watch failed or ended, client reconnected)",
-            m.online_view_rebuilds,
-        );
     }
 
     /// Creates every series whose labels are known in advance, at zero: a series that exists

@@ -1,0 +1,139 @@
+//! The record cache against a real nats-server: a miss read once then held, every change the
+//! watch delivers taken in (put, delete), its bound kept, and emptied and right again after
+//! the server restarts under it.
+
+use super::*;
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Rec {
+    n: u32,
+}
+
+async fn bucket(js: &jetstream::Context) -> kv::Store {
+    js.create_key_value(kv::Config {
+        bucket: "RECORD_CACHE_TEST".into(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("bucket")
+}
+
+fn rec(n: u32) -> bytes::Bytes {
+    serde_json::to_vec(&Rec { n }).expect("json").into()
+}
+
+async fn value(cache: &RecordCache<Rec>, key: &str) -> Option<u32> {
+    cache.get(key).await.expect("get").map(|r| r.n)
+}
+
+/// Waits until the cache answers `expected` at `key` (a change reaches it through its watch).
+async fn until_cached(cache: &RecordCache<Rec>, key: &str, expected: Option<u32>) {
+    let reached = tokio::time::timeout(Duration::from_secs(10), async {
+        while value(cache, key).await != expected {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "{key} never became {expected:?}");
+}
+
+/// Waits until the cache's watch runs (reads before it are not held).
+async fn until_live(cache: &RecordCache<Rec>) {
+    let live = tokio::time::timeout(Duration::from_secs(10), async {
+        while !cache.state.lock().expect("lock").live {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(live.is_ok(), "the cache's watch never started");
+}
+
+#[tokio::test]
+async fn a_miss_is_read_once_then_every_change_is_taken_in() {
+    let server = natster_testkit::PlainServer::start().await.expect("server");
+    let client = server.connect().await.expect("connect");
+    let bucket = bucket(&jetstream::new(client.clone())).await;
+    bucket.put("a", rec(1)).await.expect("put");
+    let metrics = RecordCacheMetrics::default();
+    let stop = CancellationToken::new();
+    let cache: RecordCache<Rec> = RecordCache::start(
+        client,
+        bucket.clone(),
+        1 << 20,
+        metrics.clone(),
+        stop.clone(),
+    );
+    until_live(&cache).await;
+
+    assert_eq!(value(&cache, "a").await, Some(1));
+    assert_eq!(value(&cache, "a").await, Some(1));
+    assert_eq!(value(&cache, "absent").await, None);
+    assert_eq!(value(&cache, "absent").await, None);
+    assert_eq!((metrics.misses.get(), metrics.hits.get()), (2, 2));
+
+    bucket.put("a", rec(2)).await.expect("put");
+    until_cached(&cache, "a", Some(2)).await;
+    bucket.put("absent", rec(7)).await.expect("put");
+    until_cached(&cache, "absent", Some(7)).await;
+    bucket.delete("a").await.expect("delete");
+    until_cached(&cache, "a", None).await;
+    // All of that came through the watch: no read of the bucket since the first two.
+    assert_eq!(metrics.misses.get(), 2);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_cache_keeps_its_bound() {
+    let server = natster_testkit::PlainServer::start().await.expect("server");
+    let client = server.connect().await.expect("connect");
+    let bucket = bucket(&jetstream::new(client.clone())).await;
+    let limit = 4 * held_bytes("k00", rec(0).len());
+    let metrics = RecordCacheMetrics::default();
+    let stop = CancellationToken::new();
+    let cache: RecordCache<Rec> =
+        RecordCache::start(client, bucket.clone(), limit, metrics.clone(), stop.clone());
+    until_live(&cache).await;
+    for i in 0..20 {
+        bucket.put(format!("k{i:02}"), rec(i)).await.expect("put");
+        assert_eq!(value(&cache, &format!("k{i:02}")).await, Some(i));
+        let held = cache.state.lock().expect("lock").bytes;
+        assert!(held <= limit, "{held} bytes held, bound {limit}");
+        assert_eq!(metrics.bytes.get(), held as i64);
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_cache_is_emptied_and_right_again_after_the_server_restarts() {
+    let mut server = natster_testkit::PlainServer::start().await.expect("server");
+    let client = server.connect().await.expect("connect");
+    let bucket = bucket(&jetstream::new(client.clone())).await;
+    bucket.put("a", rec(1)).await.expect("put");
+    let metrics = RecordCacheMetrics::default();
+    let stop = CancellationToken::new();
+    let cache: RecordCache<Rec> = RecordCache::start(
+        client,
+        bucket.clone(),
+        1 << 20,
+        metrics.clone(),
+        stop.clone(),
+    );
+    until_live(&cache).await;
+    assert_eq!(value(&cache, "a").await, Some(1));
+
+    server.server.restart().await.expect("restart");
+    let rebuilt = tokio::time::timeout(Duration::from_secs(15), async {
+        while metrics.rebuilds.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(rebuilt.is_ok(), "no rebuild after the server restarted");
+    until_live(&cache).await;
+    bucket.put("a", rec(3)).await.expect("put");
+    until_cached(&cache, "a", Some(3)).await;
+    stop.cancel();
+}
