@@ -35,44 +35,59 @@ struct Row {
     in_flight: usize,
     /// The raw row this one is compared with (`None`: it is a baseline).
     baseline: Option<usize>,
+    /// Another raw row it is compared with.
+    also: Option<usize>,
 }
 
-const ROWS: [Row; 6] = [
+const ROWS: [Row; 7] = [
     Row {
         name: "raw request/reply, 64 in flight",
         subject: "natster.global.bench-raw",
         in_flight: 64,
         baseline: None,
+        also: None,
     },
     Row {
         name: "`whoami`, 64 in flight",
         subject: "natster.global.whoami",
         in_flight: 64,
         baseline: Some(0),
+        also: None,
+    },
+    Row {
+        name: "raw request/reply answering `my.shares`' reply (same bytes), 64 in flight",
+        subject: "natster.global.bench-raw-shares",
+        in_flight: 64,
+        baseline: None,
+        also: None,
     },
     Row {
         name: "`my.shares` (50 shares, 25 online), 64 in flight",
         subject: "natster.global.my.shares",
         in_flight: 64,
         baseline: Some(0),
+        also: Some(2),
     },
     Row {
         name: "`stats`, 64 in flight",
         subject: "natster.global.stats",
         in_flight: 64,
         baseline: Some(0),
+        also: None,
     },
     Row {
         name: "raw request/reply, 1 in flight",
         subject: "natster.global.bench-raw",
         in_flight: 1,
         baseline: None,
+        also: None,
     },
     Row {
         name: "`whoami`, 1 in flight",
         subject: "natster.global.whoami",
         in_flight: 1,
-        baseline: Some(4),
+        baseline: Some(5),
+        also: None,
     },
 ];
 
@@ -136,8 +151,8 @@ fn median_duration(values: Vec<Duration>) -> Duration {
 }
 
 /// The caller initialises, shares `SHARES` catalogs with `bob`, and brings half of them
-/// online; returns once `my.shares` shows exactly that.
-async fn set_up_caller(tw: &TestWorld, alice: &async_nats::Client) -> Result<()> {
+/// online; returns `my.shares`' reply once it shows exactly that.
+async fn set_up_caller(tw: &TestWorld, alice: &async_nats::Client) -> Result<bytes::Bytes> {
     let (a, b) = (tw.key("alice"), tw.key("bob"));
     let bob = tw.connect("bob").await?;
     seq_of(&put_event(alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
@@ -158,7 +173,8 @@ async fn set_up_caller(tw: &TestWorld, alice: &async_nats::Client) -> Result<()>
         let list = shares.data.as_array().context("my.shares lists shares")?;
         let online = list.iter().filter(|s| s["catalog_online"] == true).count();
         if list.len() == SHARES && online == SHARES / 2 {
-            return Ok(());
+            let reply = alice.request("natster.global.my.shares", "".into()).await?;
+            return Ok(reply.payload);
         }
         ensure!(
             Instant::now() < deadline,
@@ -183,24 +199,30 @@ async fn main() -> Result<()> {
     let service =
         GlobalService::start(tw.connect(NATSTER).await?, ServiceConfig::default()).await?;
 
-    // Baseline: a raw responder in the service account behind the same export and import,
-    // answering a fixed success envelope without touching JetStream.
-    let raw = tw.connect(NATSTER).await?;
-    let mut echo = raw
-        .queue_subscribe("*.natster.global.bench-raw", "bench".into())
-        .await?;
-    sync(&raw).await?;
-    let responder = raw.clone();
-    tokio::spawn(async move {
-        while let Some(message) = echo.next().await {
-            if let Some(reply) = message.reply {
-                let _ = responder.publish(reply, RAW_REPLY.into()).await;
-            }
-        }
-    });
-
     let alice = tw.connect("alice").await?;
-    set_up_caller(&tw, &alice).await?;
+    let shares_reply = set_up_caller(&tw, &alice).await?;
+    let shares_len = shares_reply.len();
+    // Baselines: raw responders in the service account behind the same export and import,
+    // answering a fixed success envelope (or the bytes `my.shares` answers) without
+    // touching JetStream.
+    let raw = tw.connect(NATSTER).await?;
+    for (op, payload) in [
+        ("bench-raw", bytes::Bytes::from_static(RAW_REPLY.as_bytes())),
+        ("bench-raw-shares", shares_reply),
+    ] {
+        let mut echo = raw
+            .queue_subscribe(format!("*.natster.global.{op}"), "bench".into())
+            .await?;
+        let responder = raw.clone();
+        tokio::spawn(async move {
+            while let Some(message) = echo.next().await {
+                if let Some(reply) = message.reply {
+                    let _ = responder.publish(reply, payload.clone()).await;
+                }
+            }
+        });
+    }
+    sync(&raw).await?;
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); ROWS.len()];
     for _ in 0..rounds {
         for (i, row) in ROWS.iter().enumerate() {
@@ -216,19 +238,29 @@ async fn main() -> Result<()> {
         let ratio = match row.baseline {
             None => String::new(),
             Some(base) => {
-                let ratios = (s.iter().zip(&samples[base]))
-                    .map(|(ours, raw)| match row.in_flight {
-                        // Alone, what matters is the time of one request.
-                        1 => ours.p50.as_secs_f64() / raw.p50.as_secs_f64(),
-                        _ => ours.rate / raw.rate,
-                    })
-                    .collect();
+                let ratio_to = |base: usize| {
+                    let ratios = (s.iter().zip(&samples[base]))
+                        .map(|(ours, raw)| match row.in_flight {
+                            // Alone, what matters is the time of one request.
+                            1 => ours.p50.as_secs_f64() / raw.p50.as_secs_f64(),
+                            _ => ours.rate / raw.rate,
+                        })
+                        .collect();
+                    median(ratios)
+                };
                 let unit = if row.in_flight == 1 {
                     "× raw p50"
                 } else {
                     "×"
                 };
-                format!("{:.2}{unit}", median(ratios))
+                match row.also {
+                    None => format!("{:.2}{unit}", ratio_to(base)),
+                    Some(also) => format!(
+                        "{:.2}{unit} ({:.2}× the same-size raw reply)",
+                        ratio_to(base),
+                        ratio_to(also)
+                    ),
+                }
             }
         };
         println!(
@@ -242,9 +274,9 @@ async fn main() -> Result<()> {
         );
     }
     println!(
-        "(medians of {rounds} rounds; {} requests per row at 64 in flight, {} at 1)",
+        "(medians of {rounds} rounds; {} requests per row at 64 in flight, {} at 1; `my.shares` replies {shares_len} bytes)",
         requests(64),
-        requests(1)
+        requests(1),
     );
     service.stop().await?;
     Ok(())

@@ -20,28 +20,24 @@ impl Handler for op::MyShares {
         let me = &request.caller.account;
         let record = request.own_account(context).await?;
         let mut summaries = record.map(|r| summaries(me, &r)).unwrap_or_default();
-        // The online state of each distinct catalog (the owner is the sharing account) from
-        // the instance's view, or one read each while the view is rebuilt; a catalog of an
-        // adopted log whose name no key can hold is never online.
-        let catalogs: BTreeSet<String> = summaries
+        // The online state of each share's catalog (the owner is the sharing account) from
+        // the instance's view, or one read per distinct catalog while the view is rebuilt; a
+        // catalog of an adopted log whose name no key can hold is never online.
+        let keys: Vec<String> = summaries
             .iter()
             .map(|s| online_key(&s.from_account, &s.catalog))
-            .filter(|key| is_valid_key(key))
             .collect();
-        let online = match context
-            .online_view
-            .lookup(catalogs.iter().map(String::as_str))
-        {
+        let valid = keys.iter().map(String::as_str).filter(|k| is_valid_key(k));
+        let online = match context.online_view.lookup(valid.clone()) {
             Some(entries) => entries,
-            None => read_online(context, &catalogs).await?,
+            None => read_online(context, valid.collect()).await?,
         };
-        let online: HashMap<&String, OnlineEntry> = catalogs
-            .iter()
-            .zip(online)
-            .filter_map(|(key, entry)| Some((key, entry?)))
-            .collect();
-        for summary in &mut summaries {
-            if let Some(entry) = online.get(&online_key(&summary.from_account, &summary.catalog)) {
+        let mut online = online.into_iter();
+        for (summary, key) in summaries.iter_mut().zip(&keys) {
+            if !is_valid_key(key) {
+                continue;
+            }
+            if let Some(entry) = online.next().flatten() {
                 summary.catalog_online = entry.online;
                 summary.revision = entry.revision;
             }
@@ -50,26 +46,34 @@ impl Handler for op::MyShares {
     }
 }
 
-/// The online state of each of `catalogs` read from the bucket (one read each, at once).
+/// The online state of each of `keys` read from the bucket (one read per distinct key, all
+/// at once), in the order of `keys`.
 async fn read_online(
     context: &ApiContext,
-    catalogs: &BTreeSet<String>,
+    keys: Vec<&str>,
 ) -> Result<Vec<Option<OnlineEntry>>, ApiError> {
+    let distinct: BTreeSet<&str> = keys.iter().copied().collect();
     let records: Vec<Option<OnlineRecord>> = futures::future::try_join_all(
-        catalogs
+        distinct
             .iter()
             .map(|key| read_record(&context.store.online_records, key)),
     )
     .await?;
-    Ok(records
-        .into_iter()
-        .map(|record| {
-            record.map(|r| OnlineEntry {
-                online: r.online,
-                revision: r.revision,
-            })
+    let by_key: HashMap<&str, OnlineEntry> = distinct
+        .iter()
+        .zip(records)
+        .filter_map(|(key, record)| {
+            let r = record?;
+            Some((
+                *key,
+                OnlineEntry {
+                    online: r.online,
+                    revision: r.revision,
+                },
+            ))
         })
-        .collect())
+        .collect();
+    Ok(keys.iter().map(|key| by_key.get(key).copied()).collect())
 }
 
 /// The account's outgoing then incoming shares, all offline at revision 0.
