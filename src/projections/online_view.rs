@@ -15,19 +15,12 @@
 //!   tenant); `natster_online_view_entries` and `natster_online_view_bytes` report it.
 
 use crate::model::online::OnlineRecord;
+use crate::store::follow::{follow, Follower, Start};
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use hashbrown::HashMap;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// How often the view checks whether the client reconnected.
-const RECONNECT_CHECK: Duration = Duration::from_millis(250);
-/// Pause before a watch that could not be made is tried again.
-const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// Where the view reports its size and rebuilds.
 #[derive(Clone, Default)]
@@ -97,7 +90,11 @@ impl OnlineView {
         let view = OnlineView {
             state: Arc::default(),
         };
-        tokio::spawn(follow(view.clone(), client, bucket, metrics, stop));
+        let follower = OnlineFollower {
+            view: view.clone(),
+            metrics,
+        };
+        tokio::spawn(follow(client, bucket, Start::Current, follower, stop));
         view
     }
 
@@ -115,8 +112,12 @@ impl OnlineView {
         })
     }
 
-    fn reset(&self) {
-        *self.state.write().expect("online view lock") = ViewState::default();
+    /// Empties the view; `ready`: it is complete as it is (empty).
+    fn reset(&self, ready: bool) {
+        *self.state.write().expect("online view lock") = ViewState {
+            ready,
+            ..ViewState::default()
+        };
     }
 
     /// Takes in one change; returns the view's size (as [`OnlineView::size`]).
@@ -147,87 +148,31 @@ impl OnlineView {
         }
         state.size()
     }
-
-    fn mark_ready(&self) {
-        self.state.write().expect("online view lock").ready = true;
-    }
 }
 
-/// Why a watch generation ended.
-enum Ended {
-    Stopped,
-    Rebuild(&'static str),
-}
-
-async fn follow(
+/// The view's side of following `PROJ_ONLINE`.
+struct OnlineFollower {
     view: OnlineView,
-    client: async_nats::Client,
-    bucket: kv::Store,
     metrics: ViewMetrics,
-    stop: CancellationToken,
-) {
-    let mut generation = 0u64;
-    loop {
-        view.reset();
-        metrics.entries.set(0);
-        metrics.bytes.set(0);
-        match watch_once(&view, &client, &bucket, &metrics, &stop).await {
-            Ended::Stopped => return,
-            Ended::Rebuild(reason) => {
-                generation += 1;
-                metrics.rebuilds.inc();
-                tracing::debug!(reason, generation, "rebuilding the online view");
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RETRY_PAUSE) => {}
-        }
-    }
 }
 
-/// One watch from the bucket's current values on, until it fails, the client reconnects, or
-/// `stop`.
-async fn watch_once(
-    view: &OnlineView,
-    client: &async_nats::Client,
-    bucket: &kv::Store,
-    metrics: &ViewMetrics,
-    stop: &CancellationToken,
-) -> Ended {
-    let statistics = client.statistics();
-    let connects = statistics.connects.load(Ordering::Relaxed);
-    // An empty bucket delivers nothing to say the view is complete.
-    let empty = match bucket.status().await {
-        Ok(status) => status.values() == 0,
-        Err(_) => return Ended::Rebuild("bucket status unavailable"),
-    };
-    let mut updates = match bucket.watch_with_history(">").await {
-        Ok(updates) => updates,
-        Err(_) => return Ended::Rebuild("watch could not be made"),
-    };
-    if empty {
-        view.mark_ready();
+impl Follower for OnlineFollower {
+    fn started(&mut self, empty: bool) {
+        // An empty bucket delivers nothing to say the view is complete.
+        self.view.reset(empty);
     }
-    let mut check = tokio::time::interval(RECONNECT_CHECK);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ended::Stopped,
-            _ = check.tick() => {
-                if statistics.connects.load(Ordering::Relaxed) != connects {
-                    return Ended::Rebuild("client reconnected");
-                }
-            }
-            entry = updates.next() => match entry {
-                Some(Ok(entry)) => {
-                    let (entries, bytes) = view.absorb(&entry);
-                    metrics.entries.set(entries as i64);
-                    metrics.bytes.set(bytes as i64);
-                }
-                Some(Err(_)) => return Ended::Rebuild("watch failed"),
-                None => return Ended::Rebuild("watch ended"),
-            },
-        }
+
+    fn change(&mut self, entry: &kv::Entry) {
+        let (entries, bytes) = self.view.absorb(entry);
+        self.metrics.entries.set(entries as i64);
+        self.metrics.bytes.set(bytes as i64);
+    }
+
+    fn ended(&mut self, _reason: &'static str) {
+        self.view.reset(false);
+        self.metrics.entries.set(0);
+        self.metrics.bytes.set(0);
+        self.metrics.rebuilds.inc();
     }
 }
 

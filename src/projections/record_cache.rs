@@ -15,22 +15,15 @@
 //! - **Bounded.** It holds at most `limit` bytes (stored size of the records, keys and a fixed
 //!   overhead each); past it, arbitrary records are dropped down to three quarters.
 
+use crate::store::follow::{follow, Follower, Start};
 use crate::store::kv as store_kv;
 use crate::store::StoreError;
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use hashbrown::HashMap;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use serde::de::DeserializeOwned;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// How often the cache checks whether the client reconnected.
-const RECONNECT_CHECK: Duration = Duration::from_millis(250);
-/// Pause before a watch that could not be made is tried again.
-const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Bytes counted for each held record beyond its stored size and key (map slot, allocation).
 const ENTRY_OVERHEAD: usize = 96;
 
@@ -162,7 +155,13 @@ impl<R: DeserializeOwned + Send + Sync + 'static> RecordCache<R> {
             limit,
             metrics,
         };
-        tokio::spawn(follow(cache.clone(), client, stop));
+        tokio::spawn(follow(
+            client,
+            cache.bucket.clone(),
+            Start::New,
+            cache.clone(),
+            stop,
+        ));
         cache
     }
 
@@ -286,45 +285,19 @@ impl<R: DeserializeOwned + Send + Sync + 'static> RecordCache<R> {
     }
 }
 
-async fn follow<R: DeserializeOwned + Send + Sync + 'static>(
-    cache: RecordCache<R>,
-    client: async_nats::Client,
-    stop: CancellationToken,
-) {
-    loop {
-        let statistics = client.statistics();
-        let connects = statistics.connects.load(Ordering::Relaxed);
+impl<R: DeserializeOwned + Send + Sync + 'static> Follower for RecordCache<R> {
+    fn started(&mut self, _empty: bool) {
         // Changes from now on; what is held is read after this, so nothing is missed.
-        let updates = cache.bucket.watch_all().await;
-        let reason = match updates {
-            Err(_) => "watch could not be made",
-            Ok(mut updates) => {
-                cache.reset(true);
-                let mut check = tokio::time::interval(RECONNECT_CHECK);
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = check.tick() => {
-                            if statistics.connects.load(Ordering::Relaxed) != connects {
-                                break "client reconnected";
-                            }
-                        }
-                        entry = updates.next() => match entry {
-                            Some(Ok(entry)) => cache.absorb(&entry),
-                            Some(Err(_)) => break "watch failed",
-                            None => break "watch ended",
-                        },
-                    }
-                }
-            }
-        };
-        cache.reset(false);
-        cache.metrics.rebuilds.inc();
-        tracing::debug!(bucket = %cache.bucket.name, reason, "rebuilding a record cache");
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(RETRY_PAUSE) => {}
-        }
+        self.reset(true);
+    }
+
+    fn change(&mut self, entry: &kv::Entry) {
+        self.absorb(entry);
+    }
+
+    fn ended(&mut self, _reason: &'static str) {
+        self.reset(false);
+        self.metrics.rebuilds.inc();
     }
 }
 

@@ -5,6 +5,7 @@
 //! that proves a connection's operations reached the server.
 
 pub mod error;
+pub mod follow;
 pub mod kv;
 pub mod lease;
 pub mod log;

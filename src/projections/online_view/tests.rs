@@ -3,6 +3,7 @@
 
 use super::*;
 use async_nats::jetstream;
+use std::time::Duration;
 
 fn record(owner: &str, catalog: &str, online: bool, revision: i64) -> bytes::Bytes {
     let record = OnlineRecord {

@@ -5,6 +5,7 @@
 use super::*;
 use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Rec {
