@@ -35,8 +35,8 @@ use natster_global::service::ServiceConfig;
 use natster_global::test_util::{Accounts, Projection};
 use natster_global::test_util::{Store, StoreConfig};
 use natster_testkit::{
-    cpu_seconds, mixed_event_log, project_from_empty, publish_acked, publish_log,
-    rate_at_in_flight, request_ok, stream_last_seq, PlainServer,
+    cpu_seconds, mixed_event_log, percentile, project_from_empty, publish_acked, publish_log,
+    rate_at_in_flight, request_ok, stream_last_seq, timed_at_in_flight, PlainServer,
 };
 use std::time::{Duration, Instant};
 
@@ -194,8 +194,9 @@ async fn raw_kv_puts(js: &jetstream::Context, n: usize) -> Result<f64> {
     .await
 }
 
-/// `events.put` through the service: inits, then shares on distinct catalogs.
-async fn service_appends(client: &async_nats::Client, n: usize) -> Result<f64> {
+/// `events.put` through the service: inits, then shares on distinct catalogs; the rate and
+/// every request's latency.
+async fn service_appends(client: &async_nats::Client, n: usize) -> Result<(f64, Vec<Duration>)> {
     let keys: Vec<String> = (0..n / 2)
         .map(|_| nkeys::KeyPair::new_account().public_key())
         .collect();
@@ -208,9 +209,10 @@ async fn service_appends(client: &async_nats::Client, n: usize) -> Result<f64> {
         requests.push((key.clone(), serde_json::json!({"catalog":format!("bench{i}"),"target":target,"event_type":"catalog_shared","data":null})));
     }
     let started = Instant::now();
+    let mut latencies = Vec::with_capacity(requests.len());
     // Inits first (shares need initialised accounts), each phase IN_FLIGHT at a time.
     for phase in requests.chunks(keys.len()) {
-        rate_at_in_flight(phase.len(), IN_FLIGHT, |i| {
+        let (_, timed) = timed_at_in_flight(phase.len(), IN_FLIGHT, |i| {
             let (key, body) = &phase[i];
             request_ok(
                 client,
@@ -219,8 +221,9 @@ async fn service_appends(client: &async_nats::Client, n: usize) -> Result<f64> {
             )
         })
         .await?;
+        latencies.extend(timed);
     }
-    Ok(rate(requests.len(), started.elapsed()))
+    Ok((rate(requests.len(), started.elapsed()), latencies))
 }
 
 /// Core NATS request/reply to a responder in this process that answers at once: the hop every
@@ -253,8 +256,8 @@ async fn raw_request_reply(client: &async_nats::Client, n: usize) -> Result<f64>
 }
 
 /// Raw publishes with the same headers: a message id and an expected last sequence on a
-/// wildcard filter.
-async fn raw_guarded_publish(js: &jetstream::Context, n: usize) -> Result<f64> {
+/// wildcard filter; the rate and every publish's latency.
+async fn raw_guarded_publish(js: &jetstream::Context, n: usize) -> Result<(f64, Vec<Duration>)> {
     js.create_stream(jetstream::stream::Config {
         name: "BENCH_RAW".into(),
         subjects: vec!["bench.raw.>".into()],
@@ -262,7 +265,7 @@ async fn raw_guarded_publish(js: &jetstream::Context, n: usize) -> Result<f64> {
         ..Default::default()
     })
     .await?;
-    rate_at_in_flight(n, IN_FLIGHT, |i| {
+    timed_at_in_flight(n, IN_FLIGHT, |i| {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("raw-{i}").as_str());
         headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
@@ -364,6 +367,9 @@ async fn projection_rounds(
 struct Appends {
     service: f64,
     service_cpu: CpuPerOp,
+    /// p50 and p99 of `events.put`, and of the raw guarded publish.
+    service_latency: (Duration, Duration),
+    raw_latency: (Duration, Duration),
     stored: Vec<(String, f64)>,
     raw: f64,
     raw_cpu: CpuPerOp,
@@ -380,7 +386,8 @@ async fn appends(n: usize) -> Result<Appends> {
         .await
         .context("service")?;
     let before = stream_writes(&js).await?;
-    let (rate, service_cpu) = meter.measure(n, service_appends(&client, n)).await?;
+    let ((rate, mut service_latencies), service_cpu) =
+        meter.measure(n, service_appends(&client, n)).await?;
     let stored = stream_writes(&js)
         .await?
         .into_iter()
@@ -390,7 +397,9 @@ async fn appends(n: usize) -> Result<Appends> {
         })
         .filter(|(_, per)| *per > 0.0)
         .collect();
-    let (raw, raw_cpu) = meter.measure(n, raw_guarded_publish(&js, n)).await?;
+    let ((raw, mut raw_latencies), raw_cpu) = meter.measure(n, raw_guarded_publish(&js, n)).await?;
+    let quantiles =
+        |latencies: &mut Vec<Duration>| (percentile(latencies, 0.5), percentile(latencies, 0.99));
     let (echo, echo_cpu) = meter.measure(n, raw_request_reply(&client, n)).await?;
     service.stop().await?;
     Ok(Appends {
@@ -398,6 +407,8 @@ async fn appends(n: usize) -> Result<Appends> {
         echo_cpu,
         service: rate,
         service_cpu,
+        service_latency: quantiles(&mut service_latencies),
+        raw_latency: quantiles(&mut raw_latencies),
         stored,
         raw,
         raw_cpu,
@@ -423,6 +434,10 @@ fn print_appends(a: &Appends) {
         a.service,
         a.service / a.raw,
         a.service_cpu
+    );
+    println!(
+        "p50 / p99 at {IN_FLIGHT} in flight: events.put {:?} / {:?}, raw guarded publish {:?} / {:?}",
+        a.service_latency.0, a.service_latency.1, a.raw_latency.0, a.raw_latency.1
     );
     println!(
         "messages stored per events.put: {:.2} ({})",
@@ -544,6 +559,11 @@ async fn main() -> Result<()> {
     println!(
         "events.put floor from its parts: {floor:.0} µs of CPU per request → at most {most:.0}/s on {cores} cores = {:.2}× raw publish",
         most / appends.raw
+    );
+    println!(
+        "events.put spends {:.0} µs of CPU per request: {:.2}× its floor",
+        total(appends.service_cpu),
+        total(appends.service_cpu) / floor
     );
     Ok(())
 }

@@ -16,10 +16,13 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{ensure, Context, Result};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use natster_global::service::{GlobalService, ServiceConfig};
 use natster_global::tooling::bootstrap::NATSTER;
-use natster_testkit::{call, cpu_seconds, init_data, put_event, seq_of, sync, TestWorld};
+use natster_testkit::{
+    call, cpu_seconds, init_data, percentile, put_event, seq_of, sync, timed_at_in_flight,
+    TestWorld,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -110,33 +113,25 @@ async fn measure(
     server_pid: &str,
 ) -> Result<Sample> {
     let cpu_before = (cpu_seconds("self")?, cpu_seconds(server_pid)?);
-    let started = Instant::now();
-    let mut latencies: Vec<Duration> = futures::stream::iter(0..requests)
-        .map(|_| async {
-            let sent = Instant::now();
-            let reply = client.request(subject.to_string(), "".into()).await?;
-            ensure!(
-                reply.payload.starts_with(b"{\"code\":200"),
-                "{subject}: {}",
-                String::from_utf8_lossy(&reply.payload)
-            );
-            Ok(sent.elapsed())
-        })
-        .buffer_unordered(in_flight)
-        .try_collect()
-        .await?;
-    let elapsed = started.elapsed();
+    let (rate, mut latencies) = timed_at_in_flight(requests, in_flight, |_| async {
+        let reply = client.request(subject.to_string(), "".into()).await?;
+        ensure!(
+            reply.payload.starts_with(b"{\"code\":200"),
+            "{subject}: {}",
+            String::from_utf8_lossy(&reply.payload)
+        );
+        Ok(())
+    })
+    .await?;
     let per_request = |before: f64, after: f64| (after - before) * 1e6 / requests as f64;
     let cpu = (
         per_request(cpu_before.0, cpu_seconds("self")?),
         per_request(cpu_before.1, cpu_seconds(server_pid)?),
     );
-    latencies.sort();
-    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
     Ok(Sample {
-        rate: requests as f64 / elapsed.as_secs_f64(),
-        p50: at(0.5),
-        p99: at(0.99),
+        rate,
+        p50: percentile(&mut latencies, 0.5),
+        p99: percentile(&mut latencies, 0.99),
         cpu,
     })
 }

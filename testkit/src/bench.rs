@@ -21,6 +21,40 @@ where
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
+/// As [`rate_at_in_flight`], also timing each operation: operations per second, and every
+/// operation's latency (unordered).
+pub async fn timed_at_in_flight<F, Fut>(
+    n: usize,
+    in_flight: usize,
+    mut op: F,
+) -> Result<(f64, Vec<std::time::Duration>)>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    use futures::{StreamExt, TryStreamExt};
+    let started = std::time::Instant::now();
+    let latencies = futures::stream::iter(0..n)
+        .map(|i| {
+            let operation = op(i);
+            async move {
+                let sent = std::time::Instant::now();
+                operation.await?;
+                Ok::<_, anyhow::Error>(sent.elapsed())
+            }
+        })
+        .buffer_unordered(in_flight.max(1))
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok((n as f64 / started.elapsed().as_secs_f64(), latencies))
+}
+
+/// The `p` quantile (0 to 1) of `latencies` (sorts them).
+pub fn percentile(latencies: &mut [std::time::Duration], p: f64) -> std::time::Duration {
+    latencies.sort();
+    latencies[((latencies.len() - 1) as f64 * p) as usize]
+}
+
 /// Publishes to JetStream and waits for the stream's acknowledgement.
 pub async fn publish_acked(
     js: &async_nats::jetstream::Context,
