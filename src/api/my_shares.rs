@@ -22,22 +22,17 @@ impl Handler for op::MyShares {
         let mut summaries = record.map(|r| summaries(me, &r)).unwrap_or_default();
         // The online state of each share's catalog (the owner is the sharing account) from
         // the instance's view, or one read per distinct catalog while the view is rebuilt; a
-        // catalog of an adopted log whose name no key can hold is never online.
+        // catalog of an adopted log whose name no key can hold is in neither, so never online.
         let keys: Vec<String> = summaries
             .iter()
             .map(|s| online_key(&s.from_account, &s.catalog))
             .collect();
-        let valid = keys.iter().map(String::as_str).filter(|k| is_valid_key(k));
-        let online = match context.online_view.lookup(valid.clone()) {
+        let online = match context.online_view.lookup(keys.iter().map(String::as_str)) {
             Some(entries) => entries,
-            None => read_online(context, valid.collect()).await?,
+            None => read_online(context, &keys).await?,
         };
-        let mut online = online.into_iter();
-        for (summary, key) in summaries.iter_mut().zip(&keys) {
-            if !is_valid_key(key) {
-                continue;
-            }
-            if let Some(entry) = online.next().flatten() {
+        for (summary, entry) in summaries.iter_mut().zip(online) {
+            if let Some(entry) = entry {
                 summary.catalog_online = entry.online;
                 summary.revision = entry.revision;
             }
@@ -46,13 +41,15 @@ impl Handler for op::MyShares {
     }
 }
 
-/// The online state of each of `keys` read from the bucket (one read per distinct key, all
-/// at once), in the order of `keys`.
+/// The online state of each of `keys` read from the bucket (one read per distinct key the
+/// bucket can hold, all at once), in the order of `keys`.
 async fn read_online(
     context: &ApiContext,
-    keys: Vec<&str>,
+    keys: &[String],
 ) -> Result<Vec<Option<OnlineEntry>>, ApiError> {
-    let distinct: BTreeSet<&str> = keys.iter().copied().collect();
+    let distinct: BTreeSet<&str> = (keys.iter().map(String::as_str))
+        .filter(|key| is_valid_key(key))
+        .collect();
     let records: Vec<Option<OnlineRecord>> = futures::future::try_join_all(
         distinct
             .iter()
@@ -62,18 +59,12 @@ async fn read_online(
     let by_key: HashMap<&str, OnlineEntry> = distinct
         .iter()
         .zip(records)
-        .filter_map(|(key, record)| {
-            let r = record?;
-            Some((
-                *key,
-                OnlineEntry {
-                    online: r.online,
-                    revision: r.revision,
-                },
-            ))
-        })
+        .filter_map(|(key, record)| Some((*key, OnlineEntry::from(&record?))))
         .collect();
-    Ok(keys.iter().map(|key| by_key.get(key).copied()).collect())
+    Ok(keys
+        .iter()
+        .map(|key| by_key.get(key.as_str()).copied())
+        .collect())
 }
 
 /// The account's outgoing then incoming shares, all offline at revision 0.

@@ -62,6 +62,15 @@ impl ViewState {
     }
 }
 
+impl From<&OnlineRecord> for OnlineEntry {
+    fn from(record: &OnlineRecord) -> Self {
+        OnlineEntry {
+            online: record.online,
+            revision: record.revision,
+        }
+    }
+}
+
 #[derive(Default)]
 struct ViewState {
     /// By `<owner>.<catalog>`.
@@ -125,13 +134,7 @@ impl OnlineView {
         let mut state = self.state.write().expect("online view lock");
         match entry.operation {
             kv::Operation::Put => match serde_json::from_slice::<OnlineRecord>(&entry.value) {
-                Ok(record) => {
-                    let value = OnlineEntry {
-                        online: record.online,
-                        revision: record.revision,
-                    };
-                    state.insert(&entry.key, value);
-                }
+                Ok(record) => state.insert(&entry.key, OnlineEntry::from(&record)),
                 // The online projection writes only records it can read back; anything else
                 // is not a catalog's state.
                 Err(error) => {

@@ -95,3 +95,44 @@ async fn open(bucket: &kv::Store, start: Start) -> Result<(kv::Watch, bool), &'s
         .map(|watch| (watch, empty))
         .map_err(|_| "watch could not be made")
 }
+
+/// What the tests of followers share: a bucket on a plain server, and waits on conditions.
+#[cfg(test)]
+pub(crate) mod testing {
+    use async_nats::jetstream::{self, kv};
+    use std::future::Future;
+    use std::time::Duration;
+
+    /// A client of `server` and a fresh bucket `name` (history 1, as the projections').
+    pub async fn client_and_bucket(
+        server: &natster_testkit::PlainServer,
+        name: &str,
+    ) -> (async_nats::Client, kv::Store) {
+        let client = server.connect().await.expect("connect");
+        let bucket = jetstream::new(client.clone())
+            .create_key_value(kv::Config {
+                bucket: name.into(),
+                history: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("bucket");
+        (client, bucket)
+    }
+
+    /// Waits until `holds` answers true (a watch delivers in its own time), at most `within`;
+    /// whether it did.
+    pub async fn until<F, Fut>(within: Duration, mut holds: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        tokio::time::timeout(within, async {
+            while !holds().await {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}

@@ -2,7 +2,7 @@
 //! change, and rebuilt (and right again) after the server restarts under it.
 
 use super::*;
-use async_nats::jetstream;
+use crate::store::follow::testing::{client_and_bucket, until};
 use std::time::Duration;
 
 fn record(owner: &str, catalog: &str, online: bool, revision: i64) -> bytes::Bytes {
@@ -23,40 +23,20 @@ fn entry(online: bool, revision: i64) -> Option<OnlineEntry> {
 
 /// Waits until the view answers `keys` with `expected`.
 async fn until_view_shows(view: &OnlineView, keys: &[&str], expected: &[Option<OnlineEntry>]) {
-    let shown = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if view.lookup(keys.iter().copied()).as_deref() == Some(expected) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let shows = || async { view.lookup(keys.iter().copied()).as_deref() == Some(expected) };
     assert!(
-        shown.is_ok(),
+        until(Duration::from_secs(10), shows).await,
         "the view shows {:?}, not {expected:?}",
         view.lookup(keys.iter().copied())
     );
 }
 
-async fn bucket(js: &jetstream::Context) -> kv::Store {
-    js.create_key_value(kv::Config {
-        bucket: "ONLINE_VIEW_TEST".into(),
-        history: 1,
-        ..Default::default()
-    })
-    .await
-    .expect("bucket")
-}
-
 #[tokio::test]
 async fn an_empty_bucket_gives_a_complete_empty_view() {
     let server = natster_testkit::PlainServer::start().await.expect("server");
-    let client = server.connect().await.expect("connect");
-    let bucket = bucket(&jetstream::new(client.clone())).await;
-    let metrics = ViewMetrics::default();
+    let (client, bucket) = client_and_bucket(&server, "ONLINE_VIEW_TEST").await;
     let stop = CancellationToken::new();
-    let view = OnlineView::start(client, bucket, metrics, stop.clone());
+    let view = OnlineView::start(client, bucket, ViewMetrics::default(), stop.clone());
     until_view_shows(&view, &["a.c"], &[None]).await;
     stop.cancel();
 }
@@ -64,8 +44,7 @@ async fn an_empty_bucket_gives_a_complete_empty_view() {
 #[tokio::test]
 async fn the_view_follows_the_bucket_and_is_rebuilt_when_the_server_restarts() {
     let mut server = natster_testkit::PlainServer::start().await.expect("server");
-    let client = server.connect().await.expect("connect");
-    let bucket = bucket(&jetstream::new(client.clone())).await;
+    let (client, bucket) = client_and_bucket(&server, "ONLINE_VIEW_TEST").await;
     bucket
         .put("a.c1", record("a", "c1", true, 3))
         .await
@@ -105,13 +84,11 @@ async fn the_view_follows_the_bucket_and_is_rebuilt_when_the_server_restarts() {
     // The client reconnects after the restart: the view is thrown away and read again, and
     // follows changes made after it.
     server.server.restart().await.expect("restart");
-    let rebuilt = tokio::time::timeout(Duration::from_secs(15), async {
-        while metrics.rebuilds.get() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let rebuilt = until(Duration::from_secs(15), || async {
+        metrics.rebuilds.get() > 0
     })
     .await;
-    assert!(rebuilt.is_ok(), "no rebuild after the server restarted");
+    assert!(rebuilt, "no rebuild after the server restarted");
     bucket
         .put("b.c3", record("b", "c3", true, 10))
         .await

@@ -3,7 +3,8 @@
 //! the server restarts under it.
 
 use super::*;
-use async_nats::jetstream;
+use crate::store::follow::testing::{client_and_bucket, until};
+use natster_testkit::PlainServer;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -12,18 +13,31 @@ struct Rec {
     n: u32,
 }
 
-async fn bucket(js: &jetstream::Context) -> kv::Store {
-    js.create_key_value(kv::Config {
-        bucket: "RECORD_CACHE_TEST".into(),
-        history: 1,
-        ..Default::default()
-    })
-    .await
-    .expect("bucket")
-}
-
 fn rec(n: u32) -> bytes::Bytes {
     serde_json::to_vec(&Rec { n }).expect("json").into()
+}
+
+/// A cache of `limit` bytes over a fresh bucket on `server` holding `stored`, once its watch
+/// runs (reads before it are not held).
+async fn started_cache(
+    server: &PlainServer,
+    stored: &[(&str, u32)],
+    limit: usize,
+) -> (
+    kv::Store,
+    RecordCache<Rec>,
+    RecordCacheMetrics,
+    CancellationToken,
+) {
+    let (client, bucket) = client_and_bucket(server, "RECORD_CACHE_TEST").await;
+    for (key, n) in stored {
+        bucket.put(*key, rec(*n)).await.expect("put");
+    }
+    let metrics = RecordCacheMetrics::default();
+    let stop = CancellationToken::new();
+    let cache = RecordCache::start(client, bucket.clone(), limit, metrics.clone(), stop.clone());
+    until_live(&cache).await;
+    (bucket, cache, metrics, stop)
 }
 
 async fn value(cache: &RecordCache<Rec>, key: &str) -> Option<u32> {
@@ -32,42 +46,26 @@ async fn value(cache: &RecordCache<Rec>, key: &str) -> Option<u32> {
 
 /// Waits until the cache answers `expected` at `key` (a change reaches it through its watch).
 async fn until_cached(cache: &RecordCache<Rec>, key: &str, expected: Option<u32>) {
-    let reached = tokio::time::timeout(Duration::from_secs(10), async {
-        while value(cache, key).await != expected {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    let reached = until(Duration::from_secs(10), || async {
+        value(cache, key).await == expected
     })
     .await;
-    assert!(reached.is_ok(), "{key} never became {expected:?}");
+    assert!(reached, "{key} never became {expected:?}");
 }
 
-/// Waits until the cache's watch runs (reads before it are not held).
+/// Waits until the cache's watch runs.
 async fn until_live(cache: &RecordCache<Rec>) {
-    let live = tokio::time::timeout(Duration::from_secs(10), async {
-        while !cache.state.lock().expect("lock").live {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    let live = until(Duration::from_secs(10), || async {
+        cache.state.lock().expect("lock").live
     })
     .await;
-    assert!(live.is_ok(), "the cache's watch never started");
+    assert!(live, "the cache's watch never started");
 }
 
 #[tokio::test]
 async fn a_miss_is_read_once_then_every_change_is_taken_in() {
-    let server = natster_testkit::PlainServer::start().await.expect("server");
-    let client = server.connect().await.expect("connect");
-    let bucket = bucket(&jetstream::new(client.clone())).await;
-    bucket.put("a", rec(1)).await.expect("put");
-    let metrics = RecordCacheMetrics::default();
-    let stop = CancellationToken::new();
-    let cache: RecordCache<Rec> = RecordCache::start(
-        client,
-        bucket.clone(),
-        1 << 20,
-        metrics.clone(),
-        stop.clone(),
-    );
-    until_live(&cache).await;
+    let server = PlainServer::start().await.expect("server");
+    let (bucket, cache, metrics, stop) = started_cache(&server, &[("a", 1)], 1 << 20).await;
 
     assert_eq!(value(&cache, "a").await, Some(1));
     assert_eq!(value(&cache, "a").await, Some(1));
@@ -88,15 +86,9 @@ async fn a_miss_is_read_once_then_every_change_is_taken_in() {
 
 #[tokio::test]
 async fn the_cache_keeps_its_bound() {
-    let server = natster_testkit::PlainServer::start().await.expect("server");
-    let client = server.connect().await.expect("connect");
-    let bucket = bucket(&jetstream::new(client.clone())).await;
+    let server = PlainServer::start().await.expect("server");
     let limit = 4 * held_bytes("k00", rec(0).len());
-    let metrics = RecordCacheMetrics::default();
-    let stop = CancellationToken::new();
-    let cache: RecordCache<Rec> =
-        RecordCache::start(client, bucket.clone(), limit, metrics.clone(), stop.clone());
-    until_live(&cache).await;
+    let (bucket, cache, metrics, stop) = started_cache(&server, &[], limit).await;
     for i in 0..20 {
         bucket.put(format!("k{i:02}"), rec(i)).await.expect("put");
         assert_eq!(value(&cache, &format!("k{i:02}")).await, Some(i));
@@ -109,30 +101,16 @@ async fn the_cache_keeps_its_bound() {
 
 #[tokio::test]
 async fn the_cache_is_emptied_and_right_again_after_the_server_restarts() {
-    let mut server = natster_testkit::PlainServer::start().await.expect("server");
-    let client = server.connect().await.expect("connect");
-    let bucket = bucket(&jetstream::new(client.clone())).await;
-    bucket.put("a", rec(1)).await.expect("put");
-    let metrics = RecordCacheMetrics::default();
-    let stop = CancellationToken::new();
-    let cache: RecordCache<Rec> = RecordCache::start(
-        client,
-        bucket.clone(),
-        1 << 20,
-        metrics.clone(),
-        stop.clone(),
-    );
-    until_live(&cache).await;
+    let mut server = PlainServer::start().await.expect("server");
+    let (bucket, cache, metrics, stop) = started_cache(&server, &[("a", 1)], 1 << 20).await;
     assert_eq!(value(&cache, "a").await, Some(1));
 
     server.server.restart().await.expect("restart");
-    let rebuilt = tokio::time::timeout(Duration::from_secs(15), async {
-        while metrics.rebuilds.get() == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let rebuilt = until(Duration::from_secs(15), || async {
+        metrics.rebuilds.get() > 0
     })
     .await;
-    assert!(rebuilt.is_ok(), "no rebuild after the server restarted");
+    assert!(rebuilt, "no rebuild after the server restarted");
     until_live(&cache).await;
     bucket.put("a", rec(3)).await.expect("put");
     until_cached(&cache, "a", Some(3)).await;
