@@ -60,7 +60,7 @@ pub async fn run(
         if account != hub.account && is_account_public_key(&account) {
             // Make sure the decision sees everything up to the init, so an existing share is
             // recognised.
-            let _ = decider.wait_folded(event.seq, Duration::from_secs(5)).await;
+            let _ = decider.catch_up_to(event.seq, Duration::from_secs(5)).await;
             let already = decider.read(|state| {
                 state
                     .shared_with(&hub.catalog, &hub.account)

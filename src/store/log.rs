@@ -2,11 +2,14 @@
 //! each exactly once, decoded, in chunks. The decision state, every projection (the online
 //! one included) and rebuilds read the log through it.
 //!
-//! It reads with an ordered consumer (no acks, no server-side state to clean up). A broken
-//! read (a missed heartbeat, a reconnect, a consumer lost with its server) is resumed by a
-//! new consumer that starts after the last message handed out, so callers never see a gap or
-//! a repeat. Sequences and times come from each message's metadata, never the local clock.
-
+//! It reads with an ephemeral pull consumer of its own (no acks, one replica, in memory) and
+//! checks the order itself, as an ordered consumer would: a message out of the consumer's
+//! sequence, an error, a pull that ends or two missed idle heartbeats drop the consumer, and a
+//! new one starts after the last message handed out, so callers never see a gap or a repeat.
+//! Unlike the client's ordered consumer it never waits on the old consumer (deleting it, on a
+//! node that may be gone, took the client up to half a minute when a node was killed): the
+//! server removes a consumer nobody pulls from after [`INACTIVE_THRESHOLD`]. Sequences and
+//! times come from each message's metadata, never the local clock.
 pub mod shared;
 
 use super::error::StoreError;
@@ -16,6 +19,24 @@ use futures::StreamExt;
 
 /// Pause before a read that broke is resumed.
 const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Idle heartbeat asked of the server on every pull. Two missed in a row mean the consumer
+/// was lost (an R1 consumer lives on one node), so a reader whose node was killed notices
+/// within about 2 s (the client's default heartbeat is 15 s, noticed after 30).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest a pull waits on the server (the heartbeat must be at most half of it).
+const PULL_EXPIRES: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Messages asked for by one pull.
+const PULL_BATCH: usize = 500;
+
+/// Longest a new consumer may take to be created and pulled from: a consumer placed on a node
+/// that is gone is given up, and the next one is placed again.
+const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The server removes a consumer of the reader this long after its last pull.
+const INACTIVE_THRESHOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Decodes one stored message, given its stream sequence and timestamp (Unix seconds);
 /// `None` for a message that means nothing to the reader (it still moves the position).
@@ -46,7 +67,13 @@ pub struct LogReader<T> {
     /// The last sequence to hand out, for a bounded read.
     end: Option<u64>,
     max_chunk: usize,
-    messages: Option<ReadyChunks<consumer::pull::Ordered>>,
+    consumer: Option<OpenRead>,
+}
+
+/// The consumer a reader pulls from, and the consumer sequence of the last message it took.
+struct OpenRead {
+    messages: ReadyChunks<consumer::pull::Stream>,
+    delivered: u64,
 }
 
 impl<T> LogReader<T> {
@@ -59,7 +86,7 @@ impl<T> LogReader<T> {
             next_seq: start.max(1),
             end: None,
             max_chunk: max_chunk.max(1),
-            messages: None,
+            consumer: None,
         }
     }
 
@@ -75,6 +102,12 @@ impl<T> LogReader<T> {
         self.next_seq - 1
     }
 
+    /// Drops the consumer: the next read starts a new one after the last message handed out
+    /// (for a caller that knows the log has moved on while this reader has not).
+    pub fn restart(&mut self) {
+        self.consumer = None;
+    }
+
     /// Waits for the next message and returns it with every message already delivered after
     /// it (up to the chunk size).
     ///
@@ -83,23 +116,26 @@ impl<T> LogReader<T> {
     /// Cancellation-safe: a dropped call loses no message.
     pub async fn next_chunk(&mut self) -> Result<Chunk<T>, StoreError> {
         loop {
-            let messages = match &mut self.messages {
-                Some(messages) => messages,
+            let read = match &mut self.consumer {
+                Some(read) => read,
                 None => {
-                    let opened = open(&self.stream, self.next_seq, self.max_chunk).await?;
-                    self.messages.insert(opened)
+                    let messages = open(&self.stream, self.next_seq, self.max_chunk).await?;
+                    self.consumer.insert(OpenRead {
+                        messages,
+                        delivered: 0,
+                    })
                 }
             };
-            let Some(delivered) = messages.next().await else {
-                tracing::debug!(stream = %self.stream_name(), "ordered read ended; resuming");
-                self.messages = None;
+            let Some(delivered) = read.messages.next().await else {
+                tracing::debug!(stream = %self.stream_name(), "read ended; resuming");
+                self.consumer = None;
                 tokio::time::sleep(RESUME_PAUSE).await;
                 continue;
             };
             if let Some(chunk) = self.take(delivered) {
                 return Ok(chunk);
             }
-            if self.messages.is_none() {
+            if self.consumer.is_none() {
                 // The read broke before handing anything out: do not spin on a server that
                 // keeps breaking it.
                 tokio::time::sleep(RESUME_PAUSE).await;
@@ -108,25 +144,41 @@ impl<T> LogReader<T> {
     }
 
     /// Decodes what was delivered; `None` when it held nothing new (the read broke first, or
-    /// every message was handed out already).
+    /// every message was handed out already). A message out of the consumer's order, or an
+    /// error, ends the consumer after what came before it.
     fn take(
         &mut self,
-        delivered: Vec<Result<jetstream::Message, consumer::pull::OrderedError>>,
+        delivered: Vec<Result<jetstream::Message, consumer::pull::MessagesError>>,
     ) -> Option<Chunk<T>> {
         let mut items = Vec::with_capacity(delivered.len());
         let mut pending = 0;
         let mut last_seq = None;
         let mut read = 0;
         for message in delivered {
+            let Some(open) = self.consumer.as_mut() else {
+                break;
+            };
             let message = match message {
                 Ok(message) => message,
                 Err(error) => {
-                    tracing::debug!(stream = %self.stream_name(), %error, "ordered read broke; resuming");
-                    self.messages = None;
+                    tracing::debug!(stream = %self.stream_name(), %error, "read broke; resuming");
+                    self.consumer = None;
                     break;
                 }
             };
             let Ok(info) = message.info() else { continue };
+            let expected = open.delivered + 1;
+            if info.consumer_sequence != expected {
+                tracing::debug!(
+                    stream = %self.stream_name(),
+                    expected,
+                    got = info.consumer_sequence,
+                    "read out of order; resuming"
+                );
+                self.consumer = None;
+                break;
+            }
+            open.delivered = expected;
             let seq = info.stream_sequence;
             if seq < self.next_seq {
                 continue;
@@ -156,12 +208,13 @@ impl<T> LogReader<T> {
     }
 }
 
-/// A new ordered consumer of `stream` from `next_seq`, its messages in chunks.
+/// A new consumer of `stream` from `next_seq`, its messages in chunks; gives up after
+/// [`OPEN_TIMEOUT`].
 async fn open(
     stream: &stream::Stream,
     next_seq: u64,
     max_chunk: usize,
-) -> Result<ReadyChunks<consumer::pull::Ordered>, StoreError> {
+) -> Result<ReadyChunks<consumer::pull::Stream>, StoreError> {
     let action = || {
         format!(
             "read {} from sequence {}",
@@ -169,19 +222,32 @@ async fn open(
             next_seq
         )
     };
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: next_seq,
-            },
-            ..Default::default()
-        })
+    let opening = async {
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: next_seq,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                num_replicas: 1,
+                memory_storage: true,
+                inactive_threshold: INACTIVE_THRESHOLD,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StoreError::unavailable(action(), e))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(HEARTBEAT)
+            .messages()
+            .await
+            .map_err(|e| StoreError::unavailable(action(), e))
+    };
+    let messages = tokio::time::timeout(OPEN_TIMEOUT, opening)
         .await
-        .map_err(|e| StoreError::unavailable(action(), e))?;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|e| StoreError::unavailable(action(), e))?;
+        .map_err(|_| StoreError::unavailable(action(), "no consumer within the open timeout"))??;
     Ok(messages.ready_chunks(max_chunk))
 }
 

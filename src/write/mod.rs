@@ -160,7 +160,7 @@ impl Decider {
     /// Waits (at most [`START_WAIT`]) until the state has folded what the log held when this
     /// instance started.
     pub async fn wait_started(&self) -> Result<(), ExecuteError> {
-        match self.wait_folded(self.start_target, START_WAIT).await {
+        match self.catch_up_to(self.start_target, START_WAIT).await {
             Err(ExecuteError::Behind(target)) => Err(ExecuteError::Starting {
                 folded: self.folded(),
                 target,
@@ -212,6 +212,14 @@ impl Decider {
             })
     }
 
+    /// Waits until the state has folded sequence `seq`, which the log is known to hold (an
+    /// acknowledged append, the stream's end, an event read from it): a tail that stays short
+    /// of a sequence the log holds is stuck, and starts a new read (see `tail`).
+    pub async fn catch_up_to(&self, seq: u64, within: Duration) -> Result<(), ExecuteError> {
+        self.folded.logged(seq);
+        self.wait_folded(seq, within).await
+    }
+
     /// The last log sequence the state has folded.
     pub fn folded(&self) -> u64 {
         self.folded.reached()
@@ -232,7 +240,7 @@ impl Decider {
         if self.read(&check) {
             return Ok(true);
         }
-        self.wait_folded(self.log_end().await?, CATCH_UP_TIMEOUT)
+        self.catch_up_to(self.log_end().await?, CATCH_UP_TIMEOUT)
             .await?;
         Ok(self.read(&check))
     }
@@ -293,7 +301,7 @@ impl Decider {
     async fn release_claim(&self, claim: Claimed) {
         let owns = match self.log_end().await {
             Ok(end) => {
-                let _ = self.wait_folded(end, CATCH_UP_TIMEOUT).await;
+                let _ = self.catch_up_to(end, CATCH_UP_TIMEOUT).await;
                 self.read(|state| state.owner_of(&claim.name) == Some(claim.owner.as_str()))
             }
             Err(_) => false,
@@ -325,7 +333,7 @@ impl Decider {
         let mut confirmed = false;
         self.wait_started().await?;
         if command.reads_unguarded_state() {
-            self.wait_folded(self.log_end().await?, CATCH_UP_TIMEOUT)
+            self.catch_up_to(self.log_end().await?, CATCH_UP_TIMEOUT)
                 .await?;
             confirmed = true;
         }
@@ -342,7 +350,7 @@ impl Decider {
                 // previous append may not have reached this instance's tail yet).
                 Err(_) if !confirmed => {
                     confirmed = true;
-                    self.wait_folded(self.log_end().await?, CATCH_UP_TIMEOUT)
+                    self.catch_up_to(self.log_end().await?, CATCH_UP_TIMEOUT)
                         .await?;
                     continue;
                 }
@@ -366,14 +374,14 @@ impl Decider {
                     let Some((key, print)) = request else {
                         return Ok(appended);
                     };
-                    self.wait_folded(appended.seq, CATCH_UP_TIMEOUT).await?;
+                    self.catch_up_to(appended.seq, CATCH_UP_TIMEOUT).await?;
                     return self.earlier(key, print).unwrap_or(Ok(appended));
                 }
                 Ok(appended) => return Ok(appended),
                 Err(error) if error.is_conflict() => {
                     self.metrics.append_conflicts.get_or_create(labels).inc();
                     let actual = error.actual_last_seq().unwrap_or(0);
-                    self.wait_folded(actual, CATCH_UP_TIMEOUT).await?;
+                    self.catch_up_to(actual, CATCH_UP_TIMEOUT).await?;
                 }
                 Err(error) if error.kind() == StoreErrorKind::Permanent => return Err(error.into()),
                 Err(error) => {

@@ -30,6 +30,9 @@ pub struct Progress {
 #[derive(Default)]
 struct Inner {
     reached: u64,
+    /// The highest sequence the log is known to hold (acknowledged appends, the stream's
+    /// state); the tail is stuck when it stays short of it.
+    logged: u64,
     closed: bool,
     next_id: u64,
     /// Keyed by (sequence wanted, waiter id); a waiter that gives up removes its own entry.
@@ -59,6 +62,19 @@ impl Progress {
         for waiter in woken.into_values() {
             let _ = waiter.send(());
         }
+    }
+
+    /// Records that the log holds `seq`: an append was acknowledged at it, or the stream
+    /// reported it as its end. Never a sequence a caller merely asked for.
+    pub fn logged(&self, seq: u64) {
+        let mut inner = self.inner.lock().expect("progress lock");
+        inner.logged = inner.logged.max(seq);
+    }
+
+    /// Whether the log is known to hold a sequence the tail has not folded yet.
+    pub fn behind(&self) -> bool {
+        let inner = self.inner.lock().expect("progress lock");
+        inner.logged > inner.reached
     }
 
     /// Ends every wait with [`WaitError::Closed`], now and from now on.

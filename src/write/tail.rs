@@ -14,6 +14,11 @@ use tokio_util::sync::CancellationToken;
 /// Messages folded under one hold of the state's write lock.
 const CHUNK: usize = 1024;
 
+/// How long the tail may deliver nothing while the log is known to hold more before its read
+/// is presumed lost (its consumer's node gone) and started again. Well below the ~2 s the
+/// reader's heartbeats take to tell, because writes wait on the tail.
+const STALL: Duration = Duration::from_millis(500);
+
 /// A log message as the write side folds it.
 struct Folded {
     decoded: Decoded,
@@ -52,10 +57,20 @@ pub(super) fn spawn(
         let folded = CloseOnDrop(folded);
         let from = state.read().expect("decision state lock").last_seq + 1;
         let mut reader = LogReader::new(events, from, decode, CHUNK);
+        let mut restarted_at = None;
         loop {
             let chunk = tokio::select! {
                 _ = stop.cancelled() => return,
                 chunk = reader.next_chunk() => chunk,
+                () = stalled(&folded.0) => {
+                    let at = folded.0.reached();
+                    // Once per position: while the stream has no leader it repeats.
+                    if restarted_at.replace(at) != Some(at) {
+                        tracing::info!(folded = at, "the log holds more than the tail delivers; reading it again");
+                    }
+                    reader.restart();
+                    continue;
+                }
             };
             match chunk {
                 Ok(chunk) => {
@@ -84,4 +99,21 @@ pub(super) fn spawn(
             }
         }
     });
+}
+
+/// Returns once the log has been known to hold more than `folded` for [`STALL`] (checked
+/// every [`STALL`]; never while the tail is level with everything the log is known to hold).
+async fn stalled(folded: &Progress) {
+    let mut behind_since = None;
+    loop {
+        tokio::time::sleep(STALL / 2).await;
+        if !folded.behind() {
+            behind_since = None;
+            continue;
+        }
+        let since = *behind_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= STALL {
+            return;
+        }
+    }
 }

@@ -192,3 +192,42 @@ pub async fn rebuild_projection<P: test_util::Projection>(
         .await
         .map_err(anyhow::Error::msg)
 }
+
+/// The event stream as stored, every message decoded as the projections decode it (read one
+/// by one through the stream leader: a test's reference, not a fast path).
+pub async fn read_events(
+    js: &async_nats::jetstream::Context,
+) -> Result<Vec<natster_global::model::Event>> {
+    use natster_global::model::{Event, EventBody, EventSubject};
+    let stream = js.get_stream(test_util::EVENTS_STREAM).await?;
+    let last = events_last_seq(js).await?;
+    let mut events = Vec::with_capacity(usize::try_from(last)?);
+    for seq in 1..=last {
+        let raw = stream.get_raw_message(seq).await?;
+        let subject = EventSubject::parse(&raw.subject).context("event subject")?;
+        events.push(Event {
+            seq,
+            time: raw.time.unix_timestamp(),
+            body: EventBody::decode(subject.event_type, &raw.payload),
+            subject,
+        });
+    }
+    Ok(events)
+}
+
+/// What a clean rebuild of projection `P` from `events` stores: every record as JSON by key,
+/// and the counters it moves.
+pub fn expected_records<P: test_util::Projection<Input = natster_global::model::Event>>(
+    events: &[natster_global::model::Event],
+) -> (
+    std::collections::BTreeMap<String, Vec<u8>>,
+    test_util::CountDelta,
+) {
+    let mut records = std::collections::BTreeMap::new();
+    let counts = test_util::fold::<P>(&mut records, events);
+    let bytes = records
+        .into_iter()
+        .map(|(k, r)| (k, serde_json::to_vec(&r).expect("a record encodes as JSON")))
+        .collect();
+    (bytes, counts)
+}

@@ -84,6 +84,23 @@ pub async fn connect_creds(
         .with_context(|| format!("connecting as {name} to {url}"))
 }
 
+/// Connects with a creds file to the first of `urls` that answers, failing over in the order
+/// given (not shuffled): a client that lives on one node of a cluster until that node is lost.
+pub async fn connect_creds_ordered(
+    urls: &[String],
+    creds: &std::path::Path,
+    name: &str,
+) -> Result<async_nats::Client> {
+    async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .with_context(|| format!("reading {}", creds.display()))?
+        .name(name)
+        .retain_servers_order()
+        .connect(urls)
+        .await
+        .with_context(|| format!("connecting as {name} to {}", urls.join(",")))
+}
+
 /// A plain JetStream server (no auth) with a temporary store.
 pub struct PlainServer {
     pub server: NatsServer,
@@ -203,6 +220,131 @@ impl Cluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(NatsServer::url).collect()
     }
+
+    /// Client URLs of all nodes starting with node `first`, then the others in order (for a
+    /// client that keeps the order: connected to `first`, failing over to the rest).
+    pub fn urls_from(&self, first: usize) -> Vec<String> {
+        let urls = self.urls();
+        (0..urls.len())
+            .map(|i| urls[(first + i) % urls.len()].clone())
+            .collect()
+    }
+
+    /// The index of the node whose `server_name` is `name` ("n0", "n1", "n2").
+    pub fn index_of(&self, name: &str) -> Result<usize> {
+        name.strip_prefix('n')
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|&i| i < self.nodes.len())
+            .with_context(|| format!("{name:?} is not a node of this cluster"))
+    }
+
+    /// The node leading stream `stream` (as `js`'s account sees it), waiting up to `within`
+    /// for the stream to have a leader.
+    pub async fn stream_leader(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        within: Duration,
+    ) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let probe = tokio::time::timeout(Duration::from_secs(1), stream_cluster(js, stream));
+            if let Ok(Ok(Some(cluster))) = probe.await {
+                if let Some(leader) = cluster.leader {
+                    return self.index_of(&leader);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("stream {stream} has no leader within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The JetStream meta leader, asked of the servers as the system account `sys`.
+    pub async fn meta_leader(&self, sys: &async_nats::Client, within: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let reply = tokio::time::timeout(
+                Duration::from_secs(1),
+                sys.request("$SYS.REQ.SERVER.PING.JSZ", "{}".into()),
+            )
+            .await;
+            if let Ok(Ok(reply)) = reply {
+                let jsz: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+                if let Some(leader) = jsz["data"]["meta_cluster"]["leader"].as_str() {
+                    return self.index_of(leader);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("no meta leader within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until stream `stream` has a leader and every replica is current (a restarted
+    /// node has caught up).
+    pub async fn wait_replicas_current(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        within: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let probe = tokio::time::timeout(Duration::from_secs(1), stream_cluster(js, stream));
+            let last = match probe.await {
+                Ok(Ok(Some(cluster))) => {
+                    let complete = cluster.leader.is_some()
+                        && cluster.replicas.len() + 1 == self.nodes.len()
+                        && cluster
+                            .replicas
+                            .iter()
+                            .all(|r| r.current && !r.offline && r.lag.unwrap_or(0) == 0);
+                    if complete {
+                        return Ok(());
+                    }
+                    format!("{cluster:?}")
+                }
+                Ok(Ok(None)) => "not clustered".into(),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "stream info timed out".into(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("replicas of {stream} not current within {within:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills node `index` (SIGKILL): no goodbye to its routes or clients.
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Starts node `index` again with its store as it was.
+    pub async fn restart(&mut self, index: usize) -> Result<()> {
+        Ok(self.nodes[index].restart().await?)
+    }
+
+    /// Starts node `index` again with an empty store (a replaced disk).
+    pub async fn restart_empty(&mut self, index: usize) -> Result<()> {
+        self.nodes[index].kill();
+        let store = self._dir.path().join(format!("n{index}"));
+        if store.exists() {
+            std::fs::remove_dir_all(&store)?;
+        }
+        self.restart(index).await
+    }
+}
+
+async fn stream_cluster(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<Option<async_nats::jetstream::stream::ClusterInfo>> {
+    let mut stream = js.get_stream(stream).await?;
+    Ok(stream.info().await?.cluster.clone())
 }
 
 /// Waits until JetStream answers account info on `client` (a cluster has elected its meta

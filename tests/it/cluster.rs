@@ -1,9 +1,10 @@
 //! Smoke test of the 3-node cluster helper that fault tests build on: an operator-mode
 //! cluster from a world, the service with R3 resources, and a caller reaching it through
-//! another node.
+//! another node. Every stream and bucket it creates has three replicas.
 
 use anyhow::Result;
 use async_nats::jetstream;
+use futures::StreamExt;
 use natster_global::contract::Envelope;
 use natster_global::service::GlobalService;
 use natster_global::service::ServiceConfig;
@@ -29,6 +30,35 @@ async fn three_node_cluster_serves_the_world_with_replicated_resources() -> Resu
         ..Default::default()
     };
     let service = GlobalService::start(service_client.clone(), config).await?;
+
+    // Every stream and bucket the service made has three replicas.
+    let js = jetstream::new(service_client.clone());
+    let mut streams = js.streams();
+    let mut seen = Vec::new();
+    while let Some(info) = streams.next().await {
+        let info = info?;
+        assert_eq!(
+            info.config.num_replicas, 3,
+            "{} has {} replicas",
+            info.config.name, info.config.num_replicas
+        );
+        seen.push(info.config.name);
+    }
+    seen.sort();
+    let expected = [
+        "KV_NATSTER_CODES",
+        "KV_NATSTER_NAMES",
+        "KV_PROJ_ACCOUNT",
+        "KV_PROJ_CATALOG",
+        "KV_PROJ_OAUTH",
+        "KV_PROJ_ONLINE",
+        "KV_PROJ_PARKED",
+        "KV_PROJ_STATS",
+        "NATSTER_EVENTS",
+        "NATSTER_ONLINE",
+        "OBJ_NATSTER_SNAPSHOTS",
+    ];
+    assert_eq!(seen, expected);
 
     let info = jetstream::new(service_client)
         .get_stream(EVENTS_STREAM)

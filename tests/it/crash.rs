@@ -5,15 +5,15 @@
 
 use anyhow::{Context, Result};
 use async_nats::jetstream;
-use natster_global::model::{Event, EventBody, EventSubject};
 use natster_global::test_util::{
-    checkpoint, counters_key, fold, Accounts, Catalogs, CountDelta, Counters, OAuthIndex,
-    Projection,
+    checkpoint, counters_key, Accounts, Catalogs, Counters, OAuthIndex, Projection,
 };
 use natster_global::tooling::bootstrap::NATSTER;
-use natster_testkit::{dump_bucket, mixed_event_log, publish_log, stream_last_seq, TestWorld};
+use natster_testkit::{
+    dump_bucket, expected_records, mixed_event_log, publish_log, read_events, stream_last_seq,
+    TestWorld,
+};
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,18 +75,6 @@ async fn record_writes(js: &jetstream::Context) -> Result<u64> {
     Ok(stream_last_seq(js, &format!("KV_{}", Accounts::BUCKET))
         .await
         .unwrap_or(0))
-}
-
-fn expected<P: Projection<Input = Event>>(
-    events: &[Event],
-) -> (BTreeMap<String, Vec<u8>>, CountDelta) {
-    let mut records = BTreeMap::new();
-    let counts = fold::<P>(&mut records, events);
-    let bytes = records
-        .into_iter()
-        .map(|(k, r)| (k, serde_json::to_vec(&r).expect("json")))
-        .collect();
-    (bytes, counts)
 }
 
 #[tokio::test]
@@ -151,21 +139,10 @@ async fn kill_9_during_a_backlog_then_restart_equals_a_clean_rebuild() -> Result
 
     eprintln!("reading the log back");
     // A clean rebuild, in memory, from the log as stored.
-    let stream = js.get_stream("NATSTER_EVENTS").await?;
-    let mut events = Vec::with_capacity(EVENTS);
-    for seq in 1..=EVENTS as u64 {
-        let raw = stream.get_raw_message(seq).await?;
-        let subject = EventSubject::parse(&raw.subject).context("event subject")?;
-        events.push(Event {
-            seq,
-            time: raw.time.unix_timestamp(),
-            body: EventBody::decode(subject.event_type, &raw.payload),
-            subject,
-        });
-    }
+    let events = read_events(&js).await?;
     eprintln!("comparing buckets");
-    let (accounts, account_counts) = expected::<Accounts>(&events);
-    let (catalogs, catalog_counts) = expected::<Catalogs>(&events);
+    let (accounts, account_counts) = expected_records::<Accounts>(&events);
+    let (catalogs, catalog_counts) = expected_records::<Catalogs>(&events);
     let stored = dump_bucket(&js.get_key_value(Accounts::BUCKET).await?).await?;
     let differing: Vec<&String> = accounts
         .keys()

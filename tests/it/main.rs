@@ -9,6 +9,7 @@ mod cli_bootstrap_dev;
 mod cli_exit;
 mod client;
 mod cluster;
+mod cluster_faults;
 mod compat;
 mod contract;
 mod crash;
