@@ -321,7 +321,10 @@ impl GlobalClient {
     /// The record is read straight from the bucket (a direct get through the import), which
     /// cannot wait for a sequence: under [`GlobalClient::at_least`] a `stats` call carrying
     /// the sequence goes first, and answers only once the account projection has applied it
-    /// (its records are written before its checkpoint moves).
+    /// (its records are written before its checkpoint moves). On a replicated bucket any
+    /// replica may answer the direct get, and one that lags can still return the record as it
+    /// was before that sequence: reads that must hold a sequence on a cluster are the ops
+    /// (`whoami`, `my.shares`, … under `at_least`), which read from the bucket's leader.
     pub async fn own_record(&self) -> Result<Option<(AccountRecord, u64)>, ClientError> {
         if self.min_seq.is_some() {
             self.stats().await?;

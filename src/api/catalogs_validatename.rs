@@ -1,6 +1,6 @@
 //! `catalogs.validatename`: whether the caller may share a catalog under a name.
 
-use super::{read_record, ApiContext, ApiError, ApiRequest, Handler};
+use super::{ApiContext, ApiError, ApiRequest, Handler};
 use crate::contract::{op, CatalogName, NameValidation};
 use crate::model::{validate::catalog_name_problem, CatalogRecord};
 use crate::projections::{catalogs::Catalogs, Projection};
@@ -19,7 +19,8 @@ impl Handler for op::CatalogsValidateName {
                 message: format!("Catalog name is not shareable: {problem}"),
             });
         }
-        let record: Option<CatalogRecord> = read_record(&context.store.catalogs, &name).await?;
+        let record: Option<CatalogRecord> =
+            request.read_record(&context.store.catalogs, &name).await?;
         Ok(match record {
             Some(record) if record.owner != request.caller.account => NameValidation {
                 valid: false,

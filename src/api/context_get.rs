@@ -2,7 +2,7 @@
 //! credentials from the credentials provider. The access token is opened only to hand it to
 //! the provider; the reply carries it empty.
 
-use super::{read_record, ApiContext, ApiError, ApiRequest, Handler};
+use super::{ApiContext, ApiError, ApiRequest, Handler};
 use crate::contract::{op, ContextReply, OAuthId};
 use crate::model::{validate::oauth_id_problem, OAuthRecord};
 use crate::projections::{oauth, oauth::OAuthIndex, Projection};
@@ -23,8 +23,9 @@ impl Handler for op::ContextGet {
         if let Some(problem) = oauth_id_problem(&oauth_id) {
             return Err(ApiError::bad_request(problem));
         }
-        let record: Option<OAuthRecord> =
-            read_record(&context.store.oauth, &oauth::key(&oauth_id)).await?;
+        let record: Option<OAuthRecord> = request
+            .read_record(&context.store.oauth, &oauth::key(&oauth_id))
+            .await?;
         let Some(record) = record else {
             return Err(ApiError::not_found("no context is bound to this OAuth id"));
         };

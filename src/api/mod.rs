@@ -22,7 +22,7 @@ pub mod throttle;
 mod whoami;
 
 pub use error::ApiError;
-pub use request::{read_record, ApiRequest, Caller, MIN_SEQ_WAIT};
+pub use request::{ApiRequest, Caller, MIN_SEQ_WAIT};
 
 use crate::contract::{op, Envelope, Op, Operation};
 use crate::model::AccountRecord;

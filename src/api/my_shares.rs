@@ -1,6 +1,6 @@
 //! `my.shares`: the shares from and to the caller.
 
-use super::{read_record, ApiContext, ApiError, ApiRequest, Handler};
+use super::{ApiContext, ApiError, ApiRequest, Handler};
 use crate::contract::{op, ShareSummary};
 use crate::model::online::{online_key, OnlineRecord};
 use crate::model::AccountRecord;
@@ -29,7 +29,7 @@ impl Handler for op::MyShares {
             .collect();
         let online = match context.online_view.lookup(keys.iter().map(String::as_str)) {
             Some(entries) => entries,
-            None => read_online(context, &keys).await?,
+            None => read_online(context, request, &keys).await?,
         };
         for (summary, entry) in summaries.iter_mut().zip(online) {
             if let Some(entry) = entry {
@@ -45,6 +45,7 @@ impl Handler for op::MyShares {
 /// bucket can hold, all at once), in the order of `keys`.
 async fn read_online(
     context: &ApiContext,
+    request: &ApiRequest<'_>,
     keys: &[String],
 ) -> Result<Vec<Option<OnlineEntry>>, ApiError> {
     let distinct: BTreeSet<&str> = (keys.iter().map(String::as_str))
@@ -53,7 +54,7 @@ async fn read_online(
     let records: Vec<Option<OnlineRecord>> = futures::future::try_join_all(
         distinct
             .iter()
-            .map(|key| read_record(&context.store.online_records, key)),
+            .map(|key| request.read_record(&context.store.online_records, key)),
     )
     .await?;
     let by_key: HashMap<&str, OnlineEntry> = distinct

@@ -117,17 +117,6 @@ impl ApiRequest<'_> {
     }
 }
 
-/// Reads a record of a read model for a handler (absent → `None`).
-pub async fn read_record<T: serde::de::DeserializeOwned>(
-    bucket: &async_nats::jetstream::kv::Store,
-    key: &str,
-) -> Result<Option<T>, ApiError> {
-    kv::load::<T>(bucket, key)
-        .await
-        .map(|record| record.value)
-        .map_err(|error| ApiError::store("a projection cannot be read", &error))
-}
-
 impl ApiRequest<'_> {
     /// The caller's account record: from the instance's cache, or read from the bucket when
     /// the request waits for a sequence (`Natster-Min-Seq`), which the cache cannot promise.
@@ -137,7 +126,9 @@ impl ApiRequest<'_> {
     ) -> Result<Option<Arc<AccountRecord>>, ApiError> {
         let key = &self.caller.account;
         if self.header(MIN_SEQ_HEADER).is_some() {
-            let record = read_record::<AccountRecord>(&context.store.accounts, key).await?;
+            let record = self
+                .read_record::<AccountRecord>(&context.store.accounts, key)
+                .await?;
             return Ok(record.map(Arc::new));
         }
         context
@@ -145,5 +136,22 @@ impl ApiRequest<'_> {
             .get(key)
             .await
             .map_err(|error| ApiError::store("a projection cannot be read", &error))
+    }
+
+    /// Reads a record of a read model (absent → `None`). A request that waits for a sequence
+    /// (`Natster-Min-Seq`) reads from the bucket's leader, so on a replicated bucket a lagging
+    /// replica cannot answer with a record older than the sequence; others read from any
+    /// replica.
+    pub async fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        bucket: &async_nats::jetstream::kv::Store,
+        key: &str,
+    ) -> Result<Option<T>, ApiError> {
+        let read = if self.header(MIN_SEQ_HEADER).is_some() {
+            kv::load_current::<T>(bucket, key).await
+        } else {
+            kv::load::<T>(bucket, key).await.map(|record| record.value)
+        };
+        read.map_err(|error| ApiError::store("a projection cannot be read", &error))
     }
 }

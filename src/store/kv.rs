@@ -63,6 +63,49 @@ pub async fn load<T: DeserializeOwned>(
     }
 }
 
+/// Reads the JSON record at `key` from the bucket's leader (`None` when absent or deleted).
+///
+/// A plain read ([`load`]) is a direct get, which any replica of a replicated bucket may
+/// answer, lagging or not; this one never returns a value older than a write the bucket
+/// acknowledged before the read started. For reads that promise read-your-writes
+/// (`Natster-Min-Seq`); it costs the leader a request and cannot be spread over replicas.
+pub async fn load_current<T: DeserializeOwned>(
+    bucket: &kv::Store,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    if !is_valid_key(key) {
+        return Err(StoreError::new(
+            super::error::StoreErrorKind::Permanent,
+            format!("read in {}", bucket.name),
+            "not a valid key",
+        ));
+    }
+    let subject = format!("{}{key}", bucket.prefix);
+    let message = match bucket
+        .stream
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(message) => message,
+        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+        Err(error) => {
+            return Err(StoreError::unavailable(
+                format!("read in {} from its leader", bucket.name),
+                error,
+            ))
+        }
+    };
+    let removed = message
+        .headers
+        .get("KV-Operation")
+        .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
+    if removed {
+        return Ok(None);
+    }
+    decode(&bucket.name, &message.payload).map(Some)
+}
+
 /// Reads the raw value at `key` and its revision.
 pub async fn load_bytes(bucket: &kv::Store, key: &str) -> Result<Versioned<Bytes>, StoreError> {
     let entry = bucket

@@ -1,22 +1,29 @@
-//! Node loss on a 3-node cluster (issue 17, DESIGN §6): two service instances on different
-//! nodes, three accounts on the three nodes writing steadily, and one node killed at a time —
-//! the one leading `NATSTER_EVENTS`, then the meta leader, then the one leading the accounts
-//! bucket — each restarted once writes flow again. Afterwards every acknowledged request is in
-//! the log exactly once, no request appears twice, every node holds the whole log, and the
-//! projections equal a clean rebuild byte for byte.
+//! A 3-node cluster under faults (issue 17, DESIGN §6), two service instances on different
+//! nodes, accounts on all three:
+//!
+//! - node loss during writes: one node killed at a time (the one leading `NATSTER_EVENTS`,
+//!   the meta leader, the one leading the accounts bucket), each restarted once writes flow
+//!   again; writes flow again within 10 s of each kill, every acknowledged request is in the
+//!   log exactly once, none twice, every node catches up, and the projections equal a clean
+//!   rebuild byte for byte;
+//! - read-your-writes across nodes and replicas: reads with `Natster-Min-Seq` from another
+//!   node always hold the write, while a follower of the bucket is down and then catching up.
 //!
 //! `CLUSTER_FAULT_ROUNDS=N` repeats the three kills N times (the suite runs one round);
 //! `CLUSTER_FAULT_LOG=<filter>` shows the instances' log.
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use async_nats::jetstream;
-use natster_global::contract::{Envelope, MSG_ID_HEADER};
+use natster_global::contract::{
+    Envelope, ShareSummary, MIN_SEQ_HEADER, MSG_ID_HEADER, OWN_RECORD_SUBJECT,
+};
+use natster_global::model::AccountRecord;
 use natster_global::service::{GlobalService, RunnerConfig, ServiceConfig, StoreConfig};
 use natster_global::test_util::{Accounts, Catalogs, Projection, EVENTS_STREAM};
 use natster_global::tooling::bootstrap::{World, NATSTER, SYS};
 use natster_testkit::{
     connect_creds, connect_creds_ordered, dump_bucket, events_last_seq, expected_records,
-    init_data, put_event, read_events, seq_of, Cluster,
+    init_data, put_event, read_events, seq_of, Cluster, FeedReader,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -70,50 +77,69 @@ async fn write_steadily(
             "catalog": format!("{me}{name}"), "target": target, "event_type": event_type,
         }))?;
         let id = format!("w{n}");
-        let started = Instant::now();
-        loop {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(MSG_ID_HEADER, id.as_str());
-            let request = async_nats::Request::new()
-                .headers(headers)
-                .payload(body.clone().into())
-                .timeout(Some(Duration::from_secs(2)));
-            let reply = client
-                .send_request("natster.global.events.put", request)
-                .await;
-            let envelope = match reply {
-                Ok(message) => serde_json::from_slice::<Envelope>(&message.payload)
-                    .map_err(|error| format!("not an envelope: {error}")),
-                Err(error) => Err(error.to_string()),
-            };
-            match envelope {
-                Ok(envelope) if envelope.code == 200 => {
-                    let mut outcome = outcome.lock().expect("outcome lock");
-                    outcome.acked.push((id.clone(), seq_of(&envelope)?));
-                    outcome.acked_at.push(Instant::now());
-                    break;
-                }
-                Ok(envelope) if envelope.code != 503 => {
-                    bail!("{me}: request {id} ({event_type} {name}) answered {envelope:?}")
-                }
-                failed => {
-                    let why = match failed {
-                        Ok(envelope) => envelope.error.unwrap_or_default(),
-                        Err(why) => why,
-                    };
-                    let mut outcome = outcome.lock().expect("outcome lock");
-                    outcome.failed_at.push((Instant::now(), why));
-                }
-            }
-            ensure!(
-                started.elapsed() < Duration::from_secs(60),
-                "{me}: request {id} not acknowledged within a minute"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let envelope = answered(&client, "events.put", Some(&id), None, &body, |why| {
+            let mut outcome = outcome.lock().expect("outcome lock");
+            outcome.failed_at.push((Instant::now(), why));
+        })
+        .await?;
+        ensure!(
+            envelope.code == 200,
+            "{me}: request {id} ({event_type} {name}) answered {envelope:?}"
+        );
+        let mut record = outcome.lock().expect("outcome lock");
+        record.acked.push((id, seq_of(&envelope)?));
+        record.acked_at.push(Instant::now());
+        drop(record);
         shared[name] = !shared[name];
     }
     unreachable!("the loop only ends by returning")
+}
+
+/// Sends `natster.global.<op>` (with `Nats-Msg-Id: msg_id` and `Natster-Min-Seq: min_seq`
+/// when given) until it is answered with anything but a 503, as a client that retries exactly
+/// would: again under the same id after a 503, a timeout or no responders (each told to
+/// `failed`), for at most a minute.
+async fn answered(
+    client: &async_nats::Client,
+    op: &str,
+    msg_id: Option<&str>,
+    min_seq: Option<u64>,
+    body: &[u8],
+    mut failed: impl FnMut(String),
+) -> Result<Envelope> {
+    let started = Instant::now();
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = msg_id {
+            headers.insert(MSG_ID_HEADER, id);
+        }
+        if let Some(seq) = min_seq {
+            headers.insert(MIN_SEQ_HEADER, seq.to_string().as_str());
+        }
+        let request = async_nats::Request::new()
+            .headers(headers)
+            .payload(body.to_vec().into())
+            .timeout(Some(Duration::from_secs(2)));
+        let reply = client
+            .send_request(format!("natster.global.{op}"), request)
+            .await;
+        match reply {
+            Ok(message) => {
+                let envelope: Envelope = serde_json::from_slice(&message.payload)
+                    .with_context(|| format!("{op} reply is not an envelope"))?;
+                if envelope.code != 503 {
+                    return Ok(envelope);
+                }
+                failed(envelope.error.unwrap_or_default());
+            }
+            Err(error) => failed(error.to_string()),
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "{op} {msg_id:?} not answered within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Which node a phase kills.
@@ -434,6 +460,136 @@ async fn verify_projections(fixture: &Fixture) -> Result<()> {
     for (bucket, expected) in [(Accounts::BUCKET, accounts), (Catalogs::BUCKET, catalogs)] {
         let stored = dump_bucket(&fixture.js.get_key_value(bucket).await?).await?;
         assert_eq!(stored, expected, "{bucket} differs from a clean rebuild");
+    }
+    Ok(())
+}
+
+/// Read-your-writes across nodes (issue 17 point 3): an account on one node shares a catalog
+/// with an account on another, which at once asks `my.shares` with the write's sequence as
+/// `Natster-Min-Seq`; 150 such pairs over all three nodes while a follower of the accounts
+/// bucket is killed and, half-way, restarts and catches up. A read may be refused (503) and
+/// retried, but every answer holds its write. Own-record reads and feeds work on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Result<()> {
+    const PAIRS: usize = 150;
+    let dir = tempfile::tempdir()?;
+    let users: Vec<String> = USERS.iter().map(|u| u.to_string()).collect();
+    let world = World::generate(dir.path(), &users)?;
+    world.write(false)?;
+    let cluster = Cluster::start(Some(&world)).await?;
+    let urls = cluster.urls().join(",");
+    let js = jetstream::new(connect_creds(&urls, &world.creds_path(NATSTER), "check").await?);
+    let sys = connect_creds(&urls, &world.creds_path(SYS), "sys").await?;
+    let mut fixture = Fixture {
+        cluster,
+        world,
+        js,
+        sys,
+        outcomes: Vec::new(),
+    };
+    let services = vec![
+        start_instance(&fixture, 0).await?,
+        start_instance(&fixture, 1).await?,
+    ];
+    let mut clients = Vec::new();
+    let mut feeds = Vec::new();
+    for (node, user) in USERS.iter().enumerate() {
+        let client = connect_creds_ordered(
+            &fixture.cluster.urls_from(node),
+            &fixture.world.creds_path(user),
+            user,
+        )
+        .await?;
+        let key = fixture.world.key(user)?;
+        seq_of(
+            &put_event(
+                &client,
+                "natster_initialized",
+                "none",
+                "none",
+                init_data(&key),
+            )
+            .await?,
+        )?;
+        feeds.push(FeedReader::open(&client).await?);
+        clients.push(client);
+    }
+    let keys: Vec<String> = USERS
+        .iter()
+        .map(|u| fixture.world.key(u))
+        .collect::<Result<_, _>>()?;
+
+    // A follower of the accounts bucket: neither its leader nor the log's, so the writes go on.
+    let bucket = format!("KV_{}", Accounts::BUCKET);
+    let within = Duration::from_secs(20);
+    let bucket_leader = fixture
+        .cluster
+        .stream_leader(&fixture.js, &bucket, within)
+        .await?;
+    let events_leader = fixture
+        .cluster
+        .stream_leader(&fixture.js, EVENTS_STREAM, within)
+        .await?;
+    let follower = (0..3)
+        .find(|&n| n != bucket_leader && n != events_leader)
+        .unwrap_or((bucket_leader + 1) % 3);
+    fixture.cluster.kill(follower);
+
+    let mut refused = 0;
+    for i in 0..PAIRS {
+        if i == PAIRS / 2 {
+            fixture.cluster.restart(follower).await?;
+        }
+        let (writer, reader) = (i % 3, (i + 1) % 3);
+        let catalog = format!("r{i}");
+        let body = serde_json::to_vec(&serde_json::json!({
+            "catalog": catalog, "target": keys[reader], "event_type": "catalog_shared",
+        }))?;
+        let id = format!("ryw{i}");
+        let put = answered(
+            &clients[writer],
+            "events.put",
+            Some(&id),
+            None,
+            &body,
+            |_| {},
+        )
+        .await?;
+        let seq = seq_of(&put)?;
+        let shares = answered(&clients[reader], "my.shares", None, Some(seq), b"", |_| {
+            refused += 1;
+        })
+        .await?;
+        ensure!(shares.code == 200, "my.shares answered {shares:?}");
+        let shares: Vec<ShareSummary> = serde_json::from_value(shares.data)?;
+        let seen = shares
+            .iter()
+            .any(|s| s.from_account == keys[writer] && s.catalog == catalog);
+        assert!(
+            seen,
+            "pair {i}: {} read at Min-Seq {seq} without {}'s share {catalog} (node {reader} reading, n{follower} {})",
+            USERS[reader],
+            USERS[writer],
+            if i < PAIRS / 2 { "down" } else { "restarted" },
+        );
+    }
+    eprintln!("{PAIRS} write-then-read pairs, each read saw its write ({refused} reads refused and retried)");
+
+    // Own-record reads (a direct get through the import) and feeds, from every node.
+    for (node, client) in clients.iter().enumerate() {
+        let reply = client
+            .request(OWN_RECORD_SUBJECT, bytes::Bytes::new())
+            .await?;
+        let record: AccountRecord = serde_json::from_slice(&reply.payload)
+            .with_context(|| format!("{}'s own record on n{node}", USERS[node]))?;
+        assert_eq!(record.account_key, keys[node]);
+        assert!(!record.in_shares.is_empty() && !record.out_shares.is_empty());
+        let (kind, _) = feeds[node].next_notice(Duration::from_secs(10)).await?;
+        assert_eq!(kind, "catalog_shared", "{}'s feed on n{node}", USERS[node]);
+    }
+    fixture.all_current().await?;
+    for service in services {
+        service.stop().await?;
     }
     Ok(())
 }
