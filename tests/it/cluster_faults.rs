@@ -300,43 +300,9 @@ async fn node_loss_during_writes_loses_nothing_and_writes_resume_within_10s() ->
     for node in [0, 1] {
         services.push(start_instance(&fixture, node).await?);
     }
-
-    // Each account lives on its own node and initialises itself.
-    let mut clients = Vec::new();
-    for (node, user) in USERS.iter().enumerate() {
-        let client = connect_creds_ordered(
-            &fixture.cluster.urls_from(node),
-            &fixture.world.creds_path(user),
-            user,
-        )
-        .await?;
-        let key = fixture.world.key(user)?;
-        seq_of(
-            &put_event(
-                &client,
-                "natster_initialized",
-                "none",
-                "none",
-                init_data(&key),
-            )
-            .await?,
-        )?;
-        clients.push(client);
-    }
     let stop = CancellationToken::new();
-    let mut writers = Vec::new();
-    for (i, user) in USERS.iter().enumerate() {
-        let outcome = Arc::new(Mutex::new(Outcome::default()));
-        fixture.outcomes.push(outcome.clone());
-        let target = fixture.world.key(USERS[(i + 1) % USERS.len()])?;
-        writers.push(tokio::spawn(write_steadily(
-            clients[i].clone(),
-            user,
-            target,
-            stop.clone(),
-            outcome,
-        )));
-    }
+
+    let writers = start_writers(&mut fixture, &stop).await?;
 
     let rounds: usize = std::env::var("CLUSTER_FAULT_ROUNDS")
         .ok()
@@ -374,6 +340,45 @@ async fn node_loss_during_writes_loses_nothing_and_writes_resume_within_10s() ->
         service.stop().await?;
     }
     Ok(())
+}
+
+/// Connects each account to its own node (failing over to the others), initialises it, and
+/// starts its writer ([`write_steadily`], sharing with the next account) until `stop`.
+async fn start_writers(
+    fixture: &mut Fixture,
+    stop: &CancellationToken,
+) -> Result<Vec<tokio::task::JoinHandle<Result<()>>>> {
+    let mut writers = Vec::new();
+    for (node, user) in USERS.iter().enumerate() {
+        let client = connect_creds_ordered(
+            &fixture.cluster.urls_from(node),
+            &fixture.world.creds_path(user),
+            user,
+        )
+        .await?;
+        let key = fixture.world.key(user)?;
+        seq_of(
+            &put_event(
+                &client,
+                "natster_initialized",
+                "none",
+                "none",
+                init_data(&key),
+            )
+            .await?,
+        )?;
+        let outcome = Arc::new(Mutex::new(Outcome::default()));
+        fixture.outcomes.push(outcome.clone());
+        let target = fixture.world.key(USERS[(node + 1) % USERS.len()])?;
+        writers.push(tokio::spawn(write_steadily(
+            client,
+            user,
+            target,
+            stop.clone(),
+            outcome,
+        )));
+    }
+    Ok(writers)
 }
 
 /// An instance connected to node `node` first, failing over to the others; R3 resources.
@@ -589,6 +594,73 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
     }
     fixture.all_current().await?;
     for service in services {
+        service.stop().await?;
+    }
+    Ok(())
+}
+
+/// Rolling restarts under steady writes that retry exactly (issue 17 points 4 and 5): the two
+/// service instances one by one (graceful stop, start), then the three nodes one by one
+/// (SIGTERM, start, caught up), then one node loses its store and comes back empty. No
+/// acknowledged request is lost or applied twice, every node catches up (the empty one too),
+/// the projections reach the end of the log and equal a clean rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rolling_restarts_and_an_emptied_node_lose_and_repeat_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let users: Vec<String> = USERS.iter().map(|u| u.to_string()).collect();
+    let world = World::generate(dir.path(), &users)?;
+    world.write(false)?;
+    let cluster = Cluster::start(Some(&world)).await?;
+    let urls = cluster.urls().join(",");
+    let js = jetstream::new(connect_creds(&urls, &world.creds_path(NATSTER), "check").await?);
+    let sys = connect_creds(&urls, &world.creds_path(SYS), "sys").await?;
+    let mut fixture = Fixture {
+        cluster,
+        world,
+        js,
+        sys,
+        outcomes: Vec::new(),
+    };
+    let mut services = vec![
+        Some(start_instance(&fixture, 0).await?),
+        Some(start_instance(&fixture, 1).await?),
+    ];
+    let stop = CancellationToken::new();
+    let writers = start_writers(&mut fixture, &stop).await?;
+
+    for (index, service) in services.iter_mut().enumerate() {
+        fixture.recovered_after(Instant::now()).await?;
+        let restarted = Instant::now();
+        service.take().context("instance")?.stop().await?;
+        *service = Some(start_instance(&fixture, index).await?);
+        let recovery = fixture.recovered_after(restarted).await?;
+        eprintln!("instance {index} restarted; writes flowed again after {recovery:?}");
+    }
+    for node in 0..3 {
+        fixture.recovered_after(Instant::now()).await?;
+        let restarted = Instant::now();
+        fixture.cluster.nodes[node]
+            .stop(Duration::from_secs(10))
+            .await;
+        fixture.cluster.restart(node).await?;
+        fixture.all_current().await?;
+        let recovery = fixture.recovered_after(restarted).await?;
+        eprintln!("n{node} restarted; writes flowed again after {recovery:?}");
+    }
+    fixture.recovered_after(Instant::now()).await?;
+    let emptied = Instant::now();
+    fixture.cluster.restart_empty(2).await?;
+    fixture.all_current().await?;
+    let recovery = fixture.recovered_after(emptied).await?;
+    eprintln!("n2 came back empty and caught up; writes flowed again after {recovery:?}");
+
+    stop.cancel();
+    for writer in writers {
+        writer.await??;
+    }
+    verify_exactly_once(&fixture).await?;
+    verify_projections(&fixture).await?;
+    for service in services.into_iter().flatten() {
         service.stop().await?;
     }
     Ok(())
