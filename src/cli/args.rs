@@ -402,6 +402,11 @@ pub struct DevArgs {
     /// Copy the nats-server log to stderr.
     #[arg(long)]
     pub server_log: bool,
+    /// Run a 3-node JetStream cluster on loopback instead of one server: client ports
+    /// `port`, `port+1`, `port+2`, routes on `port+2000…+2002`, a store per node; the service
+    /// creates every stream and bucket with 3 replicas.
+    #[arg(long)]
+    pub cluster: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
 }

@@ -95,18 +95,54 @@ async fn bootstrap_writes_a_world_that_a_real_server_accepts() -> Result<()> {
 
 #[tokio::test]
 async fn dev_runs_the_stack_prints_working_commands_and_stops_cleanly() -> Result<()> {
+    dev_stack(false).await
+}
+
+#[tokio::test]
+async fn dev_cluster_runs_three_nodes_with_replicated_resources() -> Result<()> {
+    dev_stack(true).await
+}
+
+/// A client port `p` such that `p..p+3` and the routes `p+2000..p+2003` are all free (what
+/// `dev --cluster` listens on), or a free port for a single server.
+fn free_ports_for(cluster: bool) -> Result<u16> {
+    for _ in 0..100 {
+        let port = free_port()?;
+        let wanted: Vec<u16> = if cluster {
+            (0..3).flat_map(|i| [port + i, port + 2000 + i]).collect()
+        } else {
+            vec![port]
+        };
+        if port < 60_000
+            && wanted
+                .iter()
+                .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free run of ports")
+}
+
+/// `dev` (with `--cluster`: three nodes) prints instructions whose commands reach the service,
+/// and stops cleanly on Ctrl-C, servers included.
+async fn dev_stack(cluster: bool) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = free_port()?;
+    let port = free_ports_for(cluster)?;
+    let mut args = vec![
+        "dev".to_string(),
+        "--http-addr".into(),
+        "127.0.0.1:0".into(),
+        "--port".into(),
+        port.to_string(),
+    ];
+    if cluster {
+        args.push("--cluster".into());
+    }
     let mut dev = KillOnDrop(Some(
         natster_global()
-            .args([
-                "dev",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--port",
-                &port.to_string(),
-                "--dir",
-            ])
+            .args(&args)
+            .arg("--dir")
             .arg(dir.path().join("stack"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -155,6 +191,20 @@ async fn dev_runs_the_stack_prints_working_commands_and_stops_cleanly() -> Resul
         "{stderr}"
     );
 
+    if cluster {
+        let creds = dir.path().join("stack").join("creds").join("NATSTER.creds");
+        let service =
+            connect_creds(&format!("nats://127.0.0.1:{}", port + 2), &creds, "check").await?;
+        let info = async_nats::jetstream::new(service)
+            .get_stream("NATSTER_EVENTS")
+            .await?
+            .info()
+            .await?
+            .clone();
+        assert_eq!(info.config.num_replicas, 3, "the log is R3 under --cluster");
+        assert_eq!(info.cluster.map(|c| c.replicas.len()), Some(2));
+    }
+
     let mut child = dev.0.take().context("dev")?;
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -162,9 +212,12 @@ async fn dev_runs_the_stack_prints_working_commands_and_stops_cleanly() -> Resul
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || child.wait()).await??;
     assert!(exit.success(), "dev exits 0 on Ctrl-C: {exit}");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "the nats-server child is stopped"
-    );
+    let nodes = if cluster { 3 } else { 1 };
+    for node_port in port..port + nodes {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", node_port)).is_err(),
+            "the nats-server child on {node_port} is stopped"
+        );
+    }
     Ok(())
 }
