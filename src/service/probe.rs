@@ -65,12 +65,16 @@ impl Probe {
                 Err(not_ready) => return not_ready,
             }
         }
-        let reason = lags.iter().find(|l| l.lag_events > max_lag).map(|l| {
-            format!(
-                "projection {} lags {} events (bound {max_lag})",
-                l.projection, l.lag_events
-            )
-        });
+        let reason = lags
+            .iter()
+            .find(|l| l.lag_events > max_lag)
+            .map(|l| {
+                format!(
+                    "projection {} lags {} events (bound {max_lag})",
+                    l.projection, l.lag_events
+                )
+            })
+            .or_else(|| self.decision_lag(&lags, max_lag));
         Readiness {
             ready: reason.is_none(),
             reason,
@@ -98,6 +102,20 @@ impl Probe {
                 .set(size as i64);
         }
         self.decider.started()
+    }
+
+    /// Why this instance cannot write, if its decision state lags the log's end (read with
+    /// the accounts projection's lag) by more than `max_lag` events: every write waits for the
+    /// state to reach the log first.
+    fn decision_lag(&self, lags: &[ProjectionLag], max_lag: u64) -> Option<String> {
+        let last = lags
+            .iter()
+            .find(|l| l.projection == Accounts::NAME)?
+            .last_seq;
+        let folded = self.decider.folded();
+        (last.saturating_sub(folded) > max_lag).then(|| {
+            format!("the decision state has read the log to {folded} of {last}; writes wait for it")
+        })
     }
 
     /// The connection's gauges; whether it is up.

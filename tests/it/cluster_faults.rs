@@ -316,6 +316,7 @@ async fn node_loss_during_writes_loses_nothing_and_writes_resume_within_10s() ->
         ] {
             fixture.recovered_after(Instant::now()).await?;
             let node = fixture.victim(victim).await?;
+            let readiness = watch_readiness(&services);
             let killed = Instant::now();
             fixture.cluster.kill(node);
             let recovery = fixture
@@ -323,6 +324,19 @@ async fn node_loss_during_writes_loses_nothing_and_writes_resume_within_10s() ->
                 .await
                 .with_context(|| format!("round {round}: killed n{node} ({victim:?})"))?;
             eprintln!("round {round}: killed n{node} ({victim:?}); writes flowed again after {recovery:?}");
+            if matches!(victim, Victim::EventsStreamLeader) {
+                // While the log had no leader no instance could write, and each said so.
+                let seen = readiness.not_ready();
+                for instance in 0..services.len() {
+                    let reason = seen.iter().find(|(i, _)| *i == instance);
+                    assert!(
+                        reason.is_some(),
+                        "instance {instance} stayed ready while the log had no leader"
+                    );
+                }
+                eprintln!("not ready meanwhile: {:?}", seen.first());
+            }
+            readiness.stop();
             fixture.cluster.restart(node).await?;
             fixture
                 .all_current()
@@ -340,6 +354,46 @@ async fn node_loss_during_writes_loses_nothing_and_writes_resume_within_10s() ->
         service.stop().await?;
     }
     Ok(())
+}
+
+/// Every instance's readiness, asked every 100 ms until stopped.
+struct ReadinessWatch {
+    /// (instance, reason) of every "not ready" answer.
+    not_ready: Arc<Mutex<Vec<(usize, String)>>>,
+    stop: CancellationToken,
+}
+
+impl ReadinessWatch {
+    fn not_ready(&self) -> Vec<(usize, String)> {
+        self.not_ready.lock().expect("readiness lock").clone()
+    }
+
+    fn stop(self) {
+        self.stop.cancel();
+    }
+}
+
+fn watch_readiness(services: &[GlobalService]) -> ReadinessWatch {
+    let not_ready = Arc::new(Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    for (instance, service) in services.iter().enumerate() {
+        let telemetry = service.telemetry().clone();
+        let (not_ready, stop) = (not_ready.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let readiness = telemetry.refresh().await;
+                if !readiness.ready {
+                    let reason = readiness.reason.unwrap_or_default();
+                    not_ready
+                        .lock()
+                        .expect("readiness lock")
+                        .push((instance, reason));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    ReadinessWatch { not_ready, stop }
 }
 
 /// Connects each account to its own node (failing over to the others), initialises it, and
