@@ -35,8 +35,8 @@ use natster_global::service::ServiceConfig;
 use natster_global::test_util::{Accounts, Projection};
 use natster_global::test_util::{Store, StoreConfig};
 use natster_testkit::{
-    cpu_seconds, mixed_event_log, percentile, project_from_empty, publish_acked, publish_log,
-    rate_at_in_flight, request_ok, stream_last_seq, timed_at_in_flight, PlainServer,
+    cpu_seconds, events_put_load, mixed_event_log, percentile, project_from_empty, publish_acked,
+    publish_log, rate_at_in_flight, stream_last_seq, timed_at_in_flight, PlainServer,
 };
 use std::time::{Duration, Instant};
 
@@ -192,38 +192,6 @@ async fn raw_kv_puts(js: &jetstream::Context, n: usize) -> Result<f64> {
         )
     })
     .await
-}
-
-/// `events.put` through the service: inits, then shares on distinct catalogs; the rate and
-/// every request's latency.
-async fn service_appends(client: &async_nats::Client, n: usize) -> Result<(f64, Vec<Duration>)> {
-    let keys: Vec<String> = (0..n / 2)
-        .map(|_| nkeys::KeyPair::new_account().public_key())
-        .collect();
-    let mut requests = Vec::with_capacity(n);
-    for key in &keys {
-        requests.push((key.clone(), serde_json::json!({"catalog":"none","target":"none","event_type":"natster_initialized","data":{"account_id":"i","account_name":"n","account_key":key}})));
-    }
-    for (i, key) in keys.iter().enumerate() {
-        let target = &keys[(i + 1) % keys.len()];
-        requests.push((key.clone(), serde_json::json!({"catalog":format!("bench{i}"),"target":target,"event_type":"catalog_shared","data":null})));
-    }
-    let started = Instant::now();
-    let mut latencies = Vec::with_capacity(requests.len());
-    // Inits first (shares need initialised accounts), each phase IN_FLIGHT at a time.
-    for phase in requests.chunks(keys.len()) {
-        let (_, timed) = timed_at_in_flight(phase.len(), IN_FLIGHT, |i| {
-            let (key, body) = &phase[i];
-            request_ok(
-                client,
-                format!("{key}.natster.global.events.put"),
-                serde_json::to_vec(body).expect("json"),
-            )
-        })
-        .await?;
-        latencies.extend(timed);
-    }
-    Ok((rate(requests.len(), started.elapsed()), latencies))
 }
 
 /// Core NATS request/reply to a responder in this process that answers at once: the hop every
@@ -386,8 +354,9 @@ async fn appends(n: usize) -> Result<Appends> {
         .await
         .context("service")?;
     let before = stream_writes(&js).await?;
-    let ((rate, mut service_latencies), service_cpu) =
-        meter.measure(n, service_appends(&client, n)).await?;
+    let ((rate, mut service_latencies), service_cpu) = meter
+        .measure(n, events_put_load(&client, n, IN_FLIGHT))
+        .await?;
     let stored = stream_writes(&js)
         .await?
         .into_iter()

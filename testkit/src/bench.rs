@@ -120,3 +120,46 @@ pub async fn raw_ordered_read(js: &async_nats::jetstream::Context, n: usize) -> 
     anyhow::ensure!(decoded == n, "{decoded} of {n} messages read");
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
+
+/// `n` `events.put` requests through a service answering on `client`'s connection (subjects
+/// `<account>.natster.global.events.put`, as a plain server routes them): inits of `n / 2`
+/// new accounts, then one share each on a catalog of its own, `in_flight` at a time per phase.
+/// Returns the rate and every request's latency.
+pub async fn events_put_load(
+    client: &async_nats::Client,
+    n: usize,
+    in_flight: usize,
+) -> Result<(f64, Vec<std::time::Duration>)> {
+    let keys: Vec<String> = (0..n / 2)
+        .map(|_| nkeys::KeyPair::new_account().public_key())
+        .collect();
+    let mut requests = Vec::with_capacity(n);
+    for key in &keys {
+        requests.push((key.clone(), serde_json::json!({"catalog":"none","target":"none","event_type":"natster_initialized","data":{"account_id":"i","account_name":"n","account_key":key}})));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let target = &keys[(i + 1) % keys.len()];
+        // Named after the new account, so a later load on the same log claims new names too.
+        let catalog = format!("bench{}", key[1..13].to_lowercase());
+        requests.push((key.clone(), serde_json::json!({"catalog":catalog,"target":target,"event_type":"catalog_shared","data":null})));
+    }
+    let started = std::time::Instant::now();
+    let mut latencies = Vec::with_capacity(requests.len());
+    // Inits first (shares need initialised accounts).
+    for phase in requests.chunks(keys.len().max(1)) {
+        let (_, timed) = timed_at_in_flight(phase.len(), in_flight, |i| {
+            let (key, body) = &phase[i];
+            request_ok(
+                client,
+                format!("{key}.natster.global.events.put"),
+                serde_json::to_vec(body).expect("json"),
+            )
+        })
+        .await?;
+        latencies.extend(timed);
+    }
+    Ok((
+        requests.len() as f64 / started.elapsed().as_secs_f64(),
+        latencies,
+    ))
+}
