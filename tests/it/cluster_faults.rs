@@ -7,7 +7,9 @@
 //!   log exactly once, none twice, every node catches up, and the projections equal a clean
 //!   rebuild byte for byte;
 //! - read-your-writes across nodes and replicas: reads with `Natster-Min-Seq` from another
-//!   node always hold the write, while a follower of the bucket is down and then catching up.
+//!   node always hold the write, while a follower of the bucket is down and then catching up;
+//! - the instances' in-memory views follow their buckets through node loss;
+//! - rolling restarts of the instances and the nodes, and a node that returns empty.
 //!
 //! `CLUSTER_FAULT_ROUNDS=N` repeats the three kills N times (the suite runs one round);
 //! `CLUSTER_FAULT_LOG=<filter>` shows the instances' log.
@@ -23,7 +25,7 @@ use natster_global::test_util::{Accounts, Catalogs, Projection, EVENTS_STREAM};
 use natster_global::tooling::bootstrap::{World, NATSTER, SYS};
 use natster_testkit::{
     connect_creds, connect_creds_ordered, dump_bucket, events_last_seq, expected_records,
-    init_data, put_event, read_events, seq_of, Cluster, FeedReader,
+    init_data, metric_value, put_event, read_events, seq_of, Cluster, FeedReader,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -715,6 +717,109 @@ async fn rolling_restarts_and_an_emptied_node_lose_and_repeat_nothing() -> Resul
     verify_exactly_once(&fixture).await?;
     verify_projections(&fixture).await?;
     for service in services.into_iter().flatten() {
+        service.stop().await?;
+    }
+    Ok(())
+}
+
+/// The instances' in-memory views (account records, online state) follow their buckets
+/// through node loss (issue 16 point 5): each node is killed in turn, so whichever node held
+/// an instance's watch of a bucket is lost at some point; after each kill a new share and a
+/// heartbeat must show in `my.shares` read without `Natster-Min-Seq` (from the views) on
+/// whichever instance answers, and by the end every instance has rebuilt both views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn views_follow_their_buckets_through_node_loss() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let users: Vec<String> = USERS.iter().map(|u| u.to_string()).collect();
+    let world = World::generate(dir.path(), &users)?;
+    world.write(false)?;
+    let cluster = Cluster::start(Some(&world)).await?;
+    let urls = cluster.urls().join(",");
+    let js = jetstream::new(connect_creds(&urls, &world.creds_path(NATSTER), "check").await?);
+    let sys = connect_creds(&urls, &world.creds_path(SYS), "sys").await?;
+    let mut fixture = Fixture {
+        cluster,
+        world,
+        js,
+        sys,
+        outcomes: Vec::new(),
+    };
+    let services = vec![
+        start_instance(&fixture, 0).await?,
+        start_instance(&fixture, 1).await?,
+    ];
+    // alice shares with bob, who reads; both live on the node that is not killed first.
+    let mut clients = Vec::new();
+    for (node, user) in USERS.iter().enumerate() {
+        let client = connect_creds_ordered(
+            &fixture.cluster.urls_from(node),
+            &fixture.world.creds_path(user),
+            user,
+        )
+        .await?;
+        let key = fixture.world.key(user)?;
+        seq_of(
+            &put_event(
+                &client,
+                "natster_initialized",
+                "none",
+                "none",
+                init_data(&key),
+            )
+            .await?,
+        )?;
+        clients.push(client);
+    }
+    let (alice, bob) = (&clients[0], &clients[1]);
+    let (a, b) = (fixture.world.key("alice")?, fixture.world.key("bob")?);
+    for node in 0..3 {
+        fixture.cluster.kill(node);
+        let catalog = format!("v{node}");
+        let share = serde_json::to_vec(&serde_json::json!({
+            "catalog": catalog, "target": b, "event_type": "catalog_shared",
+        }))?;
+        let put = answered(alice, "events.put", Some(&catalog), None, &share, |_| {}).await?;
+        seq_of(&put)?;
+        let beat = serde_json::to_vec(&serde_json::json!({
+            "catalog": catalog, "account_key": a, "revision": 1,
+        }))?;
+        let beat = answered(alice, "heartbeats.put", None, None, &beat, |_| {}).await?;
+        ensure!(beat.code == 200, "heartbeat answered {beat:?}");
+        // Ten answers in a row (from either instance) show the share, online.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut in_a_row = 0;
+        while in_a_row < 10 {
+            let reply = answered(bob, "my.shares", None, None, b"", |_| {}).await?;
+            let shares: Vec<ShareSummary> = serde_json::from_value(reply.data)?;
+            let online = shares
+                .iter()
+                .any(|s| s.from_account == a && s.catalog == catalog && s.catalog_online);
+            in_a_row = if online { in_a_row + 1 } else { 0 };
+            ensure!(
+                Instant::now() < deadline,
+                "n{node} killed: bob's my.shares never showed {catalog} online for long: {shares:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("n{node} killed: the views show the share and heartbeat made after it");
+        fixture.cluster.restart(node).await?;
+        fixture.all_current().await?;
+    }
+    for (instance, service) in services.iter().enumerate() {
+        let metrics = service.telemetry().encode();
+        for series in [
+            "natster_account_cache_rebuilds_total",
+            "natster_online_view_rebuilds_total",
+        ] {
+            let rebuilds = metric_value(&metrics, series).unwrap_or(0.0);
+            eprintln!("instance {instance}: {series} {rebuilds}");
+            assert!(
+                rebuilds >= 1.0,
+                "instance {instance} never rebuilt: {series}"
+            );
+        }
+    }
+    for service in services {
         service.stop().await?;
     }
     Ok(())
