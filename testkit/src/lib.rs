@@ -26,7 +26,8 @@ pub use logs::{
 pub use natster_global::test_util::sync;
 pub use tls::{connect_creds_tls, TestCertificates};
 pub use world::{
-    connect_creds, connect_creds_ordered, port, wait_for_jetstream, Cluster, PlainServer, TestWorld,
+    connect_creds, connect_creds_ordered, operator_block, port, wait_for_jetstream, Cluster,
+    PlainServer, TestWorld,
 };
 
 /// The environment variables that choose a connection (or the log level) for the binary: tests

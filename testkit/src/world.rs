@@ -124,6 +124,8 @@ impl PlainServer {
 /// Three JetStream servers clustered on loopback; plain, or in operator mode from a world.
 pub struct Cluster {
     pub nodes: Vec<NatsServer>,
+    /// Each node's `server_name`, by index.
+    names: Vec<String>,
     _dir: TempDir,
 }
 
@@ -136,26 +138,90 @@ impl Cluster {
     /// Starts three nodes serving `world` and waits until JetStream has a meta leader;
     /// readiness is checked as the world's service account.
     pub async fn start(world: Option<&World>) -> Result<Cluster> {
-        Self::start_with(world, None).await
+        Self::start_with(world).await
     }
 
-    /// Starts three nodes serving `world` that require TLS from clients, with `tls`.
+    /// Starts three nodes from the shipped `ops/nats-server/cluster-node-{1,2,3}.conf`, serving
+    /// `world` (its operator block as the `operator.conf` they include), with ports, paths and
+    /// route hosts substituted for loopback and `tls`'s certificates: TLS from every client and
+    /// mutual TLS between the nodes, as in production.
     pub async fn start_tls(world: &World, tls: &TestCertificates) -> Result<Cluster> {
-        Self::start_with(Some(world), Some(tls)).await
+        let dir = tempfile::tempdir()?;
+        let (client_ports, route_ports) = six_ports()?;
+        std::fs::write(
+            dir.path().join("operator.conf"),
+            operator_block(&world.server_config(&ServerConfigOptions::default())),
+        )?;
+        let tls_dir = tls.ca.parent().context("certificate directory")?;
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/nats-server");
+        let mut starting = Vec::new();
+        let mut names = Vec::new();
+        for i in 0..3 {
+            let text = std::fs::read_to_string(format!("{shipped}/cluster-node-{}.conf", i + 1))?;
+            let mut text = text
+                .replace(
+                    "listen: 0.0.0.0:4222",
+                    &format!("listen: 127.0.0.1:{}", client_ports[i]),
+                )
+                .replace(
+                    "listen: 0.0.0.0:6222",
+                    &format!("listen: 127.0.0.1:{}", route_ports[i]),
+                )
+                // Other servers on this machine may hold the monitoring port.
+                .replace("http: 127.0.0.1:8222", "")
+                .replace("/etc/nats/tls", &tls_dir.display().to_string())
+                .replace(
+                    "/var/lib/nats",
+                    &dir.path().join(format!("n{i}")).display().to_string(),
+                );
+            for (k, route) in route_ports.iter().enumerate() {
+                text = text.replace(
+                    &format!("nats-route://nats-{}:6222", k + 1),
+                    &format!("nats-route://127.0.0.1:{route}"),
+                );
+            }
+            for leftover in [
+                "0.0.0.0",
+                "/etc/nats",
+                "/var/lib/nats",
+                "nats-route://nats-",
+            ] {
+                if text.contains(leftover) {
+                    bail!(
+                        "cluster-node-{}.conf: {leftover:?} was not substituted",
+                        i + 1
+                    );
+                }
+            }
+            names.push(format!("nats-{}", i + 1));
+            let path = dir.path().join(format!("cluster-node-{}.conf", i + 1));
+            std::fs::write(&path, text)?;
+            starting.push(NatsServer::start(ServerSpec {
+                config: Some(path),
+                port: Some(client_ports[i]),
+                ..Default::default()
+            }));
+        }
+        let nodes = futures::future::try_join_all(starting).await?;
+        let cluster = Cluster {
+            nodes,
+            names,
+            _dir: dir,
+        };
+        let client = connect_creds_tls(
+            &cluster.nodes[0].url(),
+            &world.creds_path(bootstrap::NATSTER),
+            &tls.ca,
+            "cluster-check",
+        )
+        .await?;
+        wait_for_jetstream(&client, Duration::from_secs(30)).await?;
+        Ok(cluster)
     }
 
-    async fn start_with(world: Option<&World>, tls: Option<&TestCertificates>) -> Result<Cluster> {
+    async fn start_with(world: Option<&World>) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
-        // Hold every listener until all six ports are chosen so none is picked twice.
-        let listeners: Vec<std::net::TcpListener> = (0..6)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-            .collect::<std::io::Result<_>>()?;
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().map(|a| a.port()))
-            .collect::<std::io::Result<_>>()?;
-        drop(listeners);
-        let (client_ports, cluster_ports) = ports.split_at(3);
+        let (client_ports, cluster_ports) = six_ports()?;
         let mut starting = Vec::new();
         for i in 0..3 {
             let cluster = ClusterOptions {
@@ -178,10 +244,6 @@ impl Cluster {
                     bootstrap::cluster_block(&cluster)
                 ),
             };
-            let conf = match tls {
-                Some(tls) => format!("{conf}\n{}", tls.server_block()),
-                None => conf,
-            };
             let path = dir.path().join(format!("n{i}.conf"));
             std::fs::write(&path, conf)?;
             starting.push(NatsServer::start(ServerSpec {
@@ -191,18 +253,13 @@ impl Cluster {
             }));
         }
         let nodes = futures::future::try_join_all(starting).await?;
-        let cluster = Cluster { nodes, _dir: dir };
-        let client = match (world, tls) {
-            (Some(world), Some(tls)) => {
-                connect_creds_tls(
-                    &cluster.nodes[0].url(),
-                    &world.creds_path(bootstrap::NATSTER),
-                    &tls.ca,
-                    "cluster-check",
-                )
-                .await?
-            }
-            (Some(world), None) => {
+        let cluster = Cluster {
+            nodes,
+            names: (0..3).map(|i| format!("n{i}")).collect(),
+            _dir: dir,
+        };
+        let client = match world {
+            Some(world) => {
                 connect_creds(
                     &cluster.nodes[0].url(),
                     &world.creds_path(bootstrap::NATSTER),
@@ -210,7 +267,7 @@ impl Cluster {
                 )
                 .await?
             }
-            (None, _) => async_nats::connect(cluster.nodes[0].url()).await?,
+            None => async_nats::connect(cluster.nodes[0].url()).await?,
         };
         wait_for_jetstream(&client, Duration::from_secs(30)).await?;
         Ok(cluster)
@@ -230,11 +287,11 @@ impl Cluster {
             .collect()
     }
 
-    /// The index of the node whose `server_name` is `name` ("n0", "n1", "n2").
+    /// The index of the node whose `server_name` is `name`.
     pub fn index_of(&self, name: &str) -> Result<usize> {
-        name.strip_prefix('n')
-            .and_then(|i| i.parse::<usize>().ok())
-            .filter(|&i| i < self.nodes.len())
+        self.names
+            .iter()
+            .position(|n| n == name)
             .with_context(|| format!("{name:?} is not a node of this cluster"))
     }
 
@@ -345,6 +402,31 @@ async fn stream_cluster(
 ) -> Result<Option<async_nats::jetstream::stream::ClusterInfo>> {
     let mut stream = js.get_stream(stream).await?;
     Ok(stream.info().await?.cluster.clone())
+}
+
+/// Three client ports and three route ports, all free and distinct.
+fn six_ports() -> Result<(Vec<u16>, Vec<u16>)> {
+    // Hold every listener until all six ports are chosen so none is picked twice.
+    let listeners: Vec<std::net::TcpListener> = (0..6)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let ports: Vec<u16> = listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()?;
+    Ok((ports[..3].to_vec(), ports[3..].to_vec()))
+}
+
+/// The operator block of a world's server config (operator, system account, preloaded
+/// accounts), as the shipped configs' `operator.conf` holds it in production.
+pub fn operator_block(world_conf: &str) -> String {
+    world_conf
+        .lines()
+        .skip_while(|l| !l.starts_with("operator:"))
+        .take_while(|l| !l.starts_with("jetstream"))
+        .filter(|l| !l.starts_with("resolver: MEMORY"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Waits until JetStream answers account info on `client` (a cluster has elected its meta

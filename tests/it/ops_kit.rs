@@ -234,24 +234,15 @@ async fn metrics_are_served_as_text_or_openmetrics_by_accept_and_both_validate()
     h.stop().await
 }
 
-/// The operator block of a bootstrapped world's server config (operator, system account,
-/// preloaded accounts), as `operator.conf` holds it in production.
-fn operator_conf(world_conf: &str) -> String {
-    world_conf
-        .lines()
-        .skip_while(|l| !l.starts_with("operator:"))
-        .take_while(|l| !l.starts_with("jetstream"))
-        .filter(|l| !l.starts_with("resolver: MEMORY"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[tokio::test]
 async fn nats_server_configs_load_in_a_real_server() -> Result<()> {
     let tw = TestWorld::start().await?;
     let dir = tempfile::tempdir()?;
     let world_conf = std::fs::read_to_string(tw.world.server_config_path())?;
-    std::fs::write(dir.path().join("operator.conf"), operator_conf(&world_conf))?;
+    std::fs::write(
+        dir.path().join("operator.conf"),
+        natster_testkit::operator_block(&world_conf),
+    )?;
     let state = dir.path().join("state");
     let tls = dir.path().join("tls");
     std::fs::create_dir_all(&tls)?;
