@@ -49,6 +49,8 @@ struct Outcome {
     acked_at: Vec<Instant>,
     /// When each failed attempt (503, timeout, no responders) ended, and why it failed.
     failed_at: Vec<(Instant, String)>,
+    /// Requests acknowledged after at least one failed attempt (sent again under their id).
+    retried: usize,
 }
 
 /// Sends `events.put` requests from `client` (account `me`) every 50 ms until `stop`: a share
@@ -79,7 +81,9 @@ async fn write_steadily(
             "catalog": format!("{me}{name}"), "target": target, "event_type": event_type,
         }))?;
         let id = format!("w{n}");
+        let mut attempts_failed = 0;
         let envelope = answered(&client, "events.put", Some(&id), None, &body, |why| {
+            attempts_failed += 1;
             let mut outcome = outcome.lock().expect("outcome lock");
             outcome.failed_at.push((Instant::now(), why));
         })
@@ -91,6 +95,7 @@ async fn write_steadily(
         let mut record = outcome.lock().expect("outcome lock");
         record.acked.push((id, seq_of(&envelope)?));
         record.acked_at.push(Instant::now());
+        record.retried += usize::from(attempts_failed > 0);
         drop(record);
         shared[name] = !shared[name];
     }
@@ -473,10 +478,12 @@ async fn verify_exactly_once(fixture: &Fixture) -> Result<()> {
     }
     let repeated: Vec<_> = by_id.iter().filter(|(_, seqs)| seqs.len() > 1).collect();
     assert!(repeated.is_empty(), "requests appended twice: {repeated:?}");
-    let mut acked = 0;
+    let (mut acked, mut retried) = (0, 0);
     for (user, outcome) in USERS.iter().zip(&fixture.outcomes) {
         let key = fixture.world.key(user)?;
-        for (id, seq) in &outcome.lock().expect("outcome lock").acked {
+        let outcome = outcome.lock().expect("outcome lock");
+        retried += outcome.retried;
+        for (id, seq) in &outcome.acked {
             let stored = by_id.get(&format!("{key}:{id}"));
             assert_eq!(
                 stored.map(Vec::as_slice),
@@ -486,7 +493,9 @@ async fn verify_exactly_once(fixture: &Fixture) -> Result<()> {
             acked += 1;
         }
     }
-    eprintln!("{acked} acknowledged writes, each in the log once; {last} events in all");
+    eprintln!(
+        "{acked} acknowledged writes ({retried} after a failed attempt, sent again under the same id), each in the log once; {last} events in all"
+    );
     assert!(
         acked > 100,
         "the writers wrote too little to prove anything: {acked}"
