@@ -1,12 +1,17 @@
 //! `heartbeats.put` ingestion against raw JetStream publishes with the same headers, on one
 //! server in one run, and the process's memory once every catalog is online.
 //!
-//! Two rounds over the same catalogs: the first brings every catalog online (each heartbeat a
-//! transition the online projection records and announces), the second is the steady state
-//! of catalog servers heartbeating (recorded in the stream, nothing new to project).
+//! Every catalog is shared with two accounts before the service starts (the log holds the
+//! shares), so every heartbeat fans out to two feeds, as issue 16 asks; a client subscribed to
+//! every feed takes the deliveries (and the bench checks they arrive). Two rounds of requests
+//! over the same catalogs: the first brings every catalog online (each heartbeat a transition
+//! the online projection records and announces), the second is the steady state of catalog
+//! servers heartbeating; then the steady state again, published without a reply subject as
+//! natster catalog servers send them.
 //!
 //! `cargo bench --bench heartbeats` runs 100 000 distinct catalogs; without `--bench` (as
 //! `cargo test --all-targets` runs it) it is a quick smoke run that checks every path works.
+//! `FANOUT=N` shares each catalog with N accounts instead of 2.
 
 /// The allocator the product binary uses (see `src/main.rs`).
 #[global_allocator]
@@ -18,7 +23,11 @@ use natster_global::service::GlobalService;
 use natster_global::service::ServiceConfig;
 use natster_global::service::StoreConfig;
 use natster_global::test_util::online_stream_config;
-use natster_testkit::{publish_acked, rate_at_in_flight, request_ok, PlainServer};
+use natster_global::test_util::Store;
+use natster_testkit::{
+    cpu_seconds, percentile, publish_acked, publish_log, request_ok, timed_at_in_flight,
+    PlainServer,
+};
 use std::time::{Duration, Instant};
 
 const IN_FLIGHT: usize = 64;
@@ -41,12 +50,12 @@ fn heartbeat_body(owner: &str, catalog: &str) -> Vec<u8> {
 }
 
 /// Raw publishes into a stream configured like `NATSTER_ONLINE`, with the same `Nats-TTL`.
-async fn raw_publish(js: &jetstream::Context, keys: &[String], n: usize) -> Result<f64> {
+async fn raw_publish(js: &jetstream::Context, keys: &[String], n: usize) -> Result<Timed> {
     let mut config = online_stream_config(&StoreConfig::default());
     config.name = "BENCH_ONLINE".into();
     config.subjects = vec!["bench.online.>".into()];
     js.create_stream(config).await?;
-    rate_at_in_flight(n, IN_FLIGHT, |i| {
+    timed(n, IN_FLIGHT, |i| {
         let (owner, catalog) = target(keys, i);
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-TTL", "180");
@@ -60,9 +69,59 @@ async fn raw_publish(js: &jetstream::Context, keys: &[String], n: usize) -> Resu
     .await
 }
 
+/// A rate with its latencies' p50 and p99.
+#[derive(Clone, Copy)]
+struct Timed {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl std::fmt::Display for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} | {:.2?} / {:.2?}", self.rate, self.p50, self.p99)
+    }
+}
+
+/// [`timed_at_in_flight`], summarised.
+async fn timed<F, Fut>(n: usize, in_flight: usize, op: F) -> Result<Timed>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let (rate, mut latencies) = timed_at_in_flight(n, in_flight, op).await?;
+    Ok(Timed {
+        rate,
+        p50: percentile(&mut latencies, 0.5),
+        p99: percentile(&mut latencies, 0.99),
+    })
+}
+
+/// CPU µs per operation of this process (client and service) and of the server while `work`
+/// does `n` operations.
+async fn with_cpu<T>(
+    server_pid: &str,
+    n: usize,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, String)> {
+    let (here, server) = (cpu_seconds("self")?, cpu_seconds(server_pid)?);
+    let result = work.await?;
+    let per = |seconds: f64| seconds * 1e6 / n as f64;
+    let cpu = format!(
+        "{:.0} + {:.0}",
+        per(cpu_seconds("self")? - here),
+        per(cpu_seconds(server_pid)? - server)
+    );
+    Ok((result, cpu))
+}
+
 /// `heartbeats.put` requests through the service.
-async fn service_heartbeats(client: &async_nats::Client, keys: &[String], n: usize) -> Result<f64> {
-    rate_at_in_flight(n, IN_FLIGHT, |i| {
+async fn service_heartbeats(
+    client: &async_nats::Client,
+    keys: &[String],
+    n: usize,
+) -> Result<Timed> {
+    timed(n, IN_FLIGHT, |i| {
         let (owner, catalog) = target(keys, i);
         request_ok(
             client,
@@ -97,10 +156,10 @@ async fn wait_online(
 }
 
 /// Heartbeats published without a reply subject, as the original catalog server sends them,
-/// each for a catalog not seen before, paced like many catalog servers rather than one flood:
-/// at most `WINDOW` heartbeats published and not yet recorded. The rate counts until
-/// `NATSTER_ONLINE` holds all of them (one subject each, so expiry markers of older heartbeats
-/// cannot be mistaken for them).
+/// for catalogs already online, paced like many catalog servers rather than one flood: at most
+/// `WINDOW` heartbeats published and not yet recorded. The rate counts until `NATSTER_ONLINE`
+/// has stored all of them (its last sequence moved by `n`: a catalog keeps only its latest
+/// heartbeat, so the message count would not move).
 async fn published_heartbeats(
     client: &async_nats::Client,
     keys: &[String],
@@ -110,13 +169,12 @@ async fn published_heartbeats(
     let mut online = jetstream::new(client.clone())
         .get_stream("NATSTER_ONLINE")
         .await?;
-    let before = online.info().await?.state.messages;
+    let before = online.info().await?.state.last_sequence;
     let started = Instant::now();
     let mut recorded = 0u64;
     let mut last_progress = Instant::now();
     for i in 0..n {
         let (owner, catalog) = target(keys, i);
-        let catalog = format!("{catalog}new");
         client
             .publish(
                 format!("{owner}.natster.global.heartbeats.put"),
@@ -127,7 +185,7 @@ async fn published_heartbeats(
         let must_wait =
             |recorded: u64| sent - recorded >= WINDOW || (sent == n as u64 && recorded < sent);
         while must_wait(recorded) {
-            let now = online.info().await?.state.messages - before;
+            let now = online.info().await?.state.last_sequence - before;
             if now != recorded {
                 (recorded, last_progress) = (now, Instant::now());
             }
@@ -141,6 +199,37 @@ async fn published_heartbeats(
         }
     }
     Ok(rate(n, started.elapsed()))
+}
+
+/// The log the service starts from: every owner initialises, then shares each of its
+/// catalogs with the next `fanout` accounts.
+fn shares_log(keys: &[String], catalogs: usize, fanout: usize) -> Vec<(String, Vec<u8>)> {
+    use natster_global::model::{EventSubject, EventType, InitData};
+    let mut log = Vec::with_capacity(keys.len() + catalogs * fanout);
+    for key in keys {
+        let data = InitData {
+            account_id: "id".into(),
+            account_name: "bench".into(),
+            account_key: key.clone(),
+        };
+        log.push((
+            EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
+            serde_json::to_vec(&data).expect("init data serializes"),
+        ));
+    }
+    for i in 0..catalogs {
+        let (owner, catalog) = target(keys, i);
+        let owner_index = i / CATALOGS_PER_ACCOUNT;
+        for k in 1..=fanout {
+            let share_target = &keys[(owner_index + k) % keys.len()];
+            log.push((
+                EventSubject::new(owner, share_target, &catalog, EventType::CatalogShared)
+                    .to_subject(),
+                Vec::new(),
+            ));
+        }
+    }
+    log
 }
 
 fn rss_mib() -> Result<f64> {
@@ -160,8 +249,26 @@ async fn main() -> Result<()> {
     let keys: Vec<String> = (0..catalogs.div_ceil(CATALOGS_PER_ACCOUNT))
         .map(|_| nkeys::KeyPair::new_account().public_key())
         .collect();
+    let fanout: usize = std::env::var("FANOUT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
     let server = PlainServer::start().await?;
     let client = server.connect().await?;
+    let js = jetstream::new(client.clone());
+    Store::ensure(js.clone(), &StoreConfig::default()).await?;
+    let log = shares_log(&keys, catalogs, fanout);
+    publish_log(&js, &log).await?;
+    // Every feed delivery of the service, counted (the fan-out's consumers).
+    let mut feeds = client.subscribe("*.natster.global-events.>").await?;
+    let delivered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = delivered.clone();
+    let feed_reader = tokio::spawn(async move {
+        use futures::StreamExt;
+        while feeds.next().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     // Throughput, not the per-account heartbeat budget, is measured here: each account sends
     // all its catalogs' heartbeats at once, three times over.
     let config = ServiceConfig {
@@ -170,37 +277,63 @@ async fn main() -> Result<()> {
         ..ServiceConfig::default()
     };
     let service = GlobalService::start(client.clone(), config).await?;
+    ensure!(
+        service
+            .wait_projected(log.len() as u64, Duration::from_secs(120))
+            .await,
+        "the shares were not projected"
+    );
     let rss_before = rss_mib()?;
 
-    let raw = raw_publish(&jetstream::new(client.clone()), &keys, catalogs).await?;
-    let first = service_heartbeats(&client, &keys, catalogs).await?;
+    let pid = server.server.pid().context("server pid")?.to_string();
+    let (raw, raw_cpu) = with_cpu(&pid, catalogs, raw_publish(&js, &keys, catalogs)).await?;
+    let (first, first_cpu) =
+        with_cpu(&pid, catalogs, service_heartbeats(&client, &keys, catalogs)).await?;
     let caught_up = wait_online(&client, &keys[0], catalogs).await?;
     let rss_online = rss_mib()?;
-    let steady = service_heartbeats(&client, &keys, catalogs).await?;
-    let published = published_heartbeats(&client, &keys, catalogs).await?;
-    // Memory once the online projection holds all of them (a faster projection holds more of
-    // them sooner; compared when both are done).
-    wait_online(&client, &keys[0], 2 * catalogs).await?;
+    let before_steady = delivered.load(std::sync::atomic::Ordering::Relaxed);
+    let (steady, steady_cpu) =
+        with_cpu(&pid, catalogs, service_heartbeats(&client, &keys, catalogs)).await?;
+    let (published, published_cpu) = with_cpu(
+        &pid,
+        catalogs,
+        published_heartbeats(&client, &keys, catalogs),
+    )
+    .await?;
     let rss = rss_mib()?;
+    // Both steady rounds fanned every heartbeat out to its catalog's share targets.
+    let wanted = before_steady + (2 * catalogs * fanout) as u64;
+    let started = Instant::now();
+    while delivered.load(std::sync::atomic::Ordering::Relaxed) < wanted {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "feeds got {} deliveries, {wanted} expected",
+            delivered.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    feed_reader.abort();
     service.stop().await?;
 
-    println!("| measurement ({catalogs} distinct catalogs, {IN_FLIGHT} in flight) | heartbeats/s | ratio |");
-    println!("|---|---|---|");
-    println!("| raw JetStream publish (`Nats-TTL`, stream like NATSTER_ONLINE) | {raw:.0} | |");
+    println!("| measurement ({catalogs} distinct catalogs, each shared with {fanout} accounts, {IN_FLIGHT} in flight) | heartbeats/s | p50 / p99 | ratio | CPU µs (here + server) |");
+    println!("|---|---|---|---|---|");
     println!(
-        "| `heartbeats.put`, first round (every heartbeat brings a catalog online) | {first:.0} | {:.2}× raw |",
-        first / raw
+        "| raw JetStream publish (`Nats-TTL`, stream like NATSTER_ONLINE) | {raw} | | {raw_cpu} |"
     );
     println!(
-        "| `heartbeats.put`, steady state (catalogs already online) | {steady:.0} | {:.2}× raw |",
-        steady / raw
+        "| `heartbeats.put`, first round (every heartbeat brings a catalog online) | {first} | {:.2}× raw | {first_cpu} |",
+        first.rate / raw.rate
     );
     println!(
-        "| `heartbeats.put` published without reply (as natster catalog servers send them; new catalogs, ≤ 4 096 unrecorded at a time), until all recorded | {published:.0} | {:.2}× raw |",
-        published / raw
+        "| `heartbeats.put`, steady state (catalogs already online) | {steady} | {:.2}× raw | {steady_cpu} |",
+        steady.rate / raw.rate
     );
     println!(
-        "online projection caught up {:.1} s after the first round's last reply; process RSS (service and benchmark client) {rss_online:.0} MiB with {catalogs} catalogs online, {rss:.0} MiB after the steady rounds, once their catalogs are projected too ({rss_before:.0} MiB at start)",
+        "| `heartbeats.put` published without reply (as natster catalog servers send them; steady state, ≤ 4 096 unrecorded at a time), until all recorded | {published:.0} | | {:.2}× raw | {published_cpu} |",
+        published / raw.rate
+    );
+    println!(
+        "online projection caught up {:.1} s after the first round's last reply; every steady heartbeat reached its {fanout} feeds; process RSS (service, benchmark client and feed reader) {rss_online:.0} MiB with {catalogs} catalogs online, {rss:.0} MiB after the steady rounds ({rss_before:.0} MiB at start)",
         caught_up.as_secs_f64()
     );
     Ok(())
