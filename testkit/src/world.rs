@@ -126,6 +126,8 @@ pub struct Cluster {
     pub nodes: Vec<NatsServer>,
     /// Each node's `server_name`, by index.
     names: Vec<String>,
+    /// The CA clients verify the nodes with, when they require TLS.
+    ca: Option<std::path::PathBuf>,
     _dir: TempDir,
 }
 
@@ -206,6 +208,7 @@ impl Cluster {
         let cluster = Cluster {
             nodes,
             names,
+            ca: Some(tls.ca.clone()),
             _dir: dir,
         };
         let client = connect_creds_tls(
@@ -256,6 +259,7 @@ impl Cluster {
         let cluster = Cluster {
             nodes,
             names: (0..3).map(|i| format!("n{i}")).collect(),
+            ca: None,
             _dir: dir,
         };
         let client = match world {
@@ -285,6 +289,29 @@ impl Cluster {
         (0..urls.len())
             .map(|i| urls[(first + i) % urls.len()].clone())
             .collect()
+    }
+
+    /// Connects with `creds` to node `first`, failing over to the others in order (over TLS
+    /// verified against the cluster's CA when it requires TLS).
+    pub async fn connect(
+        &self,
+        creds: &std::path::Path,
+        name: &str,
+        first: usize,
+    ) -> Result<async_nats::Client> {
+        let urls = self.urls_from(first);
+        let mut options = async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .with_context(|| format!("reading {}", creds.display()))?
+            .name(name)
+            .retain_servers_order();
+        if let Some(ca) = &self.ca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        options
+            .connect(urls.as_slice())
+            .await
+            .with_context(|| format!("connecting as {name} to {}", urls.join(",")))
     }
 
     /// The index of the node whose `server_name` is `name`.

@@ -1,5 +1,6 @@
-//! A 3-node cluster under faults (issue 17, DESIGN §6), two service instances on different
-//! nodes, accounts on all three:
+//! A 3-node cluster under faults (issue 17, DESIGN §6) — the shipped
+//! `ops/nats-server/cluster-node-*.conf` on loopback, TLS to clients and mutual TLS between
+//! nodes — with two service instances on different nodes and accounts on all three:
 //!
 //! - node loss during writes: one node killed at a time (the one leading `NATSTER_EVENTS`,
 //!   the meta leader, the one leading the accounts bucket), each restarted once writes flow
@@ -24,8 +25,8 @@ use natster_global::service::{GlobalService, RunnerConfig, ServiceConfig, StoreC
 use natster_global::test_util::{Accounts, Catalogs, Projection, EVENTS_STREAM};
 use natster_global::tooling::bootstrap::{World, NATSTER, SYS};
 use natster_testkit::{
-    connect_creds, connect_creds_ordered, dump_bucket, events_last_seq, expected_records,
-    init_data, metric_value, put_event, read_events, seq_of, Cluster, FeedReader,
+    dump_bucket, events_last_seq, expected_records, init_data, metric_value, put_event,
+    read_events, seq_of, Cluster, FeedReader, TestCertificates,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -158,15 +159,51 @@ enum Victim {
     AccountsBucketLeader,
 }
 
+/// A world of [`USERS`] served by three nodes run from the shipped cluster configs (client
+/// TLS, route mTLS), with a JetStream context of the service account and a system-account
+/// client to ask who leads what.
 struct Fixture {
     cluster: Cluster,
     world: World,
     js: jetstream::Context,
     sys: async_nats::Client,
     outcomes: Vec<Arc<Mutex<Outcome>>>,
+    _dir: tempfile::TempDir,
 }
 
 impl Fixture {
+    async fn start() -> Result<Fixture> {
+        let dir = tempfile::tempdir()?;
+        let users: Vec<String> = USERS.iter().map(|u| u.to_string()).collect();
+        let world = World::generate(&dir.path().join("world"), &users)?;
+        world.write(false)?;
+        let tls_dir = dir.path().join("tls");
+        std::fs::create_dir_all(&tls_dir)?;
+        let tls = TestCertificates::make(&tls_dir)?;
+        let cluster = Cluster::start_tls(&world, &tls).await?;
+        let js = jetstream::new(
+            cluster
+                .connect(&world.creds_path(NATSTER), "check", 0)
+                .await?,
+        );
+        let sys = cluster.connect(&world.creds_path(SYS), "sys", 1).await?;
+        Ok(Fixture {
+            cluster,
+            world,
+            js,
+            sys,
+            outcomes: Vec::new(),
+            _dir: dir,
+        })
+    }
+
+    /// Connects as `user` to node `node` first.
+    async fn connect(&self, user: &str, node: usize) -> Result<async_nats::Client> {
+        self.cluster
+            .connect(&self.world.creds_path(user), user, node)
+            .await
+    }
+
     async fn victim(&self, victim: Victim) -> Result<usize> {
         let within = Duration::from_secs(20);
         match victim {
@@ -282,27 +319,7 @@ async fn node_loss_during_writes_loses_nothing_and_writes_resume_within_10s() ->
             .with_writer(std::io::stderr)
             .try_init();
     }
-    let dir = tempfile::tempdir()?;
-    let users: Vec<String> = USERS.iter().map(|u| u.to_string()).collect();
-    let world = World::generate(dir.path(), &users)?;
-    world.write(false)?;
-    let cluster = Cluster::start(Some(&world)).await?;
-    let js = jetstream::new(
-        connect_creds(
-            &cluster.urls().join(","),
-            &world.creds_path(NATSTER),
-            "check",
-        )
-        .await?,
-    );
-    let sys = connect_creds(&cluster.urls().join(","), &world.creds_path(SYS), "sys").await?;
-    let mut fixture = Fixture {
-        cluster,
-        world,
-        js,
-        sys,
-        outcomes: Vec::new(),
-    };
+    let mut fixture = Fixture::start().await?;
     let mut services = Vec::new();
     for node in [0, 1] {
         services.push(start_instance(&fixture, node).await?);
@@ -411,12 +428,7 @@ async fn start_writers(
 ) -> Result<Vec<tokio::task::JoinHandle<Result<()>>>> {
     let mut writers = Vec::new();
     for (node, user) in USERS.iter().enumerate() {
-        let client = connect_creds_ordered(
-            &fixture.cluster.urls_from(node),
-            &fixture.world.creds_path(user),
-            user,
-        )
-        .await?;
+        let client = fixture.connect(user, node).await?;
         let key = fixture.world.key(user)?;
         seq_of(
             &put_event(
@@ -444,12 +456,14 @@ async fn start_writers(
 
 /// An instance connected to node `node` first, failing over to the others; R3 resources.
 async fn start_instance(fixture: &Fixture, node: usize) -> Result<GlobalService> {
-    let client = connect_creds_ordered(
-        &fixture.cluster.urls_from(node),
-        &fixture.world.creds_path(NATSTER),
-        &format!("natster-global-{node}"),
-    )
-    .await?;
+    let client = fixture
+        .cluster
+        .connect(
+            &fixture.world.creds_path(NATSTER),
+            &format!("natster-global-{node}"),
+            node,
+        )
+        .await?;
     let config = ServiceConfig {
         store: StoreConfig {
             replicas: 3,
@@ -542,21 +556,7 @@ async fn verify_projections(fixture: &Fixture) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Result<()> {
     const PAIRS: usize = 150;
-    let dir = tempfile::tempdir()?;
-    let users: Vec<String> = USERS.iter().map(|u| u.to_string()).collect();
-    let world = World::generate(dir.path(), &users)?;
-    world.write(false)?;
-    let cluster = Cluster::start(Some(&world)).await?;
-    let urls = cluster.urls().join(",");
-    let js = jetstream::new(connect_creds(&urls, &world.creds_path(NATSTER), "check").await?);
-    let sys = connect_creds(&urls, &world.creds_path(SYS), "sys").await?;
-    let mut fixture = Fixture {
-        cluster,
-        world,
-        js,
-        sys,
-        outcomes: Vec::new(),
-    };
+    let mut fixture = Fixture::start().await?;
     let services = vec![
         start_instance(&fixture, 0).await?,
         start_instance(&fixture, 1).await?,
@@ -564,12 +564,7 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
     let mut clients = Vec::new();
     let mut feeds = Vec::new();
     for (node, user) in USERS.iter().enumerate() {
-        let client = connect_creds_ordered(
-            &fixture.cluster.urls_from(node),
-            &fixture.world.creds_path(user),
-            user,
-        )
-        .await?;
+        let client = fixture.connect(user, node).await?;
         let key = fixture.world.key(user)?;
         seq_of(
             &put_event(
@@ -671,21 +666,7 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
 /// the projections reach the end of the log and equal a clean rebuild.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolling_restarts_and_an_emptied_node_lose_and_repeat_nothing() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let users: Vec<String> = USERS.iter().map(|u| u.to_string()).collect();
-    let world = World::generate(dir.path(), &users)?;
-    world.write(false)?;
-    let cluster = Cluster::start(Some(&world)).await?;
-    let urls = cluster.urls().join(",");
-    let js = jetstream::new(connect_creds(&urls, &world.creds_path(NATSTER), "check").await?);
-    let sys = connect_creds(&urls, &world.creds_path(SYS), "sys").await?;
-    let mut fixture = Fixture {
-        cluster,
-        world,
-        js,
-        sys,
-        outcomes: Vec::new(),
-    };
+    let mut fixture = Fixture::start().await?;
     let mut services = vec![
         Some(start_instance(&fixture, 0).await?),
         Some(start_instance(&fixture, 1).await?),
@@ -738,21 +719,7 @@ async fn rolling_restarts_and_an_emptied_node_lose_and_repeat_nothing() -> Resul
 /// whichever instance answers, and by the end every instance has rebuilt both views.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn views_follow_their_buckets_through_node_loss() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let users: Vec<String> = USERS.iter().map(|u| u.to_string()).collect();
-    let world = World::generate(dir.path(), &users)?;
-    world.write(false)?;
-    let cluster = Cluster::start(Some(&world)).await?;
-    let urls = cluster.urls().join(",");
-    let js = jetstream::new(connect_creds(&urls, &world.creds_path(NATSTER), "check").await?);
-    let sys = connect_creds(&urls, &world.creds_path(SYS), "sys").await?;
-    let mut fixture = Fixture {
-        cluster,
-        world,
-        js,
-        sys,
-        outcomes: Vec::new(),
-    };
+    let mut fixture = Fixture::start().await?;
     let services = vec![
         start_instance(&fixture, 0).await?,
         start_instance(&fixture, 1).await?,
@@ -760,12 +727,7 @@ async fn views_follow_their_buckets_through_node_loss() -> Result<()> {
     // alice shares with bob, who reads; both live on the node that is not killed first.
     let mut clients = Vec::new();
     for (node, user) in USERS.iter().enumerate() {
-        let client = connect_creds_ordered(
-            &fixture.cluster.urls_from(node),
-            &fixture.world.creds_path(user),
-            user,
-        )
-        .await?;
+        let client = fixture.connect(user, node).await?;
         let key = fixture.world.key(user)?;
         seq_of(
             &put_event(
