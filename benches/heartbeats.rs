@@ -25,8 +25,8 @@ use natster_global::service::StoreConfig;
 use natster_global::test_util::online_stream_config;
 use natster_global::test_util::Store;
 use natster_testkit::{
-    cpu_seconds, percentile, publish_acked, publish_log, request_ok, timed_at_in_flight,
-    PlainServer,
+    cpu_seconds, metric_value, percentile, publish_acked, publish_log, request_ok,
+    timed_at_in_flight, PlainServer,
 };
 use std::time::{Duration, Instant};
 
@@ -301,6 +301,15 @@ async fn main() -> Result<()> {
     )
     .await?;
     let rss = rss_mib()?;
+    // The in-memory views' own size (DESIGN §4 bounds them).
+    let metrics = service.telemetry().encode();
+    let gauge = |series: &str| metric_value(&metrics, series).unwrap_or(0.0);
+    let views = format!(
+        "online view {:.0} entries in {:.1} MiB, account cache {:.1} MiB",
+        gauge("natster_online_view_entries"),
+        gauge("natster_online_view_bytes") / 1_048_576.0,
+        gauge("natster_account_cache_bytes") / 1_048_576.0
+    );
     // Both steady rounds fanned every heartbeat out to its catalog's share targets.
     let wanted = before_steady + (2 * catalogs * fanout) as u64;
     let started = Instant::now();
@@ -333,7 +342,7 @@ async fn main() -> Result<()> {
         published / raw.rate
     );
     println!(
-        "online projection caught up {:.1} s after the first round's last reply; every steady heartbeat reached its {fanout} feeds; process RSS (service, benchmark client and feed reader) {rss_online:.0} MiB with {catalogs} catalogs online, {rss:.0} MiB after the steady rounds ({rss_before:.0} MiB at start)",
+        "online projection caught up {:.1} s after the first round's last reply; every steady heartbeat reached its {fanout} feeds; {views}; process RSS (service, benchmark client and feed reader) {rss_online:.0} MiB with {catalogs} catalogs online, {rss:.0} MiB after the steady rounds ({rss_before:.0} MiB at start)",
         caught_up.as_secs_f64()
     );
     Ok(())
