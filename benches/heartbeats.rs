@@ -25,7 +25,7 @@ use natster_global::service::StoreConfig;
 use natster_global::test_util::online_stream_config;
 use natster_global::test_util::Store;
 use natster_testkit::{
-    cpu_seconds, metric_value, percentile, publish_acked, publish_log, request_ok,
+    cpu_seconds, init_log, metric_value, percentile, publish_acked, publish_log, request_ok,
     timed_at_in_flight, PlainServer,
 };
 use std::time::{Duration, Instant};
@@ -204,19 +204,9 @@ async fn published_heartbeats(
 /// The log the service starts from: every owner initialises, then shares each of its
 /// catalogs with the next `fanout` accounts.
 fn shares_log(keys: &[String], catalogs: usize, fanout: usize) -> Vec<(String, Vec<u8>)> {
-    use natster_global::model::{EventSubject, EventType, InitData};
-    let mut log = Vec::with_capacity(keys.len() + catalogs * fanout);
-    for key in keys {
-        let data = InitData {
-            account_id: "id".into(),
-            account_name: "bench".into(),
-            account_key: key.clone(),
-        };
-        log.push((
-            EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
-            serde_json::to_vec(&data).expect("init data serializes"),
-        ));
-    }
+    use natster_global::model::{EventSubject, EventType};
+    let mut log = init_log(keys);
+    log.reserve(catalogs * fanout);
     for i in 0..catalogs {
         let (owner, catalog) = target(keys, i);
         let owner_index = i / CATALOGS_PER_ACCOUNT;

@@ -20,14 +20,13 @@ pub use bench::{
 pub use harness::{call, init_data, put_event, seq_of, FeedReader, Harness};
 pub use http::{http_get, http_get_with, metric_value, HttpResponse};
 pub use logs::{
-    dump_bucket, events_last_seq, expected_records, mixed_event_log, project_from_empty,
+    dump_bucket, events_last_seq, expected_records, init_log, mixed_event_log, project_from_empty,
     publish_log, read_events, rebuild_projection, stream_last_seq, ProjectedBacklog,
 };
 pub use natster_global::test_util::sync;
 pub use tls::{connect_creds_tls, TestCertificates};
 pub use world::{
-    connect_creds, connect_creds_ordered, operator_block, port, wait_for_jetstream, Cluster,
-    PlainServer, TestWorld,
+    connect_creds, operator_block, port, wait_for_jetstream, Cluster, PlainServer, TestWorld,
 };
 
 /// The environment variables that choose a connection (or the log level) for the binary: tests

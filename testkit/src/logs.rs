@@ -101,22 +101,12 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
 /// initialises, then shares (70 %), unshares (20 %) and imports (10 %) over `catalogs` names,
 /// up to `events` events. Returns (subject, body) pairs in append order.
 pub fn mixed_event_log(accounts: usize, catalogs: usize, events: usize) -> Vec<(String, Vec<u8>)> {
-    use natster_global::model::{EventSubject, EventType, InitData};
+    use natster_global::model::{EventSubject, EventType};
     let keys: Vec<String> = (0..accounts)
         .map(|_| nkeys::KeyPair::new_account().public_key())
         .collect();
-    let mut log = Vec::with_capacity(events);
-    for key in &keys {
-        let data = InitData {
-            account_id: "id".into(),
-            account_name: "test".into(),
-            account_key: key.clone(),
-        };
-        log.push((
-            EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
-            serde_json::to_vec(&data).expect("init data serializes"),
-        ));
-    }
+    let mut log = init_log(&keys);
+    log.reserve(events.saturating_sub(log.len()));
     let mut i = 0usize;
     while log.len() < events {
         let owner = &keys[i % keys.len()];
@@ -134,6 +124,24 @@ pub fn mixed_event_log(accounts: usize, catalogs: usize, events: usize) -> Vec<(
         i += 1;
     }
     log
+}
+
+/// The `natster_initialized` event of every account in `keys`, in order, as (subject, body).
+pub fn init_log(keys: &[String]) -> Vec<(String, Vec<u8>)> {
+    use natster_global::model::{EventSubject, EventType, InitData};
+    keys.iter()
+        .map(|key| {
+            let data = InitData {
+                account_id: "id".into(),
+                account_name: "test".into(),
+                account_key: key.clone(),
+            };
+            (
+                EventSubject::new(key, "none", "none", EventType::NatsterInitialized).to_subject(),
+                serde_json::to_vec(&data).expect("init data serializes"),
+            )
+        })
+        .collect()
 }
 
 /// Publishes `log` to JetStream in chunks (the context bounds the acks in flight) and waits

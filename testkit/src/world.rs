@@ -84,23 +84,6 @@ pub async fn connect_creds(
         .with_context(|| format!("connecting as {name} to {url}"))
 }
 
-/// Connects with a creds file to the first of `urls` that answers, failing over in the order
-/// given (not shuffled): a client that lives on one node of a cluster until that node is lost.
-pub async fn connect_creds_ordered(
-    urls: &[String],
-    creds: &std::path::Path,
-    name: &str,
-) -> Result<async_nats::Client> {
-    async_nats::ConnectOptions::with_credentials_file(creds)
-        .await
-        .with_context(|| format!("reading {}", creds.display()))?
-        .name(name)
-        .retain_servers_order()
-        .connect(urls)
-        .await
-        .with_context(|| format!("connecting as {name} to {}", urls.join(",")))
-}
-
 /// A plain JetStream server (no auth) with a temporary store.
 pub struct PlainServer {
     pub server: NatsServer,
@@ -156,8 +139,7 @@ impl Cluster {
         )?;
         let tls_dir = tls.ca.parent().context("certificate directory")?;
         let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/nats-server");
-        let mut starting = Vec::new();
-        let mut names = Vec::new();
+        let mut configs = Vec::new();
         for i in 0..3 {
             let text = std::fs::read_to_string(format!("{shipped}/cluster-node-{}.conf", i + 1))?;
             let mut text = text
@@ -195,22 +177,9 @@ impl Cluster {
                     );
                 }
             }
-            names.push(format!("nats-{}", i + 1));
-            let path = dir.path().join(format!("cluster-node-{}.conf", i + 1));
-            std::fs::write(&path, text)?;
-            starting.push(NatsServer::start(ServerSpec {
-                config: Some(path),
-                port: Some(client_ports[i]),
-                ..Default::default()
-            }));
+            configs.push((format!("nats-{}", i + 1), client_ports[i], text));
         }
-        let nodes = futures::future::try_join_all(starting).await?;
-        let cluster = Cluster {
-            nodes,
-            names,
-            ca: Some(tls.ca.clone()),
-            _dir: dir,
-        };
+        let cluster = Cluster::launch(dir, configs, Some(tls.ca.clone())).await?;
         let client = connect_creds_tls(
             &cluster.nodes[0].url(),
             &world.creds_path(bootstrap::NATSTER),
@@ -225,7 +194,7 @@ impl Cluster {
     async fn start_with(world: Option<&World>) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let (client_ports, cluster_ports) = six_ports()?;
-        let mut starting = Vec::new();
+        let mut configs = Vec::new();
         for i in 0..3 {
             let cluster = ClusterOptions {
                 name: "natster-test".into(),
@@ -247,21 +216,9 @@ impl Cluster {
                     bootstrap::cluster_block(&cluster)
                 ),
             };
-            let path = dir.path().join(format!("n{i}.conf"));
-            std::fs::write(&path, conf)?;
-            starting.push(NatsServer::start(ServerSpec {
-                config: Some(path),
-                port: Some(client_ports[i]),
-                ..Default::default()
-            }));
+            configs.push((format!("n{i}"), client_ports[i], conf));
         }
-        let nodes = futures::future::try_join_all(starting).await?;
-        let cluster = Cluster {
-            nodes,
-            names: (0..3).map(|i| format!("n{i}")).collect(),
-            ca: None,
-            _dir: dir,
-        };
+        let cluster = Cluster::launch(dir, configs, None).await?;
         let client = match world {
             Some(world) => {
                 connect_creds(
@@ -275,6 +232,34 @@ impl Cluster {
         };
         wait_for_jetstream(&client, Duration::from_secs(30)).await?;
         Ok(cluster)
+    }
+
+    /// Starts one node per `(server name, client port, config text)`, each config written into
+    /// `dir` (which the cluster keeps), and returns once every node is ready.
+    async fn launch(
+        dir: TempDir,
+        configs: Vec<(String, u16, String)>,
+        ca: Option<std::path::PathBuf>,
+    ) -> Result<Cluster> {
+        let mut starting = Vec::new();
+        let mut names = Vec::new();
+        for (name, port, text) in configs {
+            let path = dir.path().join(format!("{name}.conf"));
+            std::fs::write(&path, text)?;
+            starting.push(NatsServer::start(ServerSpec {
+                config: Some(path),
+                port: Some(port),
+                ..Default::default()
+            }));
+            names.push(name);
+        }
+        let nodes = futures::future::try_join_all(starting).await?;
+        Ok(Cluster {
+            nodes,
+            names,
+            ca,
+            _dir: dir,
+        })
     }
 
     /// Client URLs of all nodes, comma-separated (what async-nats accepts as a server list).

@@ -197,6 +197,26 @@ impl Fixture {
         })
     }
 
+    /// Connects each of [`USERS`] to its own node (the `i`-th user to node `i`, failing over to
+    /// the others) and initialises its account.
+    async fn initialised_accounts(&self) -> Result<Vec<async_nats::Client>> {
+        let mut clients = Vec::new();
+        for (node, user) in USERS.iter().enumerate() {
+            let client = self.connect(user, node).await?;
+            let key = self.world.key(user)?;
+            let init = put_event(
+                &client,
+                "natster_initialized",
+                "none",
+                "none",
+                init_data(&key),
+            );
+            seq_of(&init.await?)?;
+            clients.push(client);
+        }
+        Ok(clients)
+    }
+
     /// Connects as `user` to node `node` first.
     async fn connect(&self, user: &str, node: usize) -> Result<async_nats::Client> {
         self.cluster
@@ -427,19 +447,8 @@ async fn start_writers(
     stop: &CancellationToken,
 ) -> Result<Vec<tokio::task::JoinHandle<Result<()>>>> {
     let mut writers = Vec::new();
-    for (node, user) in USERS.iter().enumerate() {
-        let client = fixture.connect(user, node).await?;
-        let key = fixture.world.key(user)?;
-        seq_of(
-            &put_event(
-                &client,
-                "natster_initialized",
-                "none",
-                "none",
-                init_data(&key),
-            )
-            .await?,
-        )?;
+    let clients = fixture.initialised_accounts().await?;
+    for ((node, user), client) in USERS.iter().enumerate().zip(clients) {
         let outcome = Arc::new(Mutex::new(Outcome::default()));
         fixture.outcomes.push(outcome.clone());
         let target = fixture.world.key(USERS[(node + 1) % USERS.len()])?;
@@ -561,23 +570,10 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
         start_instance(&fixture, 0).await?,
         start_instance(&fixture, 1).await?,
     ];
-    let mut clients = Vec::new();
+    let clients = fixture.initialised_accounts().await?;
     let mut feeds = Vec::new();
-    for (node, user) in USERS.iter().enumerate() {
-        let client = fixture.connect(user, node).await?;
-        let key = fixture.world.key(user)?;
-        seq_of(
-            &put_event(
-                &client,
-                "natster_initialized",
-                "none",
-                "none",
-                init_data(&key),
-            )
-            .await?,
-        )?;
-        feeds.push(FeedReader::open(&client).await?);
-        clients.push(client);
+    for client in &clients {
+        feeds.push(FeedReader::open(client).await?);
     }
     let keys: Vec<String> = USERS
         .iter()
@@ -725,22 +721,7 @@ async fn views_follow_their_buckets_through_node_loss() -> Result<()> {
         start_instance(&fixture, 1).await?,
     ];
     // alice shares with bob, who reads; both live on the node that is not killed first.
-    let mut clients = Vec::new();
-    for (node, user) in USERS.iter().enumerate() {
-        let client = fixture.connect(user, node).await?;
-        let key = fixture.world.key(user)?;
-        seq_of(
-            &put_event(
-                &client,
-                "natster_initialized",
-                "none",
-                "none",
-                init_data(&key),
-            )
-            .await?,
-        )?;
-        clients.push(client);
-    }
+    let clients = fixture.initialised_accounts().await?;
     let (alice, bob) = (&clients[0], &clients[1]);
     let (a, b) = (fixture.world.key("alice")?, fixture.world.key("bob")?);
     for node in 0..3 {
