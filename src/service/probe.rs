@@ -182,7 +182,7 @@ impl Probe {
                 }
                 Err(_) => {
                     return Err(Readiness::not_ready(format!(
-                        "JetStream did not answer within {PROBE_TIMEOUT:?} (projection {})",
+                        "JetStream did not answer within {PROBE_TIMEOUT:?} about the stream behind projection {} (writes and reads that wait for a sequence cannot proceed either)",
                         projection.name
                     )))
                 }

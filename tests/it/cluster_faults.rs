@@ -597,6 +597,7 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
     fixture.cluster.kill(follower);
 
     let mut refused = 0;
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..PAIRS {
         if i == PAIRS / 2 {
             fixture.cluster.restart(follower).await?;
@@ -617,8 +618,11 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
         )
         .await?;
         let seq = seq_of(&put)?;
-        let shares = answered(&clients[reader], "my.shares", None, Some(seq), b"", |_| {
+        let shares = answered(&clients[reader], "my.shares", None, Some(seq), b"", |why| {
             refused += 1;
+            *reasons
+                .entry(why.split(" sequence").next().unwrap_or("").to_string())
+                .or_insert(0) += 1;
         })
         .await?;
         ensure!(shares.code == 200, "my.shares answered {shares:?}");
@@ -634,7 +638,7 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
             if i < PAIRS / 2 { "down" } else { "restarted" },
         );
     }
-    eprintln!("{PAIRS} write-then-read pairs, each read saw its write ({refused} reads refused and retried)");
+    eprintln!("{PAIRS} write-then-read pairs, each read saw its write ({refused} reads refused and retried: {reasons:?})");
 
     // Own-record reads (a direct get through the import) and feeds, from every node.
     for (node, client) in clients.iter().enumerate() {
