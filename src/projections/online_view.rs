@@ -1,6 +1,6 @@
 //! An in-memory view of `PROJ_ONLINE` (whether each catalog is online, and its last
-//! revision), kept current by a KV watch, so `my.shares` answers the online state of every
-//! shared catalog without a read per catalog.
+//! revision), kept current by a watch of the bucket, so `my.shares` answers the online state
+//! of every shared catalog without a read per catalog.
 //!
 //! Contract:
 //! - **Complete or unused.** The view answers only once it holds every record the bucket held

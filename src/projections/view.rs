@@ -1,11 +1,11 @@
 //! An in-memory view of `PROJ_STATS` (counters and checkpoints of every projection), kept
-//! current by a KV watch: `stats` answers from it without I/O, and read ops wait on it for
-//! `Natster-Min-Seq`.
+//! current by a watch of the bucket (`store::follow`): `stats` answers from it without I/O,
+//! and read ops wait on it for `Natster-Min-Seq`.
 
 use super::stored::{Checkpoint, Counters};
+use crate::store::follow::{follow, Follower, Start};
 use crate::store::{kv as store_kv, StoreError};
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -51,6 +51,26 @@ impl StatsSnapshot {
     }
 }
 
+/// Takes every value a watch of `PROJ_STATS` delivers into the snapshot.
+struct StatsFollower {
+    snapshot: watch::Sender<StatsSnapshot>,
+}
+
+impl Follower for StatsFollower {
+    fn started(&mut self, _empty: bool) {}
+
+    fn change(&mut self, entry: &kv::Entry) {
+        if entry.operation == kv::Operation::Put {
+            self.snapshot
+                .send_modify(|s| s.absorb(&entry.key, &entry.value));
+        }
+    }
+
+    fn ended(&mut self, reason: &'static str) {
+        tracing::debug!(reason, "the stats watch ended; following PROJ_STATS again");
+    }
+}
+
 /// A live view of `PROJ_STATS`; cheap to clone.
 #[derive(Clone)]
 pub struct StatsView {
@@ -58,8 +78,13 @@ pub struct StatsView {
 }
 
 impl StatsView {
-    /// Loads the current values, then follows updates until `stop` is cancelled.
+    /// Loads the current values, then follows updates through `client` (with
+    /// [`follow`](crate::store::follow::follow): a lost watch is replaced within seconds) until
+    /// `stop` is cancelled. Values only move forward (checkpoints by their maximum, counters by
+    /// the sequence they counted to), so a new watch replaying current values changes nothing
+    /// already seen.
     pub async fn start(
+        client: async_nats::Client,
         stats: kv::Store,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<StatsView, StoreError> {
@@ -70,40 +95,13 @@ impl StatsView {
             }
         }
         let (tx, snapshot) = watch::channel(initial);
-        let mut updates = stats
-            .watch_with_history(">")
-            .await
-            .map_err(|e| StoreError::unavailable("watch PROJ_STATS", e))?;
-        tokio::spawn(async move {
-            loop {
-                let entry = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    entry = updates.next() => entry,
-                };
-                match entry {
-                    Some(Ok(entry)) => {
-                        if entry.operation == kv::Operation::Put {
-                            tx.send_modify(|s| s.absorb(&entry.key, &entry.value));
-                        }
-                    }
-                    // A broken watch is not polled again: it is replaced by a new one (which
-                    // replays the current values first).
-                    _ => loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
-                        }
-                        match stats.watch_with_history(">").await {
-                            Ok(watch) => {
-                                updates = watch;
-                                break;
-                            }
-                            Err(error) => tracing::debug!(%error, "re-creating the stats watch"),
-                        }
-                    },
-                }
-            }
-        });
+        tokio::spawn(follow(
+            client,
+            stats,
+            Start::Current,
+            StatsFollower { snapshot: tx },
+            stop,
+        ));
         Ok(StatsView { snapshot })
     }
 

@@ -174,7 +174,8 @@ impl GlobalService {
             stop_background.clone(),
         ))
         .await?;
-        let view = StatsView::start(store.stats.clone(), stop_background.clone()).await?;
+        let view =
+            StatsView::start(client.clone(), store.stats.clone(), stop_background.clone()).await?;
         let feeds = Feeds::new(
             client.clone(),
             decider.clone(),

@@ -1,10 +1,16 @@
-//! Following a bucket's changes with a KV watch that starts over whenever it fails or ends, or
+//! Following a bucket's changes with a watch that starts over whenever it fails or ends, or
 //! the client reconnects: a watch that lived through a reconnect may have missed changes, or
 //! follow another node now, so what was built from it is thrown away and built again.
 //!
+//! A watch is an ephemeral pull consumer of the bucket's stream (no acks, one replica, in
+//! memory) asked for idle heartbeats every second, with its order checked by consumer
+//! sequence: a watch whose consumer was lost with its node ends within about two seconds
+//! (the client's KV watch heartbeats every 5 s and noticed after 10), and so does one that
+//! skipped a message. Nothing resumes: the follower builds again from the new watch.
+//!
 //! The in-memory read views (catalogs online, account records) are built this way.
 
-use async_nats::jetstream::kv;
+use async_nats::jetstream::{consumer, kv};
 use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,6 +20,16 @@ use tokio_util::sync::CancellationToken;
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 /// Pause before a new watch after one ended.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Idle heartbeat asked of the server on every pull; two missed end the watch.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Longest a pull waits on the server (at least twice the heartbeat).
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// Messages asked for by one pull.
+const PULL_BATCH: usize = 256;
+/// Longest a watch may take to be made (a consumer placed on a node that is gone).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The server removes a watch's consumer this long after its last pull.
+const INACTIVE_THRESHOLD: Duration = Duration::from_secs(10);
 
 /// What a new watch delivers first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +78,7 @@ pub async fn follow(
                         }
                         entry = updates.next() => match entry {
                             Some(Ok(entry)) => follower.change(&entry),
-                            Some(Err(_)) => break "watch failed",
+                            Some(Err(reason)) => break reason,
                             None => break "watch ended",
                         },
                     }
@@ -79,7 +95,7 @@ pub async fn follow(
 }
 
 /// A new watch, and whether the bucket was empty just before it (for [`Start::Current`]).
-async fn open(bucket: &kv::Store, start: Start) -> Result<(kv::Watch, bool), &'static str> {
+async fn open(bucket: &kv::Store, start: Start) -> Result<(Watch, bool), &'static str> {
     let empty = match start {
         Start::Current => match bucket.status().await {
             Ok(status) => status.values() == 0,
@@ -87,13 +103,94 @@ async fn open(bucket: &kv::Store, start: Start) -> Result<(kv::Watch, bool), &'s
         },
         Start::New => false,
     };
-    let watch = match start {
-        Start::Current => bucket.watch_with_history(">").await,
-        Start::New => bucket.watch_all().await,
+    let deliver_policy = match start {
+        Start::Current => consumer::DeliverPolicy::LastPerSubject,
+        Start::New => consumer::DeliverPolicy::New,
     };
-    watch
-        .map(|watch| (watch, empty))
-        .map_err(|_| "watch could not be made")
+    let opening = async {
+        let consumer = bucket
+            .stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy,
+                // The server wants a filter for "last per subject": every key.
+                filter_subject: format!("{}>", bucket.prefix),
+                ack_policy: consumer::AckPolicy::None,
+                num_replicas: 1,
+                memory_storage: true,
+                inactive_threshold: INACTIVE_THRESHOLD,
+                ..Default::default()
+            })
+            .await
+            .ok()?;
+        consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .expires(PULL_EXPIRES)
+            .heartbeat(HEARTBEAT)
+            .messages()
+            .await
+            .ok()
+    };
+    let messages = tokio::time::timeout(OPEN_TIMEOUT, opening)
+        .await
+        .ok()
+        .flatten()
+        .ok_or("watch could not be made")?;
+    let watch = Watch {
+        messages,
+        bucket: bucket.name.clone(),
+        prefix: bucket.prefix.clone(),
+        delivered: 0,
+        seen_current: false,
+    };
+    Ok((watch, empty))
+}
+
+/// The messages of one watch, as KV entries.
+struct Watch {
+    messages: consumer::pull::Stream,
+    bucket: String,
+    /// Subject prefix of the bucket's keys (`$KV.<bucket>.`).
+    prefix: String,
+    /// Consumer sequence of the last message taken.
+    delivered: u64,
+    seen_current: bool,
+}
+
+impl Watch {
+    /// The next entry; an error names why the watch cannot go on (it failed: a missed
+    /// heartbeat, a lost consumer; or it skipped a message). Cancellation-safe.
+    async fn next(&mut self) -> Option<Result<kv::Entry, &'static str>> {
+        let Ok(message) = self.messages.next().await? else {
+            return Some(Err("watch failed"));
+        };
+        let Ok(info) = message.info() else {
+            return Some(Err("watch failed"));
+        };
+        if info.consumer_sequence != self.delivered + 1 {
+            return Some(Err("watch skipped a message"));
+        }
+        self.delivered = info.consumer_sequence;
+        let operation = match message.headers.as_ref().and_then(|h| h.get("KV-Operation")) {
+            Some(operation) if operation.as_str() == "DEL" => kv::Operation::Delete,
+            Some(operation) if operation.as_str() == "PURGE" => kv::Operation::Purge,
+            _ => kv::Operation::Put,
+        };
+        let Some(key) = message.subject.strip_prefix(self.prefix.as_str()) else {
+            return Some(Err("watch delivered a subject outside the bucket"));
+        };
+        self.seen_current |= info.pending == 0;
+        Some(Ok(kv::Entry {
+            bucket: self.bucket.clone(),
+            key: key.to_string(),
+            value: message.payload.clone(),
+            revision: info.stream_sequence,
+            delta: info.pending,
+            created: info.published,
+            operation,
+            seen_current: self.seen_current,
+        }))
+    }
 }
 
 /// What the tests of followers share: a bucket on a plain server, and waits on conditions.

@@ -187,7 +187,7 @@ impl Cluster {
             "cluster-check",
         )
         .await?;
-        wait_for_jetstream(&client, Duration::from_secs(30)).await?;
+        wait_for_placement(&client, Duration::from_secs(30)).await?;
         Ok(cluster)
     }
 
@@ -230,7 +230,7 @@ impl Cluster {
             }
             None => async_nats::connect(cluster.nodes[0].url()).await?,
         };
-        wait_for_jetstream(&client, Duration::from_secs(30)).await?;
+        wait_for_placement(&client, Duration::from_secs(30)).await?;
         Ok(cluster)
     }
 
@@ -459,6 +459,39 @@ pub async fn wait_for_jetstream(client: &async_nats::Client, within: Duration) -
             bail!("JetStream not ready within {within:?}: {error}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until JetStream on `client` can place a stream on all three nodes: a meta leader
+/// alone is not enough, as a node the leader has not heard from yet counts as offline ("no
+/// suitable peers for placement").
+async fn wait_for_placement(client: &async_nats::Client, within: Duration) -> Result<()> {
+    wait_for_jetstream(client, within).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    let probe = async_nats::jetstream::stream::Config {
+        name: "TESTKIT_PLACEMENT".into(),
+        subjects: vec!["testkit.placement".into()],
+        num_replicas: 3,
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    };
+    loop {
+        let created =
+            tokio::time::timeout(Duration::from_secs(2), js.create_stream(probe.clone())).await;
+        match created {
+            Ok(Ok(_)) => {
+                js.delete_stream("TESTKIT_PLACEMENT").await?;
+                return Ok(());
+            }
+            Ok(Err(error)) if tokio::time::Instant::now() >= deadline => {
+                bail!("no stream on three nodes within {within:?}: {error}")
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                bail!("no stream on three nodes within {within:?}: no answer")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 
