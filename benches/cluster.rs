@@ -123,6 +123,7 @@ async fn round(target: &Target, events: usize, appends: usize) -> Result<Round> 
     let service = GlobalService::start(service_client, config)
         .await
         .context("service")?;
+    wait_for_interest(&target.client).await?;
     let before = target.cpu()?;
     let (rate, mut latencies) = events_put_load(&target.client, appends, IN_FLIGHT).await?;
     let appends_cpu = target.cpu_since(before, appends)?;
@@ -135,6 +136,23 @@ async fn round(target: &Target, events: usize, appends: usize) -> Result<Round> 
         p50: percentile(&mut latencies, 0.5),
         p99: percentile(&mut latencies, 0.99),
     })
+}
+
+/// Waits until the service's endpoints answer on `client`'s node: on a cluster the service's
+/// subscriptions reach the other nodes over the routes a moment after it started.
+async fn wait_for_interest(client: &async_nats::Client) -> Result<()> {
+    let caller = nkeys::KeyPair::new_account().public_key();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = client.request(format!("{caller}.natster.global.stats"), "".into());
+        match tokio::time::timeout(Duration::from_secs(1), request).await {
+            Ok(Ok(_)) => return Ok(()),
+            _ if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            _ => anyhow::bail!("the service's endpoints did not answer within 10 s"),
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

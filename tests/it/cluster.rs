@@ -72,7 +72,19 @@ async fn three_node_cluster_serves_the_world_with_replicated_resources() -> Resu
 
     // alice talks to the last node; the service may be connected anywhere.
     let alice = connect_creds(&cluster.nodes[2].url(), &world.creds_path("alice"), "alice").await?;
-    let reply = alice.request("natster.global.whoami", "".into()).await?;
+    // The service's subscriptions reach the other nodes over the routes a moment after it
+    // started: until then a request finds no responders.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reply = loop {
+        match alice.request("natster.global.whoami", "".into()).await {
+            Ok(reply) => break reply,
+            Err(error) if std::time::Instant::now() < deadline => {
+                eprintln!("whoami through n2: {error}; again");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    };
     let envelope: Envelope = serde_json::from_slice(&reply.payload)?;
     assert_eq!(envelope.code, 404);
     service.stop().await?;

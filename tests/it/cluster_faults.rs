@@ -25,8 +25,8 @@ use natster_global::service::{GlobalService, RunnerConfig, ServiceConfig, StoreC
 use natster_global::test_util::{Accounts, Catalogs, Projection, EVENTS_STREAM};
 use natster_global::tooling::bootstrap::{World, NATSTER, SYS};
 use natster_testkit::{
-    dump_bucket, events_last_seq, expected_records, init_data, metric_value, put_event,
-    read_events, seq_of, Cluster, FeedReader, TestCertificates,
+    dump_bucket, events_last_seq, expected_records, init_data, metric_value, read_events, seq_of,
+    Cluster, FeedReader, TestCertificates,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -204,14 +204,13 @@ impl Fixture {
         for (node, user) in USERS.iter().enumerate() {
             let client = self.connect(user, node).await?;
             let key = self.world.key(user)?;
-            let init = put_event(
-                &client,
-                "natster_initialized",
-                "none",
-                "none",
-                init_data(&key),
-            );
-            seq_of(&init.await?)?;
+            // `answered` retries "no responders": the instances' subscriptions reach the
+            // other nodes over the routes a moment after they started.
+            let body = serde_json::to_vec(&serde_json::json!({
+                "catalog": "none", "target": "none", "event_type": "natster_initialized",
+                "data": init_data(&key),
+            }))?;
+            seq_of(&answered(&client, "events.put", None, None, &body, |_| {}).await?)?;
             clients.push(client);
         }
         Ok(clients)
