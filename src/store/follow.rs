@@ -2,14 +2,16 @@
 //! the client reconnects: a watch that lived through a reconnect may have missed changes, or
 //! follow another node now, so what was built from it is thrown away and built again.
 //!
-//! A watch is an ephemeral pull consumer of the bucket's stream (no acks, one replica, in
-//! memory) asked for idle heartbeats every second, with its order checked by consumer
+//! A watch is an ephemeral pull consumer of the bucket's stream (`store::log::open_pull`: no
+//! acks, one replica, in memory, idle heartbeats every second), its order checked by consumer
 //! sequence: a watch whose consumer was lost with its node ends within about two seconds
 //! (the client's KV watch heartbeats every 5 s and noticed after 10), and so does one that
 //! skipped a message. Nothing resumes: the follower builds again from the new watch.
 //!
-//! The in-memory read views (catalogs online, account records) are built this way.
+//! The in-memory read views (catalogs online, account records, projection stats) are built
+//! this way.
 
+use super::log::open_pull;
 use async_nats::jetstream::{consumer, kv};
 use futures::StreamExt;
 use std::sync::atomic::Ordering;
@@ -20,16 +22,8 @@ use tokio_util::sync::CancellationToken;
 const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 /// Pause before a new watch after one ended.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
-/// Idle heartbeat asked of the server on every pull; two missed end the watch.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Longest a pull waits on the server (at least twice the heartbeat).
-const PULL_EXPIRES: Duration = Duration::from_secs(2);
 /// Messages asked for by one pull.
 const PULL_BATCH: usize = 256;
-/// Longest a watch may take to be made (a consumer placed on a node that is gone).
-const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
-/// The server removes a watch's consumer this long after its last pull.
-const INACTIVE_THRESHOLD: Duration = Duration::from_secs(10);
 
 /// What a new watch delivers first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,35 +101,11 @@ async fn open(bucket: &kv::Store, start: Start) -> Result<(Watch, bool), &'stati
         Start::Current => consumer::DeliverPolicy::LastPerSubject,
         Start::New => consumer::DeliverPolicy::New,
     };
-    let opening = async {
-        let consumer = bucket
-            .stream
-            .create_consumer(consumer::pull::Config {
-                deliver_policy,
-                // The server wants a filter for "last per subject": every key.
-                filter_subject: format!("{}>", bucket.prefix),
-                ack_policy: consumer::AckPolicy::None,
-                num_replicas: 1,
-                memory_storage: true,
-                inactive_threshold: INACTIVE_THRESHOLD,
-                ..Default::default()
-            })
-            .await
-            .ok()?;
-        consumer
-            .stream()
-            .max_messages_per_batch(PULL_BATCH)
-            .expires(PULL_EXPIRES)
-            .heartbeat(HEARTBEAT)
-            .messages()
-            .await
-            .ok()
-    };
-    let messages = tokio::time::timeout(OPEN_TIMEOUT, opening)
+    // Every key: the server wants a filter for "last per subject".
+    let every_key = format!("{}>", bucket.prefix);
+    let messages = open_pull(&bucket.stream, deliver_policy, every_key, PULL_BATCH)
         .await
-        .ok()
-        .flatten()
-        .ok_or("watch could not be made")?;
+        .map_err(|_| "watch could not be made")?;
     let watch = Watch {
         messages,
         bucket: bucket.name.clone(),

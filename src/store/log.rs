@@ -208,26 +208,41 @@ impl<T> LogReader<T> {
     }
 }
 
-/// A new consumer of `stream` from `next_seq`, its messages in chunks; gives up after
-/// [`OPEN_TIMEOUT`].
+/// A new consumer of `stream` from `next_seq`, its messages in chunks.
 async fn open(
     stream: &stream::Stream,
     next_seq: u64,
     max_chunk: usize,
 ) -> Result<ReadyChunks<consumer::pull::Stream>, StoreError> {
-    let action = || {
-        format!(
-            "read {} from sequence {}",
-            stream.cached_info().config.name,
-            next_seq
-        )
+    let from = consumer::DeliverPolicy::ByStartSequence {
+        start_sequence: next_seq,
     };
+    let messages = open_pull(stream, from, String::new(), PULL_BATCH)
+        .await
+        .map_err(|detail| {
+            let name = &stream.cached_info().config.name;
+            StoreError::unavailable(format!("read {name} from sequence {next_seq}"), detail)
+        })?;
+    Ok(messages.ready_chunks(max_chunk))
+}
+
+/// The messages of a new ephemeral pull consumer of `stream` (no acks, one replica, in
+/// memory, removed by the server [`INACTIVE_THRESHOLD`] after its last pull) delivering by
+/// `deliver_policy` what matches `filter` (empty: everything), `batch` at a time, with idle
+/// heartbeats every [`HEARTBEAT`] (two missed end the stream with an error). Gives up after
+/// [`OPEN_TIMEOUT`]: a consumer placed on a node that is gone is not waited for. Shared by the
+/// log's reader and the buckets' watches (`store::follow`).
+pub(crate) async fn open_pull(
+    stream: &stream::Stream,
+    deliver_policy: consumer::DeliverPolicy,
+    filter: String,
+    batch: usize,
+) -> Result<consumer::pull::Stream, OpenError> {
     let opening = async {
         let consumer = stream
             .create_consumer(consumer::pull::Config {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: next_seq,
-                },
+                deliver_policy,
+                filter_subject: filter,
                 ack_policy: consumer::AckPolicy::None,
                 num_replicas: 1,
                 memory_storage: true,
@@ -235,20 +250,30 @@ async fn open(
                 ..Default::default()
             })
             .await
-            .map_err(|e| StoreError::unavailable(action(), e))?;
+            .map_err(|e| OpenError::Create(e.to_string()))?;
         consumer
             .stream()
-            .max_messages_per_batch(PULL_BATCH)
+            .max_messages_per_batch(batch)
             .expires(PULL_EXPIRES)
             .heartbeat(HEARTBEAT)
             .messages()
             .await
-            .map_err(|e| StoreError::unavailable(action(), e))
+            .map_err(|e| OpenError::Pull(e.to_string()))
     };
-    let messages = tokio::time::timeout(OPEN_TIMEOUT, opening)
+    tokio::time::timeout(OPEN_TIMEOUT, opening)
         .await
-        .map_err(|_| StoreError::unavailable(action(), "no consumer within the open timeout"))??;
-    Ok(messages.ready_chunks(max_chunk))
+        .map_err(|_| OpenError::Timeout)?
+}
+
+/// Why a pull consumer could not be opened (each retried by its caller).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("creating the consumer: {0}")]
+    Create(String),
+    #[error("pulling from the consumer: {0}")]
+    Pull(String),
+    #[error("no consumer within {OPEN_TIMEOUT:?}")]
+    Timeout,
 }
 
 #[cfg(test)]
