@@ -141,11 +141,7 @@ impl Watch {
             return Some(Err("watch skipped a message"));
         }
         self.delivered = info.consumer_sequence;
-        let operation = match message.headers.as_ref().and_then(|h| h.get("KV-Operation")) {
-            Some(operation) if operation.as_str() == "DEL" => kv::Operation::Delete,
-            Some(operation) if operation.as_str() == "PURGE" => kv::Operation::Purge,
-            _ => kv::Operation::Put,
-        };
+        let operation = super::kv::operation(message.headers.as_ref());
         let Some(key) = message.subject.strip_prefix(self.prefix.as_str()) else {
             return Some(Err("watch delivered a subject outside the bucket"));
         };

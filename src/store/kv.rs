@@ -96,14 +96,23 @@ pub async fn load_current<T: DeserializeOwned>(
             ))
         }
     };
-    let removed = message
-        .headers
-        .get("KV-Operation")
-        .is_some_and(|operation| matches!(operation.as_str(), "DEL" | "PURGE"));
-    if removed {
-        return Ok(None);
+    match operation(Some(&message.headers)) {
+        kv::Operation::Put => decode(&bucket.name, &message.payload).map(Some),
+        kv::Operation::Delete | kv::Operation::Purge => Ok(None),
     }
-    decode(&bucket.name, &message.payload).map(Some)
+}
+
+/// The KV operation a message of a bucket's stream records (its `KV-Operation` header; a put
+/// when it has none).
+pub fn operation(headers: Option<&async_nats::HeaderMap>) -> kv::Operation {
+    match headers
+        .and_then(|h| h.get("KV-Operation"))
+        .map(|v| v.as_str())
+    {
+        Some("DEL") => kv::Operation::Delete,
+        Some("PURGE") => kv::Operation::Purge,
+        _ => kv::Operation::Put,
+    }
 }
 
 /// Reads the raw value at `key` and its revision.

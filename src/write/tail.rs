@@ -58,11 +58,19 @@ pub(super) fn spawn(
         let from = state.read().expect("decision state lock").last_seq + 1;
         let mut reader = LogReader::new(events, from, decode, CHUNK);
         let mut restarted_at = None;
+        // Since when the log has been known to hold more than the tail delivered, with no
+        // delivery since; checked every half STALL (one timer for the tail's life).
+        let mut behind_since = None;
+        let mut check = tokio::time::interval(STALL / 2);
         loop {
             let chunk = tokio::select! {
                 _ = stop.cancelled() => return,
                 chunk = reader.next_chunk() => chunk,
-                () = stalled(&folded.0) => {
+                _ = check.tick() => {
+                    if !stalled(&folded.0, &mut behind_since) {
+                        continue;
+                    }
+                    behind_since = None;
                     let at = folded.0.reached();
                     // Once per position: while the stream has no leader it repeats.
                     if restarted_at.replace(at) != Some(at) {
@@ -72,6 +80,7 @@ pub(super) fn spawn(
                     continue;
                 }
             };
+            behind_since = None;
             match chunk {
                 Ok(chunk) => {
                     // Both under the state's lock (state first, then requests, as a snapshot
@@ -101,19 +110,16 @@ pub(super) fn spawn(
     });
 }
 
-/// Returns once the log has been known to hold more than `folded` for [`STALL`] (checked
-/// every [`STALL`]; never while the tail is level with everything the log is known to hold).
-async fn stalled(folded: &Progress) {
-    let mut behind_since = None;
-    loop {
-        tokio::time::sleep(STALL / 2).await;
-        if !folded.behind() {
-            behind_since = None;
-            continue;
-        }
-        let since = *behind_since.get_or_insert_with(tokio::time::Instant::now);
-        if since.elapsed() >= STALL {
-            return;
-        }
+/// Whether the log has been known to hold more than `folded` for [`STALL`] by now, given since
+/// when it has (`behind_since`, updated here: started when first seen behind, cleared when
+/// level).
+fn stalled(folded: &Progress, behind_since: &mut Option<tokio::time::Instant>) -> bool {
+    if !folded.behind() {
+        *behind_since = None;
+        return false;
     }
+    behind_since
+        .get_or_insert_with(tokio::time::Instant::now)
+        .elapsed()
+        >= STALL
 }
