@@ -21,8 +21,8 @@
 //! - the same two times and the RSS after a restart (the read models already built, the
 //!   decision state restored from the snapshot written at the stop).
 //!
-//! `SCALE_EVENTS=100000,1000000` picks the sizes (accounts are a tenth of the events, catalog
-//! names a fifth unless `SCALE_CATALOGS` says);
+//! `SCALE_EVENTS=100000,1000000` picks the sizes (accounts are a tenth of the events unless
+//! `SCALE_ACCOUNTS` says, catalog names a fifth unless `SCALE_CATALOGS` says);
 //! `cargo bench --bench scale` runs 100 000 and 1 000 000 events; without `--bench` (as
 //! `cargo test --all-targets` runs it) a smoke run of 2 000 events checks that it all works.
 //! This is the baseline of the "cost must not grow with history" goals (DESIGN §4).
@@ -42,8 +42,9 @@ struct Start {
     peak_mib: f64,
     /// Size (MiB) and write time of the first snapshot written after catching up.
     snapshot: Option<(f64, Duration)>,
-    /// Record caches after catching up: MiB held, share of lookups that were hits.
-    cache: (f64, f64),
+    /// Record caches after catching up: MiB held, share of lookups that were hits, records
+    /// written.
+    cache: (f64, f64, f64),
     /// Under load: requests per second, highest RSS (MiB).
     load: Option<(f64, f64)>,
 }
@@ -62,8 +63,9 @@ fn load_for(within: Duration) -> Duration {
 const LOAD_USERS: [&str; 8] = ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7"];
 const LOAD_IN_FLIGHT: usize = 64;
 
-/// The record caches in `metrics`: MiB held (all projections) and the share of hits.
-fn cache_use(metrics: &str) -> (f64, f64) {
+/// The record caches in `metrics`: MiB held (all projections), the share of hits, and the
+/// records the runners wrote.
+fn cache_use(metrics: &str) -> (f64, f64, f64) {
     let sum = |prefix: &str, with: &str| -> f64 {
         (metrics.lines())
             .filter(|l| l.starts_with(prefix) && l.contains(with))
@@ -77,6 +79,7 @@ fn cache_use(metrics: &str) -> (f64, f64) {
     (
         bytes / 1024.0 / 1024.0,
         if all > 0.0 { hits / all } else { 1.0 },
+        sum("natster_projection_record_writes_total{", ""),
     )
 }
 
@@ -305,9 +308,12 @@ fn stop(mut serve: Serve) -> Result<()> {
     Ok(())
 }
 
-/// Accounts in a log of `events`: a tenth of them.
+/// Accounts in a log of `events`: `SCALE_ACCOUNTS`, else a tenth of the events.
 fn accounts_for(events: usize) -> usize {
-    (events / 10).max(1)
+    std::env::var("SCALE_ACCOUNTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or((events / 10).max(1))
 }
 
 /// Catalog names in a log of `events`: `SCALE_CATALOGS`, else a fifth of the events (the
@@ -400,7 +406,7 @@ async fn main() -> Result<()> {
         Err(_) => vec![2_000],
     };
     let within = Duration::from_secs(if full { 900 } else { 60 });
-    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0): time, events/s ÷ raw ordered read | RSS then (peak) | caches: MiB / hits | under load: req/s / RSS peak | snapshot: size / write | rebuild of 3: time, events/s per projection ÷ raw | restart: answer / caught up / RSS |");
+    println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0): time, events/s ÷ raw ordered read | RSS then (peak) | caches: MiB / hits; record writes | under load: req/s / RSS peak | snapshot: size / write | rebuild of 3: time, events/s per projection ÷ raw | restart: answer / caught up / RSS |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for events in sizes {
         let (raw_read, first, rebuilt, restart) = measure(events, within).await?;
@@ -408,7 +414,7 @@ async fn main() -> Result<()> {
         let (rebuilt, replayed) = rebuilt;
         let replay = 3.0 * replayed as f64 / rebuilt.as_secs_f64();
         println!(
-            "| {events} / {} / {} | {:.1} s | {:.1} s, {catch_up:.0} ÷ {raw_read:.0} = {:.2}× | {:.0} MiB ({:.0}) | {:.0} MiB / {:.0} % | {} | {} | {:.1} s, {replay:.0} ÷ {raw_read:.0} = {:.2}× | {:.1} s / {:.1} s / {:.0} MiB |",
+            "| {events} / {} / {} | {:.1} s | {:.1} s, {catch_up:.0} ÷ {raw_read:.0} = {:.2}× | {:.0} MiB ({:.0}) | {:.0} MiB / {:.0} %; {:.0} k | {} | {} | {:.1} s, {replay:.0} ÷ {raw_read:.0} = {:.2}× | {:.1} s / {:.1} s / {:.0} MiB |",
             accounts_for(events),
             catalogs_for(events),
             first.answering.as_secs_f64(),
@@ -418,6 +424,7 @@ async fn main() -> Result<()> {
             first.peak_mib,
             first.cache.0,
             first.cache.1 * 100.0,
+            first.cache.2 / 1000.0,
             first.load.map_or("—".into(), |(rate, peak)| format!("{rate:.0} / {peak:.0} MiB")),
             first.snapshot.map_or("—".into(), |(mib, took)| format!(
                 "{mib:.1} MiB / {:.2} s",

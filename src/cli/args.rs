@@ -285,7 +285,7 @@ pub struct ServiceArgs {
     pub max_in_shares: u32,
     /// MiB of records (as stored) each projection runner keeps in memory between flushes;
     /// beyond it, written records are dropped and read again when next needed.
-    #[arg(long, env = "NATSTER_PROJECTION_CACHE_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "NATSTER_PROJECTION_CACHE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub projection_cache_mib: u32,
     /// MiB of account records (as stored) kept in memory for `whoami` and `my.shares`
     /// without `Natster-Min-Seq`, kept current by a watch of the bucket.

@@ -232,6 +232,7 @@ fn spawn_runner<P: Projection>(
     let runner = ProjectionRunner::<P> {
         log: log.clone(),
         records: records.clone(),
+        client: parts.store.js.client(),
         stats: parts.store.stats.clone(),
         parked: parts.store.parked.clone(),
         limit: parts.record_limit,
@@ -241,6 +242,7 @@ fn spawn_runner<P: Projection>(
             parts.metrics.projection_applied(P::NAME),
             parts.metrics.projection_parked(P::NAME),
         )
+        .with_writes(parts.metrics.projection_record_writes(P::NAME))
         .with_cache(CacheMetrics {
             hits: parts.metrics.projection_cache_lookups(P::NAME, "hit"),
             misses: parts.metrics.projection_cache_lookups(P::NAME, "miss"),

@@ -11,6 +11,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
 
+mod many;
+pub use many::load_many;
+
 /// A record as read, with the revision a compare-and-set write must name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {

@@ -104,6 +104,7 @@ pub struct Metrics {
     pub append_conflicts: Family<EventTypeLabels, Counter>,
     pub projection_events_applied: Family<ProjectionLabels, Counter>,
     pub projection_parked_events: Family<ProjectionLabels, Counter>,
+    pub projection_record_writes: Family<ProjectionLabels, Counter>,
     pub projection_cache_lookups: Family<CacheLookupLabels, Counter>,
     pub projection_cache_size_bytes: Family<ProjectionLabels, Gauge>,
     pub projection_applied_sequence: Family<ProjectionLabels, Gauge>,
@@ -168,6 +169,7 @@ impl Metrics {
             append_conflicts: Family::default(),
             projection_events_applied: Family::default(),
             projection_parked_events: Family::default(),
+            projection_record_writes: Family::default(),
             projection_cache_lookups: Family::default(),
             projection_cache_size_bytes: Family::default(),
             projection_applied_sequence: Family::default(),
@@ -264,6 +266,12 @@ impl Metrics {
             "Log messages a projection parked because it can never apply them (see \
              `natster-global projections parked`), by projection",
             m.projection_parked_events,
+        );
+        registry.register(
+            "projection_record_writes",
+            "Records a projection runner wrote (created, changed or deleted), by projection: \
+             against the records a backlog touched, how often each was written again",
+            m.projection_record_writes,
         );
         registry.register(
             "projection_cache_lookups",
@@ -484,6 +492,7 @@ impl Metrics {
             let labels = ProjectionLabels { projection };
             let _ = self.projection_events_applied.get_or_create(&labels);
             let _ = self.projection_parked_events.get_or_create(&labels);
+            let _ = self.projection_record_writes.get_or_create(&labels);
             let _ = self.projection_cache_size_bytes.get_or_create(&labels);
             for result in ["hit", "miss"] {
                 let _ = self
@@ -538,6 +547,13 @@ impl Metrics {
     /// The parked-events counter of `projection`.
     pub fn projection_parked(&self, projection: &'static str) -> Counter {
         self.projection_parked_events
+            .get_or_create(&ProjectionLabels { projection })
+            .clone()
+    }
+
+    /// The record-writes counter of `projection`.
+    pub fn projection_record_writes(&self, projection: &'static str) -> Counter {
+        self.projection_record_writes
             .get_or_create(&ProjectionLabels { projection })
             .clone()
     }

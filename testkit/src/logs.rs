@@ -61,6 +61,7 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
             Default::default(),
         ),
         records,
+        client: js.client(),
         stats: store.stats.clone(),
         parked: store.parked.clone(),
         limit: Default::default(),

@@ -158,7 +158,7 @@ async fn a_stale_writer_cannot_overwrite_newer_state() -> Result<()> {
     let records = js.get_key_value(Accounts::BUCKET).await?;
     let stats = js.get_key_value("PROJ_STATS").await?;
     let parked = js.get_key_value("PROJ_PARKED").await?;
-    apply_batch::<Accounts>(&records, &stats, &parked, &old, init, "stale")
+    apply_batch::<Accounts>(&js.client(), &records, &stats, &parked, &old, init, "stale")
         .await
         .map_err(anyhow::Error::msg)?;
     assert_eq!(

@@ -10,7 +10,6 @@ use crate::projections::{changed, CountDelta, Projection};
 use crate::store::kv::{self, is_valid_key};
 use crate::store::StoreError;
 use async_nats::jetstream::kv::Store as Bucket;
-use futures::StreamExt;
 use hashbrown::{HashMap, HashSet};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -64,6 +63,10 @@ pub(super) struct FoldState<P: Projection> {
     cache_bytes: usize,
     /// Past this many bytes, records already written are dropped from memory.
     cache_limit: usize,
+    /// What the cache held after the last pass that dropped records, until a flush finishes:
+    /// the next pass waits until the cache grows by a quarter of its bound past it, so that a
+    /// cache full of records not yet written is not scanned again for every message read.
+    evicted_down_to: usize,
     cache_metrics: CacheMetrics,
     /// Records read by `ensure_loaded` and not yet looked up by `fold` (which counts the
     /// rest of its lookups as hits).
@@ -188,6 +191,7 @@ impl<P: Projection> FoldState<P> {
             unreadable: HashMap::new(),
             cache_bytes: 0,
             cache_limit: cache.0,
+            evicted_down_to: 0,
             cache_metrics: cache.1,
             loaded_since_fold: 0,
             limit,
@@ -228,15 +232,19 @@ impl<P: Projection> FoldState<P> {
         self.pending_seq.is_some()
     }
 
-    /// Reads the records of `inputs` that are not in memory yet. First, past the cache's
-    /// bound, drops the records that are written (those folded but not written stay).
+    /// Reads the records of `inputs` that are not in memory yet, in batched reads (`client`
+    /// is a connection of the bucket's account), `concurrency` at once. First, past the
+    /// cache's bound, drops the records that are written (those folded but not written stay).
     pub(super) async fn ensure_loaded(
         &mut self,
         records: &Bucket,
+        client: &async_nats::Client,
         inputs: &[P::Input],
         concurrency: usize,
     ) -> Result<(), StoreError> {
-        if self.cache_bytes > self.cache_limit {
+        if self.cache_bytes > self.cache_limit
+            && self.cache_bytes >= self.evicted_down_to + self.cache_limit / 4
+        {
             self.evict_written();
         }
         if self.complete {
@@ -255,16 +263,8 @@ impl<P: Projection> FoldState<P> {
             .collect();
         self.cache_metrics.misses.inc_by(missing.len() as u64);
         self.loaded_since_fold += missing.len() as u64;
-        let loaded: Vec<_> = futures::stream::iter(missing)
-            .map(|key| async move {
-                let result = kv::load_bytes(records, &key).await;
-                (key, result)
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
-        for (key, result) in loaded {
-            let stored = result?;
+        let missing: Vec<String> = missing.into_iter().collect();
+        for (key, stored) in kv::load_many(client, records, missing, concurrency).await? {
             let (record, bytes) = match stored.value {
                 Some(bytes) => (readable(&records.name, &bytes), bytes.len()),
                 None => (Stored::Readable(None), 0),
@@ -317,6 +317,7 @@ impl<P: Projection> FoldState<P> {
         });
         self.cache.shrink_to_fit();
         self.cache_bytes = held;
+        self.evicted_down_to = held;
         self.cache_metrics.bytes.set(held as i64);
         self.complete = false;
     }
@@ -443,6 +444,8 @@ impl<P: Projection> FoldState<P> {
             self.checkpoint = checkpoint;
         }
         self.in_flight.clear();
+        // What it wrote may be dropped now.
+        self.evicted_down_to = 0;
         done.last_seq
     }
 }

@@ -86,7 +86,7 @@ impl Default for RunnerConfig {
             backlog_linger: Duration::from_secs(30),
             deep_backlog: 10_000,
             takeover_after: Duration::from_secs(5),
-            cache_bytes: 64 << 20,
+            cache_bytes: 32 << 20,
         }
     }
 }
@@ -121,12 +121,13 @@ pub struct CacheMetrics {
 }
 
 /// Where a runner reports how far it got: the last applied sequence (for read-your-writes
-/// waits), the number of stream messages applied and of messages parked, and its cache (for
-/// metrics).
+/// waits), the number of stream messages applied, of messages parked and of records written,
+/// and its cache (for metrics).
 pub struct Progress {
     applied: watch::Sender<u64>,
     messages: Counter,
     parked: Counter,
+    writes: Counter,
     cache: CacheMetrics,
 }
 
@@ -138,8 +139,14 @@ impl Progress {
             applied,
             messages,
             parked,
+            writes: Counter::default(),
             cache: CacheMetrics::default(),
         }
+    }
+
+    /// Also counts the records written into `writes`.
+    pub fn with_writes(self, writes: Counter) -> Progress {
+        Progress { writes, ..self }
     }
 
     /// Also reports how the record cache does to `cache`.
@@ -150,6 +157,7 @@ impl Progress {
     /// Finishes a flush in `fold` and reports it.
     fn finish<P: Projection>(&self, fold: &mut FoldState<P>, done: Flushed) {
         let before = fold.checkpoint.0;
+        self.writes.inc_by(done.revisions.len() as u64);
         let seq = fold.finish(done);
         self.messages.inc_by(seq.saturating_sub(before));
         self.applied.send_replace(seq);
@@ -181,6 +189,8 @@ pub struct ProjectionRunner<P: Projection> {
     /// The read of the projection's stream, shared with the other projections of that stream.
     pub log: SharedLog<P::Input>,
     pub records: kv::Store,
+    /// A connection of the buckets' account, for batched reads of records.
+    pub client: async_nats::Client,
     pub stats: kv::Store,
     pub parked: kv::Store,
     /// The largest record `records` takes (from the server's `max_payload`).
@@ -314,7 +324,7 @@ impl<P: Projection> ProjectionRunner<P> {
                     if !fold.has_pending() {
                         pending_since = tokio::time::Instant::now();
                     }
-                    fold.ensure_loaded(&self.records, &chunk.items, config.write_concurrency).await?;
+                    fold.ensure_loaded(&self.records, &self.client, &chunk.items, config.write_concurrency).await?;
                     fold.fold(&chunk.items, chunk.last_seq);
                 }
             }
@@ -346,6 +356,7 @@ impl<P: Projection> ProjectionRunner<P> {
 /// from the bucket first: what a stale writer does.
 #[cfg(any(test, feature = "test-util"))]
 pub async fn apply_batch<P: Projection<Notice = std::convert::Infallible>>(
+    client: &async_nats::Client,
     records: &kv::Store,
     stats: &kv::Store,
     parked: &kv::Store,
@@ -355,7 +366,7 @@ pub async fn apply_batch<P: Projection<Notice = std::convert::Infallible>>(
 ) -> Result<(), StoreError> {
     let cache = (usize::MAX, CacheMetrics::default());
     let mut fold = FoldState::<P>::load(stats, RecordLimit::default(), cache).await?;
-    fold.ensure_loaded(records, inputs, 64).await?;
+    fold.ensure_loaded(records, client, inputs, 64).await?;
     fold.fold(inputs, last_seq);
     let plan = fold.take_plan(owner);
     let target = Target {

@@ -1,6 +1,7 @@
 //! The compare-and-set layer against a real nats-server: each kind of failure as the server
 //! really produces it.
 
+use super::many::KEYS_PER_READ;
 use super::*;
 use crate::store::error::StoreErrorKind;
 use async_nats::jetstream;
@@ -75,4 +76,53 @@ async fn a_server_that_is_gone_is_unavailable() {
     assert_eq!(error.kind(), StoreErrorKind::Unavailable, "{error}");
     let error = write(&bucket, "k", Some(&2u32), Some(1)).await.unwrap_err();
     assert_eq!(error.kind(), StoreErrorKind::Unavailable, "{error}");
+}
+
+#[tokio::test]
+async fn a_batched_read_answers_what_reads_key_by_key_answer() {
+    let server = natster_testkit::PlainServer::start().await.expect("server");
+    let bucket = bucket(&server).await;
+    let client = server.connect().await.expect("connect");
+    // More keys than one request asks for: values, a deleted key, a key rewritten, and keys
+    // never written, interleaved.
+    let mut keys = Vec::new();
+    for i in 0..(KEYS_PER_READ * 2 + 44) {
+        let key = format!("k.{i}");
+        match i % 4 {
+            0 => {}
+            1 => {
+                put(&bucket, &key, encode(&i)).await.expect("put");
+            }
+            2 => {
+                put(&bucket, &key, encode(&i)).await.expect("put");
+                delete(&bucket, &key).await.expect("delete");
+            }
+            _ => {
+                put(&bucket, &key, encode(&i)).await.expect("put");
+                put(&bucket, &key, encode(&(i * 10))).await.expect("put");
+            }
+        }
+        keys.push(key);
+    }
+    let mut read = load_many(&client, &bucket, keys.clone(), 3)
+        .await
+        .expect("batched read");
+    read.sort_by_key(|(key, _)| keys.iter().position(|k| k == key));
+    assert_eq!(read.len(), keys.len());
+    for ((key, batched), asked) in read.iter().zip(&keys) {
+        assert_eq!(key, asked);
+        let single = load_bytes(&bucket, key).await.expect("read");
+        assert_eq!(batched, &single, "{key}");
+    }
+    let values = read.iter().filter(|(_, v)| v.value.is_some()).count();
+    let deleted = read
+        .iter()
+        .filter(|(_, v)| v.value.is_none() && v.revision.is_some())
+        .count();
+    assert_eq!((values, deleted), (keys.len() / 2, keys.len() / 4));
+    // Keys none of which was ever written.
+    let absent = load_many(&client, &bucket, vec!["nope.1".into(), "nope.2".into()], 1)
+        .await
+        .expect("batched read");
+    assert!(absent.iter().all(|(_, v)| *v == Versioned::default()));
 }
