@@ -263,7 +263,6 @@ impl<P: Projection> FoldState<P> {
             .collect();
         self.cache_metrics.misses.inc_by(missing.len() as u64);
         self.loaded_since_fold += missing.len() as u64;
-        let missing: Vec<String> = missing.into_iter().collect();
         for (key, stored) in kv::load_many(client, records, missing, concurrency).await? {
             let (record, bytes) = match stored.value {
                 Some(bytes) => (readable(&records.name, &bytes), bytes.len()),

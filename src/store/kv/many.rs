@@ -33,11 +33,11 @@ const END_OF_BATCH: u16 = 204;
 pub async fn load_many(
     client: &Client,
     bucket: &kv::Store,
-    keys: Vec<String>,
+    keys: impl IntoIterator<Item = String>,
     concurrency: usize,
 ) -> Result<Vec<(String, Versioned<Bytes>)>, StoreError> {
-    let chunks: Vec<Vec<String>> = keys.chunks(KEYS_PER_READ).map(<[String]>::to_vec).collect();
-    let read: Vec<Vec<(String, Versioned<Bytes>)>> = futures::stream::iter(chunks)
+    let read: Vec<Vec<(String, Versioned<Bytes>)>> = futures::stream::iter(keys)
+        .chunks(KEYS_PER_READ)
         .map(|chunk| read_chunk(client, bucket, chunk))
         .buffer_unordered(concurrency.max(1))
         .try_collect()
@@ -46,11 +46,12 @@ pub async fn load_many(
 }
 
 /// What one batched reply said.
-enum Reply {
-    /// Every matching subject was sent: a key not among them was never written.
-    Complete(HashMap<String, Versioned<Bytes>>),
-    /// The server stopped early: keys not among them are unknown.
-    Partial(HashMap<String, Versioned<Bytes>>),
+struct Reply {
+    /// The keys it sent, by key.
+    found: HashMap<String, Versioned<Bytes>>,
+    /// Every matching subject was sent, so a key not found was never written; otherwise the
+    /// server stopped early and such a key is unknown.
+    complete: bool,
 }
 
 async fn read_chunk(
@@ -58,10 +59,10 @@ async fn read_chunk(
     bucket: &kv::Store,
     keys: Vec<String>,
 ) -> Result<Vec<(String, Versioned<Bytes>)>, StoreError> {
-    let (mut found, complete) = match ask(client, bucket, &keys).await? {
-        Reply::Complete(found) => (found, true),
-        Reply::Partial(found) => (found, false),
-    };
+    let Reply {
+        mut found,
+        complete,
+    } = ask(client, bucket, &keys).await?;
     let mut read = Vec::with_capacity(keys.len());
     for key in keys {
         let value = match found.remove(&key) {
@@ -115,14 +116,15 @@ async fn ask(client: &Client, bucket: &kv::Store, keys: &[String]) -> Result<Rep
             }
             Some(status) if status.as_u16() == END_OF_BATCH => {
                 let pending = header(message.headers.as_ref(), "Nats-Num-Pending");
-                return Ok(match pending.as_deref() {
-                    None | Some("0") => Reply::Complete(found),
-                    Some(_) => Reply::Partial(found),
-                });
+                let complete = matches!(pending, None | Some("0"));
+                return Ok(Reply { found, complete });
             }
             // No subject asked for has a message.
             Some(StatusCode::NOT_FOUND) if found.is_empty() => {
-                return Ok(Reply::Complete(found));
+                return Ok(Reply {
+                    found,
+                    complete: true,
+                });
             }
             Some(status) => {
                 let detail = format!(
@@ -135,10 +137,8 @@ async fn ask(client: &Client, bucket: &kv::Store, keys: &[String]) -> Result<Rep
     }
 }
 
-fn header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
-    headers
-        .and_then(|h| h.get(name))
-        .map(|v| v.as_str().to_string())
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
 }
 
 /// The key and its stored value from one message of a reply (the message's stream subject
