@@ -329,15 +329,19 @@ impl Fixture {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn node_loss_during_writes_loses_nothing_and_writes_resume_within_10s() -> Result<()> {
+/// A debugging aid: with `CLUSTER_FAULT_LOG=<filter>`, the instances' log on stderr.
+fn log_when_asked() {
     if let Ok(filter) = std::env::var("CLUSTER_FAULT_LOG") {
-        // A debugging aid: the instances' log on stderr.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(std::io::stderr)
             .try_init();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_loss_during_writes_loses_nothing_and_writes_resume_within_10s() -> Result<()> {
+    log_when_asked();
     let mut fixture = Fixture::start().await?;
     let mut services = Vec::new();
     for node in [0, 1] {
@@ -564,6 +568,7 @@ async fn verify_projections(fixture: &Fixture) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Result<()> {
     const PAIRS: usize = 150;
+    log_when_asked();
     let mut fixture = Fixture::start().await?;
     let services = vec![
         start_instance(&fixture, 0).await?,
@@ -639,7 +644,11 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
     }
     eprintln!("{PAIRS} write-then-read pairs, each read saw its write ({refused} reads refused and retried: {reasons:?})");
 
-    // Own-record reads (a direct get through the import) and feeds, from every node.
+    // Own-record reads (a direct get through the import) and feeds, from every node, once
+    // the cluster is whole again: share notices come through a durable consumer of the log,
+    // which after the node's return can be without a leader (and the JetStream API slow to
+    // answer) for some seconds; its unacknowledged events then come again.
+    fixture.all_current().await?;
     for (node, client) in clients.iter().enumerate() {
         let reply = client
             .request(OWN_RECORD_SUBJECT, bytes::Bytes::new())
@@ -648,10 +657,12 @@ async fn reads_with_min_seq_see_their_write_whichever_node_and_replica() -> Resu
             .with_context(|| format!("{}'s own record on n{node}", USERS[node]))?;
         assert_eq!(record.account_key, keys[node]);
         assert!(!record.in_shares.is_empty() && !record.out_shares.is_empty());
-        let (kind, _) = feeds[node].next_notice(Duration::from_secs(10)).await?;
+        let (kind, _) = feeds[node]
+            .next_notice(Duration::from_secs(30))
+            .await
+            .with_context(|| format!("{}'s feed on n{node} (n{follower} was down)", USERS[node]))?;
         assert_eq!(kind, "catalog_shared", "{}'s feed on n{node}", USERS[node]);
     }
-    fixture.all_current().await?;
     for service in services {
         service.stop().await?;
     }
