@@ -10,14 +10,27 @@ use crate::write::ExecuteError;
 pub struct ApiError {
     pub code: u16,
     pub message: String,
+    /// Answered late and paced per account (see [`super::throttle`]): what a client may repeat
+    /// in a loop without waiting — a refusal (429), or a read of a sequence the log has not
+    /// reached — holding no slot meanwhile.
+    pub late: bool,
 }
 
 impl ApiError {
-    /// An error with any code.
+    /// An error with any code, answered at once.
     pub fn new(code: u16, message: impl Into<String>) -> Self {
         ApiError {
             code,
             message: message.into(),
+            late: false,
+        }
+    }
+
+    /// An error answered late (see [`ApiError::late`]).
+    fn answered_late(code: u16, message: impl Into<String>) -> Self {
+        ApiError {
+            late: true,
+            ..Self::new(code, message)
         }
     }
     /// 400: malformed or invalid input.
@@ -38,7 +51,7 @@ impl ApiError {
     }
     /// 429: the caller writes faster than allowed.
     pub fn rate_limited() -> Self {
-        Self::new(
+        Self::answered_late(
             429,
             "this account sends write requests faster than allowed; slow down and retry",
         )
@@ -49,14 +62,14 @@ impl ApiError {
     }
     /// 429: the caller already has its share of the in-flight slots.
     pub fn too_many_in_flight(share: usize) -> Self {
-        Self::new(
+        Self::answered_late(
             429,
             format!("this account already has {share} requests in flight and as many waiting (its share of the service); wait for answers before sending more"),
         )
     }
     /// 429: past the caller's heartbeat budget.
     pub fn rate_limited_heartbeats() -> Self {
-        Self::new(
+        Self::answered_late(
             429,
             "this account sends heartbeats faster than its heartbeat budget allows; slow down",
         )
@@ -64,6 +77,15 @@ impl ApiError {
     /// 503: not ready.
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(503, message)
+    }
+    /// 503, answered late: `Natster-Min-Seq` asks for a sequence the log did not reach within
+    /// the short wait for a write just acknowledged elsewhere — a client's mistake or a flood,
+    /// which a reply at once would let spin.
+    pub fn beyond_log(wanted: u64, read_up_to: u64) -> Self {
+        Self::answered_late(
+            503,
+            format!("the event log has not reached sequence {wanted} (this instance has read it up to {read_up_to}); retry once the write it follows is acknowledged"),
+        )
     }
     /// 500: an internal failure; the detail goes to the log, not to the caller.
     pub fn internal() -> Self {

@@ -259,8 +259,9 @@ async fn send_refusal(
 /// (nobody subscribes to it; see [`answer`]).
 const DISCARDED_REPLY: &str = "_natster.discarded-reply";
 
-/// Sends the envelope (when the request has a reply subject); a refusal (429) goes through
-/// the [`Throttle`], which sends it late.
+/// Sends the envelope (when the request has a reply subject); an error to answer late (a
+/// refusal, a read beyond the log) goes through the [`Throttle`], which sends it late and
+/// paced.
 ///
 /// An error other than a refusal is also recorded in the endpoint's `$SRV.STATS`
 /// (`num_errors`, `last_error`): the library counts an error only when it sends the reply
@@ -284,12 +285,11 @@ async fn answer(
             }
         }
         Err(error) => {
-            // A flooding account is refused thousands of times a second: a refusal is logged
-            // at debug, so the log is not its amplifier (the metrics count every one), and not
-            // counted as an endpoint error in `$SRV.STATS` (a message more each, and the
-            // caller's doing, not the service's).
-            let refused = error.code == 429;
-            if refused {
+            // A flooding account is refused thousands of times a second: a late answer (a
+            // refusal, a read beyond the log) is logged at debug, so the log is not its
+            // amplifier (the metrics count every one), and not counted as an endpoint error in
+            // `$SRV.STATS` (a message more each, and the caller's doing, not the service's).
+            if error.late {
                 tracing::debug!(reason = %error.message, "request refused");
             } else {
                 tracing::info!(reason = %error.message, "request rejected");
@@ -300,7 +300,7 @@ async fn answer(
             let envelope =
                 Envelope::<serde_json::Value>::failure(error.code, error.message.clone())
                     .to_bytes();
-            if refused {
+            if error.late {
                 let refusal = Refusal {
                     reply,
                     headers,

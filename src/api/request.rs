@@ -82,7 +82,9 @@ impl ApiRequest<'_> {
     }
 
     /// Honours `Natster-Min-Seq`: returns once every projection in `projections` has applied
-    /// the requested sequence, or 503 after [`MIN_SEQ_WAIT`] naming both sequences.
+    /// the requested sequence, or 503 after [`MIN_SEQ_WAIT`] naming both sequences. A sequence
+    /// this instance has not read from the log within [`BEYOND_LOG_WAIT`] is 503 answered late
+    /// ([`ApiError::beyond_log`]): the request gives its slot back at once.
     pub async fn wait_min_seq(
         &self,
         context: &ApiContext,
@@ -100,10 +102,7 @@ impl ApiRequest<'_> {
             .await
             .is_err()
         {
-            return Err(ApiError::unavailable(format!(
-                "the event log has not reached sequence {wanted} (this instance has read it up to {}); retry once the write it follows is acknowledged",
-                context.decider.folded()
-            )));
+            return Err(ApiError::beyond_log(wanted, context.decider.folded()));
         }
         context
             .view

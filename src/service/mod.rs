@@ -9,6 +9,7 @@ mod background;
 mod config;
 mod probe;
 
+pub use crate::api::throttle::{MAX_HELD_PER_ACCOUNT, REFUSALS_PER_SECOND};
 pub use crate::otc::{Sealer, SeedFileError};
 pub use crate::projections::runner::RunnerConfig;
 pub use crate::reactions::HubShare;
