@@ -267,8 +267,9 @@ pub struct ServiceArgs {
     /// Burst of heartbeats allowed per account above the rate.
     #[arg(long, env = "NATSTER_HEARTBEAT_BURST", default_value_t = 500)]
     pub heartbeat_burst: u32,
-    /// How long after it is decided a refusal (429) is sent (0s: at once): a client that sends
-    /// again as soon as it is refused is slowed to its own concurrency per delay.
+    /// How long after it is decided a refusal (429, or 503 for a sequence the log has not
+    /// reached) is sent, and then one account's at most 200 a second (0s: at once, unpaced): a
+    /// client that sends again as soon as it is refused is slowed instead of spinning.
     #[arg(long, env = "NATSTER_REFUSAL_DELAY", default_value = "1s", value_parser = parse_duration)]
     pub refusal_delay: Duration,
     /// Catalogs one account may have online at once.

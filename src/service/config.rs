@@ -41,8 +41,9 @@ pub struct ServiceConfig {
     pub heartbeat_burst: u32,
     /// Catalogs one account may have online at once.
     pub max_online_catalogs: usize,
-    /// How long after it is decided a refusal (429) is sent (zero: at once): a client that
-    /// sends again as soon as it is refused is slowed to its own concurrency per delay.
+    /// How long after it is decided a refusal (429, or 503 for a sequence the log has not
+    /// reached) is sent, one account's refusals paced (zero: at once, unpaced): a client that
+    /// sends again as soon as it is refused is slowed instead of spinning.
     pub refusal_delay: Duration,
     /// Share limits `decide` enforces; the records they allow must fit the server's
     /// `max_payload` (checked at start).

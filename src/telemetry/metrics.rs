@@ -430,8 +430,9 @@ impl Metrics {
         );
         registry.register(
             "refusals_dropped",
-            "Requests refused (429) whose reply was never sent, because their account already had \
-             the most refusals waiting for the refusal delay; the client's request times out",
+            "Requests refused (429, or 503 for a sequence the log has not reached) whose reply was \
+             never sent, because their account already had the most refusals waiting their turn; \
+             the client's request times out",
             m.refusals_dropped,
         );
         registry.register(
