@@ -291,26 +291,21 @@ async fn answer(
             // `$SRV.STATS` (a message more each, and the caller's doing, not the service's).
             if error.late {
                 tracing::debug!(reason = %error.message, "request refused");
-            } else {
-                tracing::info!(reason = %error.message, "request rejected");
-            }
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(SERVICE_ERROR_HEADER, error.message.as_str());
-            headers.insert(SERVICE_ERROR_CODE_HEADER, error.code.to_string().as_str());
-            let envelope =
-                Envelope::<serde_json::Value>::failure(error.code, error.message.clone())
-                    .to_bytes();
-            if error.late {
+                // Its turn first: a refusal past the account's bound is never built.
+                let Some(turn) = throttle.turn(caller_token(&request.message.subject)) else {
+                    return;
+                };
+                let (headers, envelope) = error_reply(&error);
                 let refusal = Refusal {
                     reply,
                     headers,
                     envelope,
                 };
-                throttle
-                    .refuse(caller_token(&request.message.subject), refusal)
-                    .await;
+                throttle.send(turn, refusal).await;
                 return;
             }
+            tracing::info!(reason = %error.message, "request rejected");
+            let (headers, envelope) = error_reply(&error);
             let sent = client.publish_with_headers(reply, headers, envelope).await;
             if let Err(error) = sent {
                 tracing::warn!(op = op.name(), %error, "reply could not be sent");
@@ -324,6 +319,16 @@ async fn answer(
                 .await;
         }
     }
+}
+
+/// The headers and envelope of an error reply.
+fn error_reply(error: &ApiError) -> (async_nats::HeaderMap, Bytes) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(SERVICE_ERROR_HEADER, error.message.as_str());
+    headers.insert(SERVICE_ERROR_CODE_HEADER, error.code.to_string().as_str());
+    let envelope =
+        Envelope::<serde_json::Value>::failure(error.code, error.message.clone()).to_bytes();
+    (headers, envelope)
 }
 
 async fn handle(

@@ -73,49 +73,78 @@ impl Throttle {
         }
     }
 
-    /// Sends `refusal` to `account`'s request after the delay and after the account's
-    /// refusals handed over before it (at most [`REFUSALS_PER_SECOND`] a second), or never if
-    /// the account (or everybody) already has the most refusals held. Returns at once.
-    pub async fn refuse(&self, account: &str, refusal: Refusal) {
+    /// Takes `account`'s turn for a refusal: when it goes out, after the delay and after the
+    /// account's refusals decided before it (at most [`REFUSALS_PER_SECOND`] a second); `None`
+    /// (counted as dropped) if the account, or everybody, already has the most refusals held —
+    /// taken before the reply is built, so a refusal that is never sent costs nothing more.
+    pub fn turn(&self, account: &str) -> Option<Turn> {
         let inner = &self.inner;
         if inner.delay.is_zero() {
-            send(&inner.client, refusal).await;
-            return;
+            return Some(Turn { at: None });
         }
         let early = tokio::time::Instant::now() + inner.delay.mul_f64(1.0 + rand::random::<f64>());
-        let at = {
-            let mut held = inner.held.lock().expect("throttle lock");
-            if held.total >= MAX_HELD {
-                inner.dropped.inc();
-                return;
-            }
-            let mine = held.by_account.entry_ref(account).or_insert(Account {
-                held: 0,
-                next: early,
-            });
-            if mine.held >= MAX_HELD_PER_ACCOUNT {
-                inner.dropped.inc();
-                return;
-            }
-            let at = early.max(mine.next);
-            mine.next = at + Duration::from_secs(1) / REFUSALS_PER_SECOND;
-            mine.held += 1;
-            held.total += 1;
-            at
+        let mut held = inner.held.lock().expect("throttle lock");
+        if held.total >= MAX_HELD {
+            inner.dropped.inc();
+            return None;
+        }
+        let mine = held.by_account.entry_ref(account).or_insert(Account {
+            held: 0,
+            next: early,
+        });
+        if mine.held >= MAX_HELD_PER_ACCOUNT {
+            inner.dropped.inc();
+            return None;
+        }
+        let at = early.max(mine.next);
+        mine.next = at + Duration::from_secs(1) / REFUSALS_PER_SECOND;
+        mine.held += 1;
+        held.total += 1;
+        let release = Release {
+            inner: inner.clone(),
+            account: account.to_string(),
         };
-        let (inner, account) = (self.inner.clone(), account.to_string());
+        Some(Turn {
+            at: Some((at, release)),
+        })
+    }
+
+    /// Sends `refusal` in `turn` (at once for a zero delay). Returns at once otherwise.
+    pub async fn send(&self, turn: Turn, refusal: Refusal) {
+        let Some((at, release)) = turn.at else {
+            send(&self.inner.client, refusal).await;
+            return;
+        };
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            send(&inner.client, refusal).await;
-            let mut held = inner.held.lock().expect("throttle lock");
-            held.total -= 1;
-            if let Some(mine) = held.by_account.get_mut(&account) {
-                mine.held -= 1;
-                if mine.held == 0 {
-                    held.by_account.remove(&account);
-                }
-            }
+            send(&release.inner.client, refusal).await;
+            drop(release);
         });
+    }
+}
+
+/// A refusal's place in its account's queue (see [`Throttle::turn`]); given back when the
+/// refusal is sent, or when the turn is dropped unused.
+pub struct Turn {
+    at: Option<(tokio::time::Instant, Release)>,
+}
+
+/// Gives a held refusal's place back when dropped.
+struct Release {
+    inner: Arc<Inner>,
+    account: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut held = self.inner.held.lock().expect("throttle lock");
+        held.total -= 1;
+        if let Some(mine) = held.by_account.get_mut(&self.account) {
+            mine.held -= 1;
+            if mine.held == 0 {
+                held.by_account.remove(&self.account);
+            }
+        }
     }
 }
 
