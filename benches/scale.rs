@@ -236,15 +236,29 @@ async fn start(
     snapshot: bool,
 ) -> Result<(Serve, Start)> {
     let started = Instant::now();
+    // `SCALE_LOG=<file>`: the service's info log appended there (a debugging aid).
+    let (filter, log) = match std::env::var_os("SCALE_LOG") {
+        Some(path) => (
+            "natster_global=info",
+            Stdio::from(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(path)?,
+            ),
+        ),
+        None => ("warn", Stdio::null()),
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_natster-global"))
         .args(["serve", "--nats-url", &tw.server.url(), "--creds"])
         .arg(tw.world.creds_path(NATSTER))
         .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
         .args(["--snapshot-interval", "5s"])
-        .env("RUST_LOG", "warn")
+        .args(["--log-format", "text"])
+        .env("RUST_LOG", filter)
         .env_remove("NATSTER_CONFIG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()?;
     let serve = Serve(child);
     let probe = tw.connect(NATSTER).await?;

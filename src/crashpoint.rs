@@ -5,6 +5,8 @@
 
 /// A projection flush has stored its counters and not yet announced its notices.
 pub const BEFORE_ANNOUNCE: &str = "before-announce";
+/// A pass of a catch-up in passes has written its records and not yet recorded that it did.
+pub const PASS_WRITTEN: &str = "pass-written";
 /// The share feed has received an event and not yet published its notice.
 pub const BEFORE_SHARE_NOTICE: &str = "before-share-notice";
 

@@ -288,6 +288,12 @@ pub struct ServiceArgs {
     /// beyond it, written records are dropped and read again when next needed.
     #[arg(long, env = "NATSTER_PROJECTION_CACHE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub projection_cache_mib: u32,
+    /// MiB of records (bounded above, within twice their stored size) one pass of a catch-up
+    /// from empty holds: a projection whose bucket is empty and whose backlog is deep reads
+    /// the log once per part of its keys that fits, and writes every record once. 0 folds
+    /// every backlog in one pass (fractions are allowed: `0.5`).
+    #[arg(long, env = "NATSTER_PROJECTION_PASS_MIB", default_value_t = 32.0, value_parser = non_negative_mib)]
+    pub projection_pass_mib: f64,
     /// MiB of account records (as stored) kept in memory for `whoami` and `my.shares`
     /// without `Natster-Min-Seq`, kept current by a watch of the bucket.
     #[arg(long, env = "NATSTER_ACCOUNT_CACHE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
@@ -363,6 +369,7 @@ impl ServiceArgs {
             snapshot_interval: self.snapshot_interval,
             runner: RunnerConfig {
                 cache_bytes: (self.projection_cache_mib as usize) << 20,
+                pass_bytes: (self.projection_pass_mib * f64::from(1 << 20)) as usize,
                 ..RunnerConfig::default()
             },
             account_cache_bytes: (self.account_cache_mib as usize) << 20,
@@ -472,6 +479,19 @@ pub struct InvalidDuration(String);
 pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
     humantime::parse_duration(text)
         .map_err(|e| InvalidDuration(format!("{e} (examples: 5s, 3m, 1h)")))
+}
+
+/// A number of MiB that is not finite or below 0.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a number of MiB (0 or more; fractions allowed)")]
+pub struct InvalidMib(String);
+
+/// A number of MiB: finite, 0 or more.
+fn non_negative_mib(text: &str) -> Result<f64, InvalidMib> {
+    match text.parse::<f64>() {
+        Ok(mib) if mib.is_finite() && mib >= 0.0 => Ok(mib),
+        _ => Err(InvalidMib(text.to_string())),
+    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ use crate::model::{Decoded, Event};
 use serde::{de::DeserializeOwned, Serialize};
 
 /// Counters a projection contributes to `stats`, as changes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CountDelta {
     pub total_initialized: i64,
     pub share_count: i64,
@@ -101,6 +101,10 @@ pub trait Projection: Send + Sync + 'static {
     type Notice: Send + Sync + 'static;
     /// Most records one flush writes, whatever the runner's configuration allows.
     const MAX_BATCH_RECORDS: usize = usize::MAX;
+    /// Whether a runner that finds the bucket empty and a deep backlog may catch up in passes
+    /// (one part of the keys at a time; `runner::passes`). Projections that announce changes
+    /// must not: their notices go out with each flush, in log order.
+    const CATCH_UP_IN_PASSES: bool = true;
 
     /// Decodes a stored message of the stream; `None` for messages this projection ignores.
     fn decode(seq: u64, time: i64, message: &async_nats::jetstream::Message)

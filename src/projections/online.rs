@@ -20,6 +20,7 @@ impl Projection for Online {
     /// Notices go out with their flush, so batches stay small: a burst of heartbeats is
     /// announced (and held in memory) a thousand transitions at a time, not tens of thousands.
     const MAX_BATCH_RECORDS: usize = 1024;
+    const CATCH_UP_IN_PASSES: bool = false;
 
     /// A heartbeat (payload `{"revision": N, ...}`), an offline announcement (the
     /// `Natster-Offline` header) or a server marker (`Nats-Marker-Reason`).

@@ -219,12 +219,28 @@ pub fn step<P: Projection>(
     limit: RecordLimit,
     records: &mut impl Records<P::Record>,
 ) -> Result<Vec<Change<P>>, ParkReason> {
+    step_within::<P>(input, limit, records, |_| true)
+}
+
+/// [`step`] for the keys `within` selects: every key is checked to be valid, only those
+/// selected are read, changed and measured (a catch-up in passes folds one partition of the
+/// keys at a time, and knows by other means that the keys it leaves out cannot park the
+/// message).
+pub fn step_within<P: Projection>(
+    input: &P::Input,
+    limit: RecordLimit,
+    records: &mut impl Records<P::Record>,
+    within: impl Fn(&str) -> bool,
+) -> Result<Vec<Change<P>>, ParkReason> {
     let seq = P::seq(input);
     let growth = P::growth_bound(input);
     let mut touched = Vec::new();
     for key in P::keys(input) {
         if !is_valid_key(&key) {
             return Err(ParkReason::InvalidKey { key });
+        }
+        if !within(&key) {
+            continue;
         }
         let Before { record, size_bound } = records.before(&key)?;
         if record.is_some_and(|r| P::applied_seq(r) >= seq) {

@@ -1,5 +1,5 @@
 //! What the projections keep in `PROJ_STATS` besides their records: counters, checkpoints,
-//! leases and rebuild progress, each under `<kind>.<projection>`.
+//! leases, rebuild progress and catch-ups in passes, each under `<kind>.<projection>`.
 
 use crate::store::{kv, StoreError};
 use async_nats::jetstream::kv::Store as Bucket;
@@ -43,6 +43,33 @@ pub struct Checkpoint {
     /// The instance that wrote it (see `crate::store::lease::instance_id`).
     #[serde(default)]
     pub instance: String,
+}
+
+/// A catch-up from empty in passes, as far as it got (`passes.<name>`; see
+/// `runner::passes`). Gone once the run is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassProgress {
+    /// The first sequence the run applies (the checkpoint's next).
+    pub from: u64,
+    /// The last sequence it applies (the log's end when it started).
+    pub to: u64,
+    /// The record limit its first pass checked the log against; later passes decide with it.
+    pub max_bytes: usize,
+    /// Parts of the keys whose records are written.
+    pub done: Vec<crate::projections::runner::partition::Part>,
+    /// The part being written: its counter changes are in `delta`, some of its records may be
+    /// written.
+    pub writing: Option<crate::projections::runner::partition::Part>,
+    /// Counter changes of the parts done and of the one being written.
+    pub delta: super::CountDelta,
+    /// What all records together take, as the last pass found (sizes the next part).
+    #[serde(default)]
+    pub total_bytes: Option<u64>,
+}
+
+/// Key of a projection's catch-up in passes.
+pub fn passes_key(name: &str) -> String {
+    format!("passes.{name}")
 }
 
 /// Key of a projection's counters.

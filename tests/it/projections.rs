@@ -598,3 +598,125 @@ async fn a_deep_backlog_is_flushed_by_its_bound_not_by_the_linger() -> Result<()
     assert_eq!(deep_records, records, "batching never changes the result");
     Ok(())
 }
+
+/// The accounts projection's counters as stored.
+async fn account_counters(js: &jetstream::Context) -> Result<Counters> {
+    let stats = js.get_key_value("PROJ_STATS").await?;
+    let bytes = stats
+        .get(counters_key(Accounts::NAME))
+        .await?
+        .context("counters")?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// With its bucket empty and a deep backlog, a runner reads the log once per part of the keys
+/// that fits its pass budget and writes each record once, however small the flushes of the
+/// one-pass fold are; the records and counters are those of the one-pass fold. Nothing is
+/// applied (for readers) before the whole run is.
+#[tokio::test]
+async fn a_backlog_from_empty_is_caught_up_in_passes_writing_each_record_once() -> Result<()> {
+    let (_server, js, events) = a_published_mixed_log().await?;
+    let small_flushes = RunnerConfig {
+        max_batch_records: 50,
+        deep_backlog: 0,
+        pass_bytes: 0,
+        ..Default::default()
+    };
+    let (one_pass_writes, records) = project_backlog(&js, events, small_flushes.clone()).await?;
+    let one_pass_counters = account_counters(&js).await?;
+    assert!(one_pass_writes > records.len() as u64);
+
+    let in_passes = RunnerConfig {
+        pass_bytes: 32 << 10,
+        ..small_flushes
+    };
+    let run = natster_testkit::project_from_empty::<Accounts>(&js, events, in_passes).await?;
+    assert_eq!(
+        dump(&js, Accounts::BUCKET).await?,
+        records,
+        "the same records"
+    );
+    // (`counted_seq` may lag where nothing was counted.)
+    let counters = account_counters(&js).await?;
+    assert_eq!(
+        (counters.total_initialized, counters.share_count),
+        (
+            one_pass_counters.total_initialized,
+            one_pass_counters.share_count
+        ),
+        "the same counters"
+    );
+    assert_eq!(counters.total_initialized, 300);
+    assert_eq!(
+        run.record_writes,
+        records.len() as u64,
+        "each record written once"
+    );
+    let applied: Vec<u64> = run.timeline.iter().map(|(_, seq)| *seq).collect();
+    assert_eq!(
+        applied,
+        [0, events],
+        "applied at once, when every part is written"
+    );
+    // Each pass writes its progress twice (before and after its records).
+    assert!(
+        run.stats_writes >= 2 * 8,
+        "600 KiB of records in parts of 32 KiB: {} writes to PROJ_STATS",
+        run.stats_writes
+    );
+    let stats = js.get_key_value("PROJ_STATS").await?;
+    assert!(
+        stats.get("passes.accounts").await?.is_none(),
+        "the run's progress is gone once it is done"
+    );
+    Ok(())
+}
+
+/// A log where some message touching two accounts may make a record too large for the server
+/// (an account every other one shares with) cannot be caught up in passes exactly: the first
+/// pass finds it, writes nothing, and the runner folds the log in one pass.
+#[tokio::test]
+async fn a_log_passes_cannot_decide_exactly_is_folded_in_one_pass() -> Result<()> {
+    use natster_testkit::{mixed_event_log, publish_log, PlainServer};
+    let server = PlainServer::start().await?;
+    let js = jetstream::new(server.connect().await?);
+    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let mut log = mixed_event_log(300, 400, 3_000);
+    let accounts: Vec<String> = log[..300]
+        .iter()
+        .map(|(subject, _)| subject.split('.').nth(2).unwrap_or_default().to_string())
+        .collect();
+    // 1 200 shares into one account: by what each may add, its record could pass 1 MiB.
+    for i in 0..1_200 {
+        let subject = EventSubject::new(
+            &accounts[1 + i % 299],
+            &accounts[0],
+            &format!("hub{i}"),
+            EventType::CatalogShared,
+        );
+        log.push((subject.to_subject(), Vec::new()));
+    }
+    publish_log(&js, &log).await?;
+    let events = log.len() as u64;
+    let config = |pass_bytes| RunnerConfig {
+        max_batch_records: 50,
+        deep_backlog: 0,
+        pass_bytes,
+        ..Default::default()
+    };
+    let (_, records) = project_backlog(&js, events, config(0)).await?;
+    let run =
+        natster_testkit::project_from_empty::<Accounts>(&js, events, config(32 << 10)).await?;
+    assert_eq!(
+        dump(&js, Accounts::BUCKET).await?,
+        records,
+        "the same records"
+    );
+    assert!(
+        run.timeline.len() > 3 && run.record_writes > records.len() as u64,
+        "folded in one pass, flush after flush ({} flushes, {} writes)",
+        run.timeline.len(),
+        run.record_writes
+    );
+    Ok(())
+}

@@ -93,7 +93,24 @@ pub(super) async fn execute<N, R: serde::Serialize>(
         crate::crashpoint::reached(crate::crashpoint::BEFORE_ANNOUNCE).await;
         target.announce.announce(&plan.notices).await?;
     }
-    let revisions: Vec<RecordWritten> = futures::stream::iter(plan.writes)
+    let revisions = write_records(&target, plan.writes).await?;
+    record_parked(&target, &plan.parked).await?;
+    let checkpoint = write_checkpoint(&target, plan.checkpoint, plan.last_seq, plan.owner).await?;
+    Ok(Flushed {
+        counters,
+        revisions,
+        checkpoint,
+        last_seq: plan.last_seq,
+    })
+}
+
+/// Writes `writes` (compare-and-set each, `target.concurrency` at once); returns what each
+/// stored. Stops at the first failure (those written stay written).
+pub(super) async fn write_records<N, R: serde::Serialize>(
+    target: &Target<N>,
+    writes: Vec<RecordWrite<R>>,
+) -> Result<Vec<RecordWritten>, StoreError> {
+    futures::stream::iter(writes)
         .map(|write| {
             let records = &target.records;
             async move {
@@ -109,8 +126,16 @@ pub(super) async fn execute<N, R: serde::Serialize>(
         })
         .buffer_unordered(target.concurrency.max(1))
         .try_collect()
-        .await?;
-    for event in &plan.parked {
+        .await
+}
+
+/// Records each of `parked` once (a replay finds it recorded and neither counts nor logs it
+/// again).
+pub(super) async fn record_parked<N>(
+    target: &Target<N>,
+    parked: &[ParkedEvent],
+) -> Result<(), StoreError> {
+    for event in parked {
         if parking::record(&target.parked, event).await? {
             target.parked_total.inc();
             tracing::warn!(
@@ -123,16 +148,12 @@ pub(super) async fn execute<N, R: serde::Serialize>(
             );
         }
     }
-    let checkpoint = write_checkpoint(&target, plan.checkpoint, plan.last_seq, plan.owner).await?;
-    Ok(Flushed {
-        counters,
-        revisions,
-        checkpoint,
-        last_seq: plan.last_seq,
-    })
+    Ok(())
 }
 
-async fn write_checkpoint<N>(
+/// Moves the checkpoint from `stored` (at `revision`) to `last_seq`; returns the checkpoint
+/// now stored, `None` when it was at or past `last_seq` already.
+pub(super) async fn write_checkpoint<N>(
     target: &Target<N>,
     (stored, revision): (u64, Option<u64>),
     last_seq: u64,

@@ -24,6 +24,8 @@
 
 mod flush;
 mod fold;
+pub mod partition;
+mod passes;
 
 use super::parking::RecordLimit;
 use super::stored::lease_key;
@@ -75,6 +77,13 @@ pub struct RunnerConfig {
     /// records already written are dropped and read again when next touched. A bucket no
     /// larger than this is read whole when a holder starts.
     pub cache_bytes: usize,
+    /// Bytes of records (by an upper bound on each one's stored size, within twice the truth)
+    /// one pass of a catch-up in passes holds; 0 never catches up in passes. A runner that
+    /// finds its bucket empty and more than `deep_backlog` messages to read folds the log in
+    /// passes, one part of the keys at a time, each part small enough to hold until written:
+    /// every record is written once, whatever the number of keys, in bounded memory
+    /// ([`passes`]).
+    pub pass_bytes: usize,
 }
 
 impl Default for RunnerConfig {
@@ -87,6 +96,7 @@ impl Default for RunnerConfig {
             deep_backlog: 10_000,
             takeover_after: Duration::from_secs(5),
             cache_bytes: 32 << 20,
+            pass_bytes: 32 << 20,
         }
     }
 }
@@ -279,6 +289,9 @@ impl<P: Projection> ProjectionRunner<P> {
         shutdown: &CancellationToken,
         flushing: &mut Option<Flushing>,
     ) -> Result<(), RunnerError> {
+        if let passes::Passes::Stopped = self.catch_up_in_passes(held, shutdown).await? {
+            return Ok(());
+        }
         let config = &self.config;
         let max_batch_records = config.max_batch_records.min(P::MAX_BATCH_RECORDS);
         let cache = (config.cache_bytes, self.progress.cache.clone());
