@@ -292,7 +292,7 @@ pub struct ServiceArgs {
     /// from empty holds: a projection whose bucket is empty and whose backlog is deep reads
     /// the log once per part of its keys that fits, and writes every record once. 0 folds
     /// every backlog in one pass (fractions are allowed: `0.5`).
-    #[arg(long, env = "NATSTER_PROJECTION_PASS_MIB", default_value_t = 32.0, value_parser = non_negative_mib)]
+    #[arg(long, env = "NATSTER_PROJECTION_PASS_MIB", default_value_t = 64.0, value_parser = non_negative_mib)]
     pub projection_pass_mib: f64,
     /// MiB of account records (as stored) kept in memory for `whoami` and `my.shares`
     /// without `Natster-Min-Seq`, kept current by a watch of the bucket.

@@ -162,20 +162,29 @@ pub fn decode_event(
     }
 }
 
-/// JSON writes a byte of a string as at most this many (`\u0000`).
-const JSON_ESCAPE_FACTOR: usize = 6;
 /// Bytes of field names, punctuation and numbers one message can add to a record.
 const JSON_FRAME_BYTES: usize = 256;
 
 /// An upper bound on what a message adds to a record's JSON when every string it copies in
-/// is one of `copied`: each escaped at worst, plus the framing of one new entry, one new
+/// is one of `copied`: each as JSON writes it, plus the framing of one new entry, one new
 /// record and its numbers.
 pub fn json_growth_bound<'a>(copied: impl IntoIterator<Item = &'a str>) -> usize {
-    copied
-        .into_iter()
-        .map(|s| s.len() * JSON_ESCAPE_FACTOR)
-        .sum::<usize>()
-        + JSON_FRAME_BYTES
+    copied.into_iter().map(json_string_len).sum::<usize>() + JSON_FRAME_BYTES
+}
+
+/// Bytes of `s` as a JSON string (serde_json's escapes: two bytes for a quote, a backslash and
+/// the control characters with a short escape, six for the other control characters), quotes
+/// included.
+fn json_string_len(s: &str) -> usize {
+    let escaped: usize = s
+        .bytes()
+        .map(|byte| match byte {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum();
+    escaped + 2
 }
 
 /// Whether `apply` changed a record: it removed it, or stamped it with the message's sequence.

@@ -686,8 +686,8 @@ async fn a_log_passes_cannot_decide_exactly_is_folded_in_one_pass() -> Result<()
         .iter()
         .map(|(subject, _)| subject.split('.').nth(2).unwrap_or_default().to_string())
         .collect();
-    // 1 200 shares into one account: by what each may add, its record could pass 1 MiB.
-    for i in 0..1_200 {
+    // 3 000 shares into one account: by what each may add, its record could pass 1 MiB.
+    for i in 0..3_000 {
         let subject = EventSubject::new(
             &accounts[1 + i % 299],
             &accounts[0],

@@ -237,3 +237,21 @@ fn size_bounds_hold_and_park_exactly_what_measuring_every_change_parks() {
         );
     }
 }
+
+#[test]
+fn a_string_is_measured_as_json_writes_it() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let alphabet = [
+        'a', 'Z', '"', '\\', '\n', '\t', '\r', '\u{8}', '\u{c}', '\u{0}', '\u{1f}', '\u{7f}', 'é',
+        '😀', '/',
+    ];
+    for _ in 0..2_000 {
+        let len = rng.gen_range(0..40);
+        let s: String = (0..len)
+            .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+            .collect();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(crate::projections::json_string_len(&s), json.len(), "{s:?}");
+    }
+}

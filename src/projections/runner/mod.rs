@@ -96,7 +96,7 @@ impl Default for RunnerConfig {
             deep_backlog: 10_000,
             takeover_after: Duration::from_secs(5),
             cache_bytes: 32 << 20,
-            pass_bytes: 32 << 20,
+            pass_bytes: 64 << 20,
         }
     }
 }

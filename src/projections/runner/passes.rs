@@ -14,7 +14,9 @@
 //! 3. the messages the pass parked (each recorded once);
 //! 4. the progress names the part as done.
 //!
-//! While a part is written, the next one is read (at most two parts in memory).
+//! A part is written before the next one is read, so one part is in memory at a time
+//! (reading the next part while writing showed no gain on two cores, where both are bound by
+//! the same CPU, and held two parts).
 //!
 //! When no part is left: the counters (the stored ones plus `delta`, `counted_seq` moved to
 //! the run's end), the checkpoint, and the progress is deleted. The runner then goes on from
@@ -63,7 +65,8 @@ enum Read<P: Projection> {
 /// A part folded and not yet written.
 struct Folded<P: Projection> {
     fold: PartFold<P>,
-    /// The part was being written when the run was taken over: written again whole.
+    /// The part was being written when the run was taken over: written again whole, its
+    /// counter changes already in the progress.
     rewriting: bool,
     read_for: std::time::Duration,
 }
@@ -108,55 +111,35 @@ impl<P: Projection> ProjectionRunner<P> {
             rewriting = run.progress.writing.is_some(),
             "catching up from empty in passes"
         );
-        // The part folded last is written while the next one is read.
-        let mut unwritten: Option<Folded<P>> = None;
-        loop {
-            let next = self.next_part(&run, unwritten.as_ref().map(|f| f.fold.part()));
+        while let Some((part, rewriting)) = self.next_part(&run) {
             let reading = Reading {
                 from: run.progress.from,
                 to: run.progress.to,
                 limit: RecordLimit {
                     max_bytes: run.progress.max_bytes,
                 },
-                first: run.progress.done.is_empty()
-                    && run.progress.writing.is_none()
-                    && unwritten.is_none(),
+                first: run.progress.done.is_empty() && run.progress.writing.is_none(),
             };
-            let read = async {
-                match next {
-                    Some((part, rewriting)) => {
-                        let read = self.read_part(reading, part, rewriting, held, shutdown);
-                        Some(read.await)
-                    }
-                    None => None,
-                }
+            let folded = match self
+                .read_part(reading, part, rewriting, held, shutdown)
+                .await
+            {
+                Read::Folded(folded) => folded,
+                Read::Inexact => return Ok(Passes::NotTaken),
+                Read::Stopped => return Ok(Passes::Stopped),
             };
-            let write = async {
-                match unwritten.take() {
-                    Some(folded) => self.write_folded(&mut run, folded).await.map(|()| 1),
-                    None => Ok(0),
-                }
-            };
-            let (read, written) = tokio::join!(read, write);
-            passes += written?;
-            match read {
-                None => break,
-                Some(Read::Stopped) => return Ok(Passes::Stopped),
-                Some(Read::Inexact) => return Ok(Passes::NotTaken),
-                Some(Read::Folded(folded)) => {
-                    if !held.is_held() {
-                        return Ok(Passes::Stopped);
-                    }
-                    let (part, held_bytes) = (folded.fold.part(), folded.fold.held_bytes());
-                    run.progress.total_bytes = Some(partition::estimate_total(held_bytes, part));
-                    if !folded.rewriting {
-                        run.progress.delta += folded.fold.delta();
-                        run.progress.writing = Some(part);
-                        self.store_progress(&mut run).await?;
-                    }
-                    unwritten = Some(folded);
-                }
+            if !held.is_held() {
+                return Ok(Passes::Stopped);
             }
+            let (part, held_bytes) = (folded.fold.part(), folded.fold.held_bytes());
+            run.progress.total_bytes = Some(partition::estimate_total(held_bytes, part));
+            if !rewriting {
+                run.progress.delta += folded.fold.delta();
+                run.progress.writing = Some(part);
+                self.store_progress(&mut run).await?;
+            }
+            self.write_folded(&mut run, folded).await?;
+            passes += 1;
         }
         if !held.is_held() {
             return Ok(Passes::Stopped);
@@ -220,18 +203,15 @@ impl<P: Projection> ProjectionRunner<P> {
         Ok(Some(Run { progress, revision }))
     }
 
-    /// The part to read next (with whether it is written again) when `unwritten` is folded
-    /// and not yet written: the part a previous holder was writing first, then one sized by
-    /// the records found so far.
-    fn next_part(&self, run: &Run, unwritten: Option<Part>) -> Option<(Part, bool)> {
+    /// The part to read next, with whether it is written again: the part a previous holder
+    /// was writing first, then one sized by the records found so far.
+    fn next_part(&self, run: &Run) -> Option<(Part, bool)> {
         let progress = &run.progress;
-        if let Some(part) = progress.writing.filter(|_| unwritten.is_none()) {
+        if let Some(part) = progress.writing {
             return Some((part, true));
         }
-        let mut taken = progress.done.clone();
-        taken.extend(unwritten);
         let budget = self.config.pass_bytes;
-        partition::next_part(&taken, progress.total_bytes, budget).map(|part| (part, false))
+        partition::next_part(&progress.done, progress.total_bytes, budget).map(|part| (part, false))
     }
 
     /// Reads the run's range of the log into the records of `part` (a part written again is
