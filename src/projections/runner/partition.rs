@@ -50,9 +50,10 @@ pub struct Part {
     pub last: u64,
 }
 
-/// How full of the budget a part is planned to be: parts are sized by the density of the
-/// parts before, and a part that outgrows its budget loses half its keys to later passes.
-const PLANNED_FILL: f64 = 0.8;
+/// How full of the budget a part is planned to be: records spread evenly over the hash, so
+/// parts sized by the passes before come out within a few percent of the plan, and one that
+/// outgrows its budget all the same loses half its keys to a later pass.
+const PLANNED_FILL: f64 = 0.9;
 
 impl Part {
     pub fn contains_hash(&self, hash: u64) -> bool {
@@ -110,15 +111,19 @@ pub fn remaining(done: &[Part]) -> Vec<Part> {
     todo
 }
 
-/// The next part to fold when `done` are folded: the first keys not folded, as many as are
-/// expected to fill [`PLANNED_FILL`] of `budget` when all the records together take about
-/// `total_bytes` (unknown before the first pass: then all that is left).
+/// The next part to fold when `done` are folded: the first keys not folded, a share of what
+/// is left that splits it into as few parts as fit [`PLANNED_FILL`] of `budget` each when all
+/// the records together take about `total_bytes` (unknown before the first pass: then all
+/// that is left).
 pub fn next_part(done: &[Part], total_bytes: Option<u64>, budget: usize) -> Option<Part> {
-    let gap = *remaining(done).first()?;
+    let left = remaining(done);
+    let gap = *left.first()?;
     let Some(total) = total_bytes.filter(|total| *total > 0) else {
         return Some(gap);
     };
-    let share = budget as f64 * PLANNED_FILL / total as f64;
+    let left_share: f64 = left.iter().map(Part::share).sum();
+    let parts = (left_share * total as f64 / (budget as f64 * PLANNED_FILL)).ceil();
+    let share = left_share / parts.max(1.0);
     let width = (share * 2f64.powi(64)).max(1.0) as u128;
     let last = (u128::from(gap.first) + width - 1).min(u128::from(gap.last));
     Some(Part {
@@ -196,6 +201,9 @@ struct Held<R> {
     measured: u32,
 }
 
+/// Below this share of the budget once measured, a pass's records are not halved.
+const REMEASURED_FILL: f64 = 0.75;
+
 /// Sizes below this are not measured again (a new record is measured once it is larger).
 const MEASURE_FLOOR: u32 = 256;
 
@@ -255,6 +263,22 @@ impl<R: Serialize> Records<R> for PartRecords<R> {
 
 /// A record a pass writes, with its key.
 pub type PartRecord<R> = (Arc<str>, Arc<R>);
+
+impl<R: Serialize> PartRecords<R> {
+    /// Measures every record, so that each bound is its exact size.
+    fn measure_all(&mut self) {
+        let mut bytes = 0;
+        for held in self.records.values_mut() {
+            if let Some(record) = &held.record {
+                let exact = u32::try_from(parking::encoded_len(record)).unwrap_or(u32::MAX);
+                held.bound = exact;
+                held.measured = exact;
+            }
+            bytes += held.bound as usize;
+        }
+        self.bytes = bytes;
+    }
+}
 
 /// One pass: the records of `part` folded from an empty bucket, message by message in log
 /// order.
@@ -343,10 +367,18 @@ impl<P: Projection> PartFold<P> {
         Ok(())
     }
 
-    /// Halves the part until its records fit the budget; the upper halves are left to later
-    /// passes (see [`remaining`]).
+    /// Called when the records' bounds pass the budget: measures them all (bounds run up to
+    /// twice the truth), and unless they then take less than [`REMEASURED_FILL`] of it halves
+    /// the part until its records fit; the upper halves are left to later passes (see
+    /// [`remaining`]). Measuring costs a serialization of the records held, paid again only
+    /// after they grew by a quarter of the budget.
     fn halve(&mut self) {
-        while self.records.bytes > self.budget {
+        let fill = self.budget as f64 * REMEASURED_FILL;
+        self.records.measure_all();
+        if (self.records.bytes as f64) < fill {
+            return;
+        }
+        while self.records.bytes as f64 >= fill {
             let Some((low, _)) = self.part.halves() else {
                 return;
             };

@@ -290,15 +290,26 @@ fn remaining_parts_are_the_complement_of_those_done() {
 #[test]
 fn the_next_part_is_sized_by_the_records_found_so_far() {
     assert_eq!(next_part(&[], None, 1 << 20), Some(ALL));
-    // Records of 10 MiB in all, budgets of 1 MiB: parts of 8 % of the keys each.
+    // Records of 10 MiB in all, budgets of 1 MiB filled to 90 %: 12 parts of a twelfth each.
     let part = next_part(&[], Some(10 << 20), 1 << 20).unwrap();
-    assert!((part.share() - 0.08).abs() < 1e-9, "{}", part.share());
+    assert!((part.share() - 1.0 / 12.0).abs() < 1e-9, "{}", part.share());
     let second = next_part(&[part], Some(10 << 20), 1 << 20).unwrap();
     assert_eq!(second.first, part.last + 1);
-    assert_eq!(
-        estimate_total(1 << 20, part),
-        (12.5 * f64::from(1 << 20)) as u64
+    assert!(
+        (second.share() - 1.0 / 12.0).abs() < 1e-9,
+        "{}",
+        second.share()
     );
+    assert!(estimate_total(1 << 20, part).abs_diff(12 << 20) <= 1);
+    // A first pass that kept a quarter of the keys, 36 MiB of 64: the other three quarters
+    // (108 MiB) in two parts, not three.
+    let first = Part {
+        first: 0,
+        last: u64::MAX / 4,
+    };
+    let total = estimate_total(36 << 20, first);
+    let second = next_part(&[first], Some(total), 64 << 20).unwrap();
+    assert!((second.share() - 0.375).abs() < 1e-9, "{}", second.share());
 }
 
 #[test]
