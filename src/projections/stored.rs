@@ -65,6 +65,9 @@ pub struct PassProgress {
     /// What all records together take, as the last pass found (sizes the next part).
     #[serde(default)]
     pub total_bytes: Option<u64>,
+    /// Keys whose records every pass holds (see `runner::partition`).
+    #[serde(default)]
+    pub pinned: Vec<String>,
 }
 
 /// Key of a projection's catch-up in passes.

@@ -13,11 +13,15 @@
 //! every touched record (one too large parks it everywhere), and a pass does not hold the
 //! records of other parts. [`SizeSketch`] keeps, for every key, an upper bound on its
 //! record's stored size (the sum of what each message may add to it). The first pass checks
-//! every message touching several keys: if a bound could pass the record limit, the catch-up
-//! in passes is abandoned before anything is written and the runner folds the log in one pass
-//! as usual. Otherwise no such message can park for its size, so every pass decides exactly
-//! what one pass over all keys would; later passes make the same check with the same result,
-//! since the bounds depend only on the log and the limit (kept with the run's progress). Keys
+//! every message touching several keys: a key whose bound could pass the record limit (an
+//! account many others share with) is *pinned*: every pass holds its record exactly, so every
+//! pass decides the same for the messages touching it, and only the pass of its part writes
+//! it. The first pass is then read again with those keys pinned. More than [`MAX_PINNED`] such
+//! keys and the catch-up in passes is abandoned before anything is written; the runner folds
+//! the log in one pass as usual. Otherwise no message touching keys of several parts can park
+//! for the size of a record some pass does not hold, so every pass decides exactly what one
+//! pass over all keys would; later passes would find the same keys, since the bounds depend
+//! only on the log and the limit (kept with the run's progress, with the pinned keys). Keys
 //! the bucket cannot hold are checked by every pass (a message with one parks in each pass that
 //! holds one of its keys). No stored record is unreadable: the bucket held nothing at the start.
 
@@ -25,6 +29,7 @@ use crate::projections::parking::{self, Before, ParkReason, ParkedEvent, RecordL
 use crate::projections::{CountDelta, Projection};
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// The hash that places a key in a part: FNV-1a, finished with MurmurHash3's mixer so that
@@ -182,14 +187,21 @@ impl SizeSketch {
     }
 }
 
-/// Why a catch-up in passes cannot be exact for this log: some message touching several keys
-/// might park for a record's size, which no single pass can tell.
+/// Why a catch-up in passes cannot be exact for this log: messages touching several keys
+/// might park for the size of more records than a pass may pin.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the message at {seq} touches several records, and one of them may outgrow {limit} bytes")]
+#[error(
+    "the message at {seq} touches several records, and more than {MAX_PINNED} records of such \
+     messages may outgrow {limit} bytes"
+)]
 pub struct MayPark {
     pub seq: u64,
     pub limit: usize,
 }
+
+/// Most keys a run pins: their records are held in every pass (up to the record limit each),
+/// beside the budget.
+pub const MAX_PINNED: usize = 16;
 
 /// A record of the part in memory, with a bound on its stored size.
 struct Held<R> {
@@ -207,16 +219,25 @@ const REMEASURED_FILL: f64 = 0.75;
 /// Sizes below this are not measured again (a new record is measured once it is larger).
 const MEASURE_FLOOR: u32 = 256;
 
-/// The part's records as [`parking::step_within`] sees them.
+/// The part's records as [`parking::step_within`] sees them, and the pinned ones.
 struct PartRecords<R> {
     records: HashMap<String, Held<R>>,
-    /// Sum of the held records' bounds.
+    /// Sum of the bounds of `records`.
     bytes: usize,
+    /// The records of the pinned keys, whatever their part (a key absent has an entry with
+    /// no record), outside the budget.
+    pinned: HashMap<String, Held<R>>,
+}
+
+impl<R> PartRecords<R> {
+    fn get(&self, key: &str) -> Option<&Held<R>> {
+        self.pinned.get(key).or_else(|| self.records.get(key))
+    }
 }
 
 impl<R: Serialize> Records<R> for PartRecords<R> {
     fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason> {
-        Ok(match self.records.get(key) {
+        Ok(match self.get(key) {
             Some(held) => Before {
                 record: held.record.as_ref(),
                 size_bound: Some(held.bound as usize),
@@ -229,12 +250,21 @@ impl<R: Serialize> Records<R> for PartRecords<R> {
     }
 
     fn take(&mut self, key: &str) -> Option<R> {
-        self.records
-            .get_mut(key)
-            .and_then(|held| held.record.take())
+        match self.pinned.get_mut(key) {
+            Some(held) => held.record.take(),
+            None => self
+                .records
+                .get_mut(key)
+                .and_then(|held| held.record.take()),
+        }
     }
 
     fn put(&mut self, key: String, record: Option<R>, size_bound: Option<usize>) {
+        if let Some(held) = self.pinned.get_mut(&key) {
+            held.bound = size_bound.map_or(u32::MAX, |b| u32::try_from(b).unwrap_or(u32::MAX));
+            held.record = record;
+            return;
+        }
         let Some(record) = record else {
             if let Some(held) = self.records.remove(&key) {
                 self.bytes -= held.bound as usize;
@@ -290,27 +320,57 @@ pub struct PartFold<P: Projection> {
     sketch: SizeSketch,
     /// Whether this pass checks that no message can park for a record of another part.
     check: bool,
+    /// Keys the check found whose records may outgrow the limit and are not pinned.
+    to_pin: BTreeSet<String>,
+    /// Keys whose records every pass holds (their records are in `records.pinned`).
+    pinned: hashbrown::HashSet<String>,
     limit: RecordLimit,
     parked: Vec<ParkedEvent>,
 }
 
 impl<P: Projection> PartFold<P> {
-    /// A pass over `part` within `budget` bytes of records (`usize::MAX`: never halved);
-    /// `check` makes it the run's first pass, which checks the whole log for messages no pass
-    /// can decide alone.
-    pub fn new(part: Part, budget: usize, limit: RecordLimit, check: bool) -> Self {
+    /// A pass over `part` within `budget` bytes of records (`usize::MAX`: never halved),
+    /// holding the records of the `pinned` keys too; `check` makes it the run's first pass,
+    /// which checks the whole log for messages no pass can decide alone.
+    pub fn new(
+        part: Part,
+        budget: usize,
+        limit: RecordLimit,
+        check: bool,
+        pinned: &[String],
+    ) -> Self {
+        let pinned_records = pinned
+            .iter()
+            .map(|key| {
+                let held = Held {
+                    record: None,
+                    bound: 0,
+                    measured: 0,
+                };
+                (key.clone(), held)
+            })
+            .collect();
         PartFold {
             part,
             records: PartRecords {
                 records: HashMap::new(),
                 bytes: 0,
+                pinned: pinned_records,
             },
             budget,
             sketch: SizeSketch::default(),
             check,
+            to_pin: BTreeSet::new(),
+            pinned: pinned.iter().cloned().collect(),
             limit,
             parked: Vec::new(),
         }
+    }
+
+    /// Keys the first pass found that must be pinned for the passes to be exact (none: the
+    /// pass is exact as it is). A pass that found some must be run again with them pinned.
+    pub fn to_pin(&self) -> &BTreeSet<String> {
+        &self.to_pin
     }
 
     /// The part this pass folds (smaller than it started when it was halved).
@@ -332,27 +392,18 @@ impl<P: Projection> PartFold<P> {
         let growth = P::growth_bound(input);
         let hashes: Vec<u64> = keys.iter().map(|key| key_hash(key)).collect();
         if self.check && keys.len() > 1 {
-            let limit = self.limit.max_bytes;
-            let may_park = growth.is_none_or(|growth| {
-                hashes
-                    .iter()
-                    .any(|&hash| self.sketch.bound(hash) as usize + growth > limit)
-            });
-            if may_park {
-                let seq = P::seq(input);
-                return Err(MayPark { seq, limit });
-            }
+            self.check_sizes(input, &keys, &hashes, growth)?;
         }
         for &hash in &hashes {
             self.sketch.grow(hash, growth);
         }
-        if !hashes.iter().any(|&hash| self.part.contains_hash(hash)) {
+        let (part, pinned) = (self.part, &self.pinned);
+        let touches_part = hashes.iter().any(|&hash| part.contains_hash(hash));
+        if !touches_part && !keys.iter().any(|key| pinned.contains(key)) {
             return Ok(());
         }
-        let part = self.part;
-        match parking::step_within::<P>(input, self.limit, &mut self.records, |key| {
-            part.contains(key)
-        }) {
+        let within = |key: &str| part.contains(key) || pinned.contains(key);
+        match parking::step_within::<P>(input, self.limit, &mut self.records, within) {
             Ok(changes) => {
                 for change in changes {
                     self.records
@@ -363,6 +414,34 @@ impl<P: Projection> PartFold<P> {
         }
         if self.records.bytes > self.budget {
             self.halve();
+        }
+        Ok(())
+    }
+
+    /// The first pass's check of a message touching several keys: each key not pinned whose
+    /// record may outgrow the limit (by the sketch) is to be pinned; more than [`MAX_PINNED`]
+    /// in all and passes cannot be exact.
+    fn check_sizes(
+        &mut self,
+        input: &P::Input,
+        keys: &[String],
+        hashes: &[u64],
+        growth: Option<usize>,
+    ) -> Result<(), MayPark> {
+        let limit = self.limit.max_bytes;
+        for (key, &hash) in keys.iter().zip(hashes) {
+            if self.pinned.contains(key) {
+                continue;
+            }
+            let may_outgrow =
+                growth.is_none_or(|growth| self.sketch.bound(hash) as usize + growth > limit);
+            if may_outgrow
+                && self.to_pin.insert(key.clone())
+                && self.pinned.len() + self.to_pin.len() > MAX_PINNED
+            {
+                let seq = P::seq(input);
+                return Err(MayPark { seq, limit });
+            }
         }
         Ok(())
     }
@@ -395,10 +474,18 @@ impl<P: Projection> PartFold<P> {
         self.records.records.shrink_to_fit();
     }
 
+    /// The records of the part: those held for it, and the pinned ones that belong to it.
+    fn part_records(&self) -> impl Iterator<Item = (&String, &Held<P::Record>)> {
+        let part = self.part;
+        let pinned = self.records.pinned.iter();
+        let pinned = pinned.filter(move |(key, _)| part.contains(key));
+        self.records.records.iter().chain(pinned)
+    }
+
     /// What the part's records add to the counters (the bucket held nothing before).
     pub fn delta(&self) -> CountDelta {
         let mut delta = CountDelta::default();
-        for held in self.records.records.values() {
+        for (_, held) in self.part_records() {
             delta += P::tally(held.record.as_ref()) - P::tally(None);
         }
         delta
@@ -406,10 +493,13 @@ impl<P: Projection> PartFold<P> {
 
     /// The messages this pass parked, and the part's records (absent ones left out).
     pub fn finish(self) -> (Vec<ParkedEvent>, Vec<PartRecord<P::Record>>) {
+        let part = self.part;
+        let pinned = self.records.pinned.into_iter();
         let records = self
             .records
             .records
             .into_iter()
+            .chain(pinned.filter(|(key, _)| part.contains(key)))
             .filter_map(|(key, held)| Some((key.into(), Arc::new(held.record?))))
             .collect();
         (self.parked, records)

@@ -23,8 +23,10 @@
 //! the checkpoint as usual. Until then its applied sequence stays where the run started:
 //! readers waiting for `Natster-Min-Seq` and `/readyz` wait for the whole run.
 //!
-//! The first pass checks that passes are exact for this log ([`partition::MayPark`]); if not,
-//! nothing is written and the runner folds the log in one pass.
+//! The first pass checks that passes are exact for this log: records that messages touching
+//! several keys might make too large are pinned (held by every pass) and the first pass is
+//! read again; more than [`partition::MAX_PINNED`] of them ([`partition::MayPark`]) and
+//! nothing is written: the runner folds the log in one pass.
 
 use super::flush::{self, RecordWrite, Target};
 use super::partition::{self, Part, PartFold, PartRecord};
@@ -55,7 +57,7 @@ pub(super) enum Passes {
 /// How the read of one pass ended.
 enum Read<P: Projection> {
     /// Its part is folded, to be written.
-    Folded(Folded<P>),
+    Folded(Box<Folded<P>>),
     /// The first pass found that passes cannot be exact for this log.
     Inexact,
     /// Shut down or the lease lost.
@@ -71,13 +73,14 @@ struct Folded<P: Projection> {
     read_for: std::time::Duration,
 }
 
-/// What a pass reads: the run's range, its record limit, and whether it is the first.
-#[derive(Clone, Copy)]
-struct Reading {
+/// What a pass reads: the run's range, its record limit, whether it is the first, and the
+/// keys every pass holds.
+struct Reading<'a> {
     from: u64,
     to: u64,
     limit: RecordLimit,
     first: bool,
+    pinned: &'a [String],
 }
 
 /// A run's progress with its revision in `PROJ_STATS`.
@@ -119,6 +122,7 @@ impl<P: Projection> ProjectionRunner<P> {
                     max_bytes: run.progress.max_bytes,
                 },
                 first: run.progress.done.is_empty() && run.progress.writing.is_none(),
+                pinned: &run.progress.pinned,
             };
             let folded = match self
                 .read_part(reading, part, rewriting, held, shutdown)
@@ -130,6 +134,17 @@ impl<P: Projection> ProjectionRunner<P> {
             };
             if !held.is_held() {
                 return Ok(Passes::Stopped);
+            }
+            let to_pin = folded.fold.to_pin();
+            if !to_pin.is_empty() {
+                // Only the first pass finds some: nothing is stored yet, it is read again.
+                tracing::info!(
+                    projection = P::NAME,
+                    keys = to_pin.len(),
+                    "pinning records that may outgrow the record limit: every pass holds them"
+                );
+                run.progress.pinned.extend(to_pin.iter().cloned());
+                continue;
             }
             let (part, held_bytes) = (folded.fold.part(), folded.fold.held_bytes());
             run.progress.total_bytes = Some(partition::estimate_total(held_bytes, part));
@@ -199,6 +214,7 @@ impl<P: Projection> ProjectionRunner<P> {
             writing: None,
             delta: CountDelta::default(),
             total_bytes: None,
+            pinned: Vec::new(),
         };
         Ok(Some(Run { progress, revision }))
     }
@@ -218,7 +234,7 @@ impl<P: Projection> ProjectionRunner<P> {
     /// never halved).
     async fn read_part(
         &self,
-        reading: Reading,
+        reading: Reading<'_>,
         part: Part,
         rewriting: bool,
         held: &Held,
@@ -228,7 +244,8 @@ impl<P: Projection> ProjectionRunner<P> {
             true => usize::MAX,
             false => self.config.pass_bytes,
         };
-        let mut fold = PartFold::<P>::new(part, budget, reading.limit, reading.first);
+        let mut fold =
+            PartFold::<P>::new(part, budget, reading.limit, reading.first, reading.pinned);
         let mut chunks = self.log.subscribe(reading.from);
         let read_from = Instant::now();
         loop {
@@ -248,16 +265,16 @@ impl<P: Projection> ProjectionRunner<P> {
                 break;
             }
         }
-        Read::Folded(Folded {
+        Read::Folded(Box::new(Folded {
             fold,
             rewriting,
             read_for: read_from.elapsed(),
-        })
+        }))
     }
 
     /// Writes a folded part (the progress names it as being written): its records, the
     /// messages it parked, then the progress names it as done.
-    async fn write_folded(&self, run: &mut Run, folded: Folded<P>) -> Result<(), StoreError> {
+    async fn write_folded(&self, run: &mut Run, folded: Box<Folded<P>>) -> Result<(), StoreError> {
         let (part, held_bytes) = (folded.fold.part(), folded.fold.held_bytes());
         let (parked, records) = folded.fold.finish();
         let count = records.len();

@@ -64,6 +64,8 @@ struct InPasses<R> {
     passes: usize,
     /// Sum of what the passes held at their ends.
     held: usize,
+    /// Keys every pass held.
+    pinned: Vec<String>,
 }
 
 /// Folds `log` from empty pass by pass, as the runner does, each pass within `budget`.
@@ -79,10 +81,11 @@ fn fold_in_passes<P: Projection>(
         parked: BTreeSet::new(),
         passes: 0,
         held: 0,
+        pinned: Vec::new(),
     };
     let mut total = None;
     while let Some(part) = next_part(&done, total, budget) {
-        let mut pass = PartFold::<P>::new(part, budget, limit, out.passes == 0);
+        let mut pass = PartFold::<P>::new(part, budget, limit, out.passes == 0, &out.pinned);
         for input in log {
             pass.fold(input)?;
             let part = pass.part();
@@ -90,6 +93,12 @@ fn fold_in_passes<P: Projection>(
                 pass.held_bytes() <= budget || part.first == part.last,
                 "a pass holds no more than its budget"
             );
+        }
+        if !pass.to_pin().is_empty() {
+            assert_eq!(out.passes, 0, "only the first pass finds keys to pin");
+            assert!(out.pinned.is_empty(), "and only once");
+            out.pinned.extend(pass.to_pin().iter().cloned());
+            continue;
         }
         total = Some(estimate_total(pass.held_bytes(), pass.part()));
         out.held += pass.held_bytes();
@@ -164,7 +173,16 @@ fn a_projection_without_growth_bounds_is_not_caught_up_in_passes_when_messages_t
         .iter()
         .find(|event| OAuthIndex::keys(event).len() > 1)
         .expect("the log moves an OAuth id");
-    assert_eq!(error.seq, first_move.seq);
+    // A key of such a message is pinned, until more are needed than a pass may pin.
+    let pinned: BTreeSet<String> = log
+        .iter()
+        .filter(|event| event.seq <= error.seq)
+        .map(OAuthIndex::keys)
+        .filter(|keys| keys.len() > 1)
+        .flatten()
+        .collect();
+    assert!(error.seq > first_move.seq);
+    assert!(pinned.len() > MAX_PINNED, "{} keys", pinned.len());
     // Without such messages, passes are exact.
     let plain: Vec<Event> = log
         .into_iter()
@@ -211,9 +229,37 @@ fn a_record_of_one_key_too_large_parks_the_same_messages_in_passes() {
 }
 
 #[test]
-fn a_message_of_several_keys_that_may_park_for_size_abandons_the_first_pass() {
+fn records_of_several_keys_that_may_park_for_size_are_pinned_and_passes_stay_exact() {
     // Account records take both sides of every share: a pass cannot tell whether the record
-    // of the other side outgrows the limit, so the first pass says so before anything else.
+    // of the other side outgrows the limit unless it holds it. One account every other one
+    // shares with, with a limit its record passes: shares into it park, in every pass alike.
+    let limit = RecordLimit { max_bytes: 20_000 };
+    for seed in 0..2 {
+        let mut log = random_log(seed, 3_000, 300);
+        let first_seq = log.len() as u64 + 1;
+        for i in 0..800u64 {
+            let origin = format!("A{}", 1 + i % 299);
+            let share = event(
+                first_seq + i,
+                &origin,
+                "A0",
+                &format!("h{i}"),
+                EventType::CatalogShared,
+            );
+            log.push(share);
+        }
+        let (_, _, parked) = fold_at_once::<Accounts>(&log, limit);
+        assert!(parked.len() > 100, "shares into A0 park: {}", parked.len());
+        let passes = fold_in_passes::<Accounts>(&log, 32 << 10, limit).expect("exact");
+        assert_eq!(passes.pinned, ["A0"], "the hub is pinned");
+        assert!(passes.passes > 3, "{} passes", passes.passes);
+        assert_passes_equal_one_fold::<Accounts>(&log, 32 << 10, limit);
+    }
+}
+
+#[test]
+fn more_records_that_may_park_than_a_pass_may_pin_abandons_the_first_pass() {
+    // Twenty accounts whose records all outgrow a small limit.
     let limit = RecordLimit { max_bytes: 4_000 };
     let log = random_log(3, 3_000, 20);
     let (_, _, parked) = fold_at_once::<Accounts>(&log, limit);
