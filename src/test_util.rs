@@ -16,6 +16,8 @@ pub use crate::projections::{
     Projection,
 };
 pub use crate::store::lease::Lease;
+/// The counter type of the runner's metrics.
+pub type Counter = prometheus_client::metrics::counter::Counter;
 pub use crate::store::log::shared::{SharedConfig, SharedLog};
 pub use crate::store::log::LogReader;
 pub use crate::store::roundtrip::sync;

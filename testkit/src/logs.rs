@@ -27,6 +27,8 @@ pub struct ProjectedBacklog {
     pub stats_writes: u64,
     /// Records read from the bucket because they were not in memory.
     pub cache_misses: u64,
+    /// Passes of a catch-up from empty written.
+    pub passes: u64,
 }
 
 /// Empties the bucket of projection `P` and `PROJ_STATS`, runs `P`'s runner over the log with
@@ -52,6 +54,7 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
     let records = js.get_key_value(P::BUCKET).await?;
     let (tx, mut applied) = tokio::sync::watch::channel(0u64);
     let cache = test_util::CacheMetrics::default();
+    let passes = test_util::Counter::default();
     let stop = tokio_util::sync::CancellationToken::new();
     let runner = test_util::ProjectionRunner::<P> {
         log: test_util::SharedLog::spawn(
@@ -67,7 +70,8 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
         limit: Default::default(),
         config,
         progress: test_util::Progress::new(tx, Default::default(), Default::default())
-            .with_cache(cache.clone()),
+            .with_cache(cache.clone())
+            .with_passes(passes.clone()),
         announce: std::sync::Arc::new(test_util::Silent),
     };
     let task = tokio::spawn(runner.run(stop.clone()));
@@ -95,6 +99,7 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
         record_writes: stream_last_seq(js, &records_stream).await? - records_before,
         stats_writes: stream_last_seq(js, &stats_stream).await? - stats_before,
         cache_misses: cache.misses.get(),
+        passes: passes.get(),
     })
 }
 

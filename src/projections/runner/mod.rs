@@ -131,13 +131,14 @@ pub struct CacheMetrics {
 }
 
 /// Where a runner reports how far it got: the last applied sequence (for read-your-writes
-/// waits), the number of stream messages applied, of messages parked and of records written,
-/// and its cache (for metrics).
+/// waits), the number of stream messages applied, of messages parked, of records written and
+/// of catch-up passes written, and its cache (for metrics).
 pub struct Progress {
     applied: watch::Sender<u64>,
     messages: Counter,
     parked: Counter,
     writes: Counter,
+    passes: Counter,
     cache: CacheMetrics,
 }
 
@@ -150,6 +151,7 @@ impl Progress {
             messages,
             parked,
             writes: Counter::default(),
+            passes: Counter::default(),
             cache: CacheMetrics::default(),
         }
     }
@@ -157,6 +159,11 @@ impl Progress {
     /// Also counts the records written into `writes`.
     pub fn with_writes(self, writes: Counter) -> Progress {
         Progress { writes, ..self }
+    }
+
+    /// Also counts the passes of catch-ups from empty into `passes`.
+    pub fn with_passes(self, passes: Counter) -> Progress {
+        Progress { passes, ..self }
     }
 
     /// Also reports how the record cache does to `cache`.

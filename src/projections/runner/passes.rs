@@ -154,6 +154,7 @@ impl<P: Projection> ProjectionRunner<P> {
                 self.store_progress(&mut run).await?;
             }
             self.write_folded(&mut run, folded).await?;
+            self.progress.passes.inc();
             passes += 1;
         }
         if !held.is_held() {
