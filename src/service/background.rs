@@ -243,7 +243,6 @@ fn spawn_runner<P: Projection>(
             parts.metrics.projection_parked(P::NAME),
         )
         .with_writes(parts.metrics.projection_record_writes(P::NAME))
-        .with_passes(parts.metrics.projection_catch_up_passes(P::NAME))
         .with_cache(CacheMetrics {
             hits: parts.metrics.projection_cache_lookups(P::NAME, "hit"),
             misses: parts.metrics.projection_cache_lookups(P::NAME, "miss"),

@@ -105,7 +105,6 @@ pub struct Metrics {
     pub projection_events_applied: Family<ProjectionLabels, Counter>,
     pub projection_parked_events: Family<ProjectionLabels, Counter>,
     pub projection_record_writes: Family<ProjectionLabels, Counter>,
-    pub projection_catch_up_passes: Family<ProjectionLabels, Counter>,
     pub projection_cache_lookups: Family<CacheLookupLabels, Counter>,
     pub projection_cache_size_bytes: Family<ProjectionLabels, Gauge>,
     pub projection_applied_sequence: Family<ProjectionLabels, Gauge>,
@@ -171,7 +170,6 @@ impl Metrics {
             projection_events_applied: Family::default(),
             projection_parked_events: Family::default(),
             projection_record_writes: Family::default(),
-            projection_catch_up_passes: Family::default(),
             projection_cache_lookups: Family::default(),
             projection_cache_size_bytes: Family::default(),
             projection_applied_sequence: Family::default(),
@@ -274,12 +272,6 @@ impl Metrics {
             "Records a projection runner wrote (created, changed or deleted), by projection: \
              against the records a backlog touched, how often each was written again",
             m.projection_record_writes,
-        );
-        registry.register(
-            "projection_catch_up_passes",
-            "Passes of a catch-up from empty a projection runner wrote, each a part of its keys, \
-             by projection: a catch-up in passes applies nothing until its last pass",
-            m.projection_catch_up_passes,
         );
         registry.register(
             "projection_cache_lookups",
@@ -502,7 +494,6 @@ impl Metrics {
             let _ = self.projection_events_applied.get_or_create(&labels);
             let _ = self.projection_parked_events.get_or_create(&labels);
             let _ = self.projection_record_writes.get_or_create(&labels);
-            let _ = self.projection_catch_up_passes.get_or_create(&labels);
             let _ = self.projection_cache_size_bytes.get_or_create(&labels);
             for result in ["hit", "miss"] {
                 let _ = self
@@ -564,13 +555,6 @@ impl Metrics {
     /// The record-writes counter of `projection`.
     pub fn projection_record_writes(&self, projection: &'static str) -> Counter {
         self.projection_record_writes
-            .get_or_create(&ProjectionLabels { projection })
-            .clone()
-    }
-
-    /// The catch-up passes counter of `projection`.
-    pub fn projection_catch_up_passes(&self, projection: &'static str) -> Counter {
-        self.projection_catch_up_passes
             .get_or_create(&ProjectionLabels { projection })
             .clone()
     }
