@@ -161,7 +161,8 @@ impl Progress {
         Progress { writes, ..self }
     }
 
-    /// Also counts the passes of catch-ups from empty into `passes`.
+    /// Also counts the passes of catch-ups from empty into `passes` (tests count them).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn with_passes(self, passes: Counter) -> Progress {
         Progress { passes, ..self }
     }
