@@ -38,6 +38,20 @@ const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The server removes a consumer of the reader this long after its last pull.
 const INACTIVE_THRESHOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The last sequence `stream` holds now (a round trip to the server).
+pub async fn end(stream: &stream::Stream) -> Result<u64, StoreError> {
+    Ok(stream
+        .clone()
+        .info()
+        .await
+        .map_err(|e| {
+            let name = &stream.cached_info().config.name;
+            StoreError::unavailable(format!("read the state of {name}"), e)
+        })?
+        .state
+        .last_sequence)
+}
+
 /// Decodes one stored message, given its stream sequence and timestamp (Unix seconds);
 /// `None` for a message that means nothing to the reader (it still moves the position).
 pub type Decoder<T> = fn(seq: u64, time: i64, message: &jetstream::Message) -> Option<T>;

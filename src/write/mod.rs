@@ -423,13 +423,7 @@ impl Decider {
 
 /// The last sequence `events` holds now.
 async fn log_end(events: &stream::Stream) -> Result<u64, StoreError> {
-    Ok(events
-        .clone()
-        .info()
-        .await
-        .map_err(|e| StoreError::unavailable("read the event log's state", e))?
-        .state
-        .last_sequence)
+    crate::store::log::end(events).await
 }
 
 /// Which log `events` is, as snapshots record it.

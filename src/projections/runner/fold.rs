@@ -46,7 +46,8 @@ impl<R> Cached<R> {
     }
 }
 
-fn compact_size(size: Option<usize>) -> u32 {
+/// A size as a record in memory keeps it: `u32`, [`UNKNOWN_SIZE`] for none (or past it).
+pub(super) fn compact_size(size: Option<usize>) -> u32 {
     size.and_then(|size| u32::try_from(size).ok())
         .unwrap_or(UNKNOWN_SIZE)
 }

@@ -25,6 +25,7 @@
 //! the bucket cannot hold are checked by every pass (a message with one parks in each pass that
 //! holds one of its keys). No stored record is unreadable: the bucket held nothing at the start.
 
+use super::fold::compact_size;
 use crate::projections::parking::{self, Before, ParkReason, ParkedEvent, RecordLimit, Records};
 use crate::projections::{CountDelta, Projection};
 use hashbrown::HashMap;
@@ -180,7 +181,7 @@ impl SizeSketch {
     /// Adds `bytes` to the bound of the key hashed to `hash` (`None`: no bound is known any
     /// more).
     pub fn grow(&mut self, hash: u64, bytes: Option<usize>) {
-        let bytes = bytes.map_or(u32::MAX, |b| u32::try_from(b).unwrap_or(u32::MAX));
+        let bytes = compact_size(bytes);
         for slot in Self::slots(hash) {
             self.slots[slot] = self.slots[slot].saturating_add(bytes);
         }
@@ -261,7 +262,7 @@ impl<R: Serialize> Records<R> for PartRecords<R> {
 
     fn put(&mut self, key: String, record: Option<R>, size_bound: Option<usize>) {
         if let Some(held) = self.pinned.get_mut(&key) {
-            held.bound = size_bound.map_or(u32::MAX, |b| u32::try_from(b).unwrap_or(u32::MAX));
+            held.bound = compact_size(size_bound);
             held.record = record;
             return;
         }
@@ -276,12 +277,12 @@ impl<R: Serialize> Records<R> for PartRecords<R> {
             .get(&key)
             .map_or((0, 0), |held| (held.bound, held.measured));
         let mut held = Held {
-            bound: size_bound.map_or(u32::MAX, |b| u32::try_from(b).unwrap_or(u32::MAX)),
+            bound: compact_size(size_bound),
             measured,
             record: None,
         };
         if held.bound > 2 * measured.max(MEASURE_FLOOR) {
-            let exact = u32::try_from(parking::encoded_len(&record)).unwrap_or(u32::MAX);
+            let exact = compact_size(Some(parking::encoded_len(&record)));
             held.bound = exact;
             held.measured = exact;
         }
@@ -300,7 +301,7 @@ impl<R: Serialize> PartRecords<R> {
         let mut bytes = 0;
         for held in self.records.values_mut() {
             if let Some(record) = &held.record {
-                let exact = u32::try_from(parking::encoded_len(record)).unwrap_or(u32::MAX);
+                let exact = compact_size(Some(parking::encoded_len(record)));
                 held.bound = exact;
                 held.measured = exact;
             }

@@ -115,11 +115,7 @@ impl<T: Clone + Send + Sync + 'static> SharedLog<T> {
 
     /// The stream's last sequence now (a round trip to the server).
     pub async fn last_seq(&self) -> Result<u64, crate::store::StoreError> {
-        let mut stream = self.source.stream.clone();
-        let info = stream.info().await.map_err(|error| {
-            crate::store::StoreError::unavailable("read the end of the stream", error)
-        })?;
-        Ok(info.state.last_sequence)
+        super::end(&self.source.stream).await
     }
 
     fn join(&self, start: u64) -> mpsc::Receiver<SharedChunk<T>> {
