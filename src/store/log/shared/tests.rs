@@ -37,7 +37,10 @@ async fn each_subscription_sees_its_messages_once_in_order_wherever_and_whenever
     let stream = stream_with(&js, 100).await;
     let log = SharedLog::spawn(stream, seq_of, identity, small(Duration::from_secs(60)));
     let (mut first, mut ahead) = (log.subscribe(1), log.subscribe(60));
-    assert_eq!(read_to(&mut first, 50).await, (1..=50).collect::<Vec<_>>());
+    // Chunks end where the server's batches end: the first read may go a little past 50.
+    let first_read = read_to(&mut first, 50).await;
+    let first_end = *first_read.last().expect("read something");
+    assert_eq!(first_read, (1..=first_end).collect::<Vec<_>>());
     // Joins behind the read: the read starts over for it, the others see nothing twice.
     let mut behind = log.subscribe(10);
     publish(&js, 20).await;
@@ -49,7 +52,7 @@ async fn each_subscription_sees_its_messages_once_in_order_wherever_and_whenever
     );
     assert_eq!(ahead_saw, (60..=120).collect::<Vec<_>>());
     assert_eq!(behind_saw, (10..=120).collect::<Vec<_>>());
-    assert_eq!(first_saw, (51..=120).collect::<Vec<_>>());
+    assert_eq!(first_saw, (first_end + 1..=120).collect::<Vec<_>>());
     for subscription in [&first, &ahead, &behind] {
         assert!(!subscription.is_detached());
     }
