@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{de::DeserializeOwned, Serialize};
 
+mod grouped;
 mod many;
+pub use grouped::{create_all, replace_all};
 pub use many::load_many;
 
 /// A record as read, with the revision a compare-and-set write must name.

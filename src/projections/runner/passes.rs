@@ -9,8 +9,9 @@
 //! lease costs at most the pass in hand. The order of a pass's writes makes every crash safe:
 //! 1. the progress names the part as being written, its counter changes added to `delta`
 //!    (written once per part, so never counted twice);
-//! 2. the part's records, each created (compare-and-set on "never written"; a part written
-//!    again after a crash reads the revisions of its records first);
+//! 2. the part's records, each created ("never written" asserted by the server, in
+//!    acknowledged groups: [`kv::create_all`]; a part written again after a crash reads the
+//!    revisions of its records first and replaces them, as does a group that was refused);
 //! 3. the messages the pass parked (each recorded once);
 //! 4. the progress names the part as done.
 //!
@@ -28,7 +29,7 @@
 //! read again; more than [`partition::MAX_PINNED`] of them ([`partition::MayPark`]) and
 //! nothing is written: the runner folds the log in one pass.
 
-use super::flush::{self, RecordWrite, Target};
+use super::flush::{self, Target};
 use super::partition::{self, Part, PartFold, PartRecord};
 use super::ProjectionRunner;
 use crate::projections::parking::RecordLimit;
@@ -39,7 +40,7 @@ use crate::projections::{CountDelta, Projection};
 use crate::store::kv::{self, Versioned};
 use crate::store::lease::Held;
 use crate::store::StoreError;
-use std::collections::HashMap;
+use bytes::Bytes;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -299,35 +300,27 @@ impl<P: Projection> ProjectionRunner<P> {
         Ok(())
     }
 
-    /// Creates every record of a part; when the part is written again after a crash, reads
-    /// the revisions of those written already and replaces them.
+    /// Creates every record of a part, in acknowledged groups ([`kv::create_all`]); when the
+    /// part is written again after a crash, or what the groups could not prove written (a
+    /// refused group and the rest, or all of a replicated bucket), reads the revisions of
+    /// those records and replaces them.
     async fn write_part(
         &self,
         records: Vec<PartRecord<P::Record>>,
         rewriting: bool,
     ) -> Result<(), StoreError> {
-        let mut revisions: HashMap<String, u64> = HashMap::new();
-        if rewriting {
-            let keys: Vec<String> = records.iter().map(|(key, _)| key.to_string()).collect();
-            let concurrency = self.config.write_concurrency;
-            for (key, stored) in
-                kv::load_many(&self.client, &self.records, keys, concurrency).await?
-            {
-                if let Some(revision) = stored.revision {
-                    revisions.insert(key, revision);
-                }
-            }
-        }
-        let writes: Vec<RecordWrite<P::Record>> = records
+        let count = records.len() as u64;
+        let encoded = records
             .into_iter()
-            .map(|(key, record)| RecordWrite {
-                expected: revisions.get(&*key).copied(),
-                key,
-                record: Some(record),
-            })
-            .collect();
-        let written = flush::write_records(&self.target(), writes).await?;
-        self.progress.writes.inc_by(written.len() as u64);
+            .map(|(key, record)| (key.to_string(), kv::encode(&*record)));
+        let to_replace: Vec<(String, Bytes)> = if rewriting {
+            encoded.collect()
+        } else {
+            kv::create_all(&self.client, &self.records, encoded).await?
+        };
+        let concurrency = self.config.write_concurrency;
+        kv::replace_all(&self.client, &self.records, to_replace, concurrency).await?;
+        self.progress.writes.inc_by(count);
         Ok(())
     }
 

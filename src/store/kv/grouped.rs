@@ -1,0 +1,206 @@
+//! Creating many new keys of a bucket at about the cost of plain publishes: a catch-up from
+//! empty writes each of its records once, and a KV create awaited per key costs the client and
+//! the server about twice a publish nobody answers (17 µs of CPU against 7–8 µs, measured on
+//! two cores with 240 k records).
+//!
+//! The keys go in groups of [`GROUP`], and only a group's last message asks for an
+//! acknowledgement. The server stores one connection's messages to a stream in the order they
+//! were sent, and each message asserts that the one before it is the stream's last message:
+//! `Nats-Expected-Last-Sequence` names the sequence, and `Nats-Expected-Last-Subject-Sequence`
+//! with `-Subject` says the message at that sequence is the previous key's. The first message
+//! of a group asserts the stream's end as read and that its own key was never written. So an
+//! acknowledged last message proves the whole group was stored, in order, with nothing written
+//! in between; once one message is refused every later one of the group is (the key before it
+//! is not where it should be). A group that is not acknowledged is handed back, its keys in
+//! any state, to be written with compare-and-set, and so is everything after it: grouping is
+//! only worth it while it works.
+//!
+//! A replicated bucket is written the ordinary way: a clustered stream refuses an expectation
+//! on a subject whose write is still being replicated, so the second message of every group
+//! would be refused (measured on 2.15.1).
+//!
+//! That no key held anything before is checked once per call: the bucket's subject count grew
+//! by the number of keys the whole groups wrote.
+
+use crate::store::error::{StoreError, StoreErrorKind};
+use async_nats::header::{NATS_EXPECTED_LAST_SEQUENCE, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
+use async_nats::jetstream::{kv, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
+
+/// Messages sent before one is acknowledged (the server's backlog of unanswered creates is at
+/// most this many).
+pub const GROUP: usize = 1024;
+
+/// Names the subject whose last sequence `Nats-Expected-Last-Subject-Sequence` asserts.
+const EXPECTED_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// Creates the keys of `entries` (valid, distinct keys) with their values, [`GROUP`] at a time
+/// (taken from the iterator a group at a time, so values can be encoded as they go); returns
+/// the entries from the first group that was not stored whole on: their keys may hold their
+/// new value, nothing or someone else's, and must be written with compare-and-set.
+///
+/// Every message goes through `client`'s one connection: that is what orders them.
+///
+/// Errors: a key of a whole group held something before (a conflict: it was overwritten, and
+/// the caller must not take its records as written), the bucket's stream cannot be reached, or
+/// a publish failed other than by a refused expectation (nothing is known of the group then;
+/// the caller writes it all again later).
+pub async fn create_all(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+    entries: impl IntoIterator<Item = (String, Bytes)>,
+) -> Result<Vec<(String, Bytes)>, StoreError> {
+    let mut entries = entries.into_iter().peekable();
+    // As is a bucket reached through another domain's API prefix.
+    let replicated = bucket.stream.cached_info().config.num_replicas > 1;
+    if replicated || bucket.use_jetstream_prefix || entries.peek().is_none() {
+        return Ok(entries.collect());
+    }
+    let prefix = bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix).clone();
+    let before = state(bucket).await?;
+    let mut last_seq = before.last_sequence;
+    let mut created = 0;
+    let mut not_whole = Vec::new();
+    while entries.peek().is_some() {
+        let group: Vec<(String, Bytes)> = entries.by_ref().take(GROUP).collect();
+        match send_group(client, bucket, &prefix, &group, last_seq).await? {
+            Some(stored_to) => {
+                last_seq = stored_to;
+                created += group.len() as u64;
+            }
+            None => {
+                not_whole.extend(group);
+                not_whole.extend(entries.by_ref());
+            }
+        }
+    }
+    let after = state(bucket).await?;
+    let new_subjects = after.subjects_count.saturating_sub(before.subjects_count);
+    if not_whole.is_empty() && new_subjects != created {
+        return Err(StoreError::new(
+            StoreErrorKind::Conflict,
+            format!("create records in {}", bucket.name),
+            format!("{created} keys written but {new_subjects} new: some held a value already"),
+        ));
+    }
+    Ok(not_whole)
+}
+
+async fn state(bucket: &kv::Store) -> Result<stream::State, StoreError> {
+    Ok(bucket
+        .stream
+        .clone()
+        .info()
+        .await
+        .map_err(|e| StoreError::unavailable(format!("read the state of {}", bucket.name), e))?
+        .state
+        .clone())
+}
+
+/// Sends one group after `last_seq`; the sequence of its last message when all of it was
+/// stored, `None` when the server refused part of it.
+async fn send_group(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+    prefix: &str,
+    group: &[(String, Bytes)],
+    last_seq: u64,
+) -> Result<Option<u64>, StoreError> {
+    let action = || format!("create records in {}", bucket.name);
+    let Some(((last_key, last_value), others)) = group.split_last() else {
+        return Ok(Some(last_seq));
+    };
+    let mut previous: Option<&str> = None;
+    let mut expected = last_seq;
+    for (key, value) in others {
+        let headers = chained_headers(prefix, previous, expected);
+        client
+            .publish_with_headers(format!("{prefix}{key}"), headers, value.clone())
+            .await
+            .map_err(|e| StoreError::unavailable(action(), e))?;
+        previous = Some(key);
+        expected += 1;
+    }
+    // The same connection as the others, so it is stored after them.
+    let acknowledged = async {
+        async_nats::jetstream::new(client.clone())
+            .publish_with_headers(
+                format!("{prefix}{last_key}"),
+                chained_headers(prefix, previous, expected),
+                last_value.clone(),
+            )
+            .await?
+            .await
+    }
+    .await;
+    match acknowledged {
+        Ok(ack) if ack.sequence == expected + 1 => Ok(Some(ack.sequence)),
+        // Stored, but not right after the others: not proven whole.
+        Ok(_) => Ok(None),
+        Err(error) => {
+            let error = StoreError::publish(action(), &error);
+            match error.kind() {
+                StoreErrorKind::Conflict => Ok(None),
+                _ => Err(error),
+            }
+        }
+    }
+}
+
+/// The expectations of a message sent when the stream's last message is `last_seq`: the
+/// previous key's (under `prefix`) or, first in a group, its own key never written.
+fn chained_headers(prefix: &str, previous: Option<&str>, last_seq: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_EXPECTED_LAST_SEQUENCE, last_seq.to_string().as_str());
+    match previous {
+        Some(key) => {
+            headers.insert(
+                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                last_seq.to_string().as_str(),
+            );
+            headers.insert(EXPECTED_SUBJECT, format!("{prefix}{key}").as_str());
+        }
+        None => headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0"),
+    }
+    headers
+}
+
+/// Entries replaced at a time (their revisions read together, then written).
+const REPLACE_SLICE: usize = 4096;
+
+/// Writes each of `entries` over whatever its key holds, `concurrency` at a time: the revisions
+/// of a slice of them are read, then each is written at its revision (or created). A key
+/// written by someone else in between is a conflict (the error).
+pub async fn replace_all(
+    client: &async_nats::Client,
+    bucket: &kv::Store,
+    entries: Vec<(String, Bytes)>,
+    concurrency: usize,
+) -> Result<(), StoreError> {
+    let concurrency = concurrency.max(1);
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() {
+        let slice: Vec<(String, Bytes)> = entries.by_ref().take(REPLACE_SLICE).collect();
+        let keys: Vec<String> = slice.iter().map(|(key, _)| key.clone()).collect();
+        let revisions: HashMap<String, u64> = super::load_many(client, bucket, keys, concurrency)
+            .await?
+            .into_iter()
+            .filter_map(|(key, stored)| Some((key, stored.revision?)))
+            .collect();
+        futures::stream::iter(slice)
+            .map(|(key, bytes)| {
+                let expected = revisions.get(&key).copied();
+                async move { super::write_bytes(bucket, &key, Some(bytes), expected).await }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
