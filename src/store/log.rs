@@ -38,8 +38,8 @@ const OPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The server removes a consumer of the reader this long after its last pull.
 const INACTIVE_THRESHOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The last sequence `stream` holds now (a round trip to the server).
-pub async fn end(stream: &stream::Stream) -> Result<u64, StoreError> {
+/// What `stream` holds now (a round trip to the server).
+pub async fn state(stream: &stream::Stream) -> Result<stream::State, StoreError> {
     Ok(stream
         .clone()
         .info()
@@ -49,7 +49,12 @@ pub async fn end(stream: &stream::Stream) -> Result<u64, StoreError> {
             StoreError::unavailable(format!("read the state of {name}"), e)
         })?
         .state
-        .last_sequence)
+        .clone())
+}
+
+/// The last sequence `stream` holds now (a round trip to the server).
+pub async fn end(stream: &stream::Stream) -> Result<u64, StoreError> {
+    Ok(state(stream).await?.last_sequence)
 }
 
 /// Decodes one stored message, given its stream sequence and timestamp (Unix seconds);

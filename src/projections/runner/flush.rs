@@ -106,7 +106,7 @@ pub(super) async fn execute<N, R: serde::Serialize>(
 
 /// Writes `writes` (compare-and-set each, `target.concurrency` at once); returns what each
 /// stored. Stops at the first failure (those written stay written).
-pub(super) async fn write_records<N, R: serde::Serialize>(
+async fn write_records<N, R: serde::Serialize>(
     target: &Target<N>,
     writes: Vec<RecordWrite<R>>,
 ) -> Result<Vec<RecordWritten>, StoreError> {

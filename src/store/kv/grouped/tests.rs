@@ -46,7 +46,9 @@ async fn new_keys_are_created_in_whole_groups() {
         .expect("create");
     assert!(handed_back.is_empty());
     all_hold_their_values(&bucket, 0..TOTAL).await;
-    let state = state(&bucket).await.expect("state");
+    let state = crate::store::log::state(&bucket.stream)
+        .await
+        .expect("state");
     assert_eq!(state.messages, TOTAL as u64, "each written once");
 }
 
@@ -135,7 +137,13 @@ async fn a_replicated_bucket_is_handed_back_whole_and_replaced() {
         .await
         .expect("create");
     assert_eq!(handed_back, entries(0..TOTAL), "nothing sent");
-    assert_eq!(state(&bucket).await.expect("state").messages, 0);
+    assert_eq!(
+        crate::store::log::state(&bucket.stream)
+            .await
+            .expect("state")
+            .messages,
+        0
+    );
     replace_all(&client, &bucket, handed_back, 16)
         .await
         .expect("replace");
