@@ -6,19 +6,19 @@
 
 use super::ServiceConfig;
 use crate::model::AccountRecord;
-use crate::model::Event;
 use crate::projections::online_view::{OnlineView, ViewMetrics};
 use crate::projections::parking::RecordLimit;
 use crate::projections::record_cache::{RecordCache, RecordCacheMetrics};
 use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::runner::{Announce, CacheMetrics, Progress, ProjectionRunner, Silent};
+use crate::projections::Projection;
 use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, online::Online,
 };
-use crate::projections::{decode_event, Projection};
 use crate::reactions::{autoshare, share_notices, Feeds};
 use crate::store::lease::{holder_id, lead, Lease};
-use crate::store::log::shared::{SharedConfig, SharedLog};
+use crate::store::log::message::LogMessage;
+use crate::store::log::shared::{Carries, SharedConfig, SharedLog};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::ResultLabels;
 use crate::telemetry::Metrics;
@@ -41,6 +41,9 @@ pub(super) struct Started {
 /// What background work needs of the instance.
 pub(super) struct Parts<'a> {
     pub store: &'a Store,
+    /// The instance's one read of the event log, shared by its projections and the decision
+    /// state's catch-up.
+    pub events_log: &'a SharedLog<LogMessage>,
     pub decider: &'a Decider,
     pub feeds: &'a Feeds,
     pub config: &'a ServiceConfig,
@@ -94,6 +97,17 @@ fn start_account_cache(parts: &Parts<'_>) -> RecordCache<AccountRecord> {
     )
 }
 
+/// The instance's one read of the event log: its projections read from it, and so does the
+/// decision state while it catches up.
+pub(super) fn share_event_log(store: &Store) -> SharedLog<LogMessage> {
+    SharedLog::spawn(
+        store.events.clone(),
+        LogMessage::decode,
+        LogMessage::seq,
+        SharedConfig::default(),
+    )
+}
+
 /// Spawns all background work of one instance.
 pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
     let store = parts.store;
@@ -103,24 +117,18 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
         online_view: start_online_view(parts),
         account_cache: start_account_cache(parts),
     };
-    // The event log's projections read it once between them.
-    let events = SharedLog::spawn(
-        store.events.clone(),
-        decode_event,
-        |event: &Event| event.seq,
-        SharedConfig::default(),
-    );
+    let events = parts.events_log;
     for name in ProjectionName::ALL {
         let tasks = &mut started.tasks;
         let applied = match name {
             ProjectionName::Accounts => {
-                spawn_runner::<Accounts>(parts, &events, &store.accounts, Arc::new(Silent), tasks)
+                spawn_runner::<Accounts, _>(parts, events, &store.accounts, Arc::new(Silent), tasks)
             }
             ProjectionName::Catalogs => {
-                spawn_runner::<Catalogs>(parts, &events, &store.catalogs, Arc::new(Silent), tasks)
+                spawn_runner::<Catalogs, _>(parts, events, &store.catalogs, Arc::new(Silent), tasks)
             }
             ProjectionName::OAuth => {
-                spawn_runner::<OAuthIndex>(parts, &events, &store.oauth, Arc::new(Silent), tasks)
+                spawn_runner::<OAuthIndex, _>(parts, events, &store.oauth, Arc::new(Silent), tasks)
             }
             ProjectionName::Online => {
                 let feeds = Arc::new(parts.feeds.clone());
@@ -130,7 +138,7 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
                     Online::seq,
                     SharedConfig::default(),
                 );
-                spawn_runner::<Online>(parts, &online, &store.online_records, feeds, tasks)
+                spawn_runner::<Online, _>(parts, &online, &store.online_records, feeds, tasks)
             }
         };
         if name.source() == SourceStream::Events {
@@ -221,15 +229,15 @@ where
 }
 
 /// Spawns the runner of `P` over what `log` reads into `records`; returns its applied sequence.
-fn spawn_runner<P: Projection>(
+fn spawn_runner<P: Projection, S: Carries<P::Input> + Clone + Send + Sync + 'static>(
     parts: &Parts<'_>,
-    log: &SharedLog<P::Input>,
+    log: &SharedLog<S>,
     records: &async_nats::jetstream::kv::Store,
     announce: Arc<dyn Announce<P::Notice>>,
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> watch::Receiver<u64> {
     let (tx, rx) = watch::channel(0);
-    let runner = ProjectionRunner::<P> {
+    let runner = ProjectionRunner::<P, S> {
         log: log.clone(),
         records: records.clone(),
         client: parts.store.js.client(),

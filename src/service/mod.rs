@@ -165,9 +165,10 @@ impl GlobalService {
             bucket: store.snapshots.clone(),
             interval: config.snapshot_interval,
         };
+        let events_log = background::share_event_log(&store);
         let decider = Box::pin(Decider::start(
             js,
-            &store.events,
+            &events_log,
             store.names.clone(),
             &snapshots,
             config.share_limits,
@@ -184,6 +185,7 @@ impl GlobalService {
         );
         let started = background::spawn_all(&background::Parts {
             store: &store,
+            events_log: &events_log,
             decider: &decider,
             feeds: &feeds,
             config: &config,

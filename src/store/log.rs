@@ -10,6 +10,7 @@
 //! node that may be gone, took the client up to half a minute when a node was killed): the
 //! server removes a consumer nobody pulls from after [`INACTIVE_THRESHOLD`]. Sequences and
 //! times come from each message's metadata, never the local clock.
+pub mod message;
 pub mod shared;
 
 use super::error::StoreError;

@@ -22,6 +22,8 @@ mod tail;
 pub use append::Appended;
 
 use crate::model::{decide, Command, DecisionState, Rejection, ShareLimits};
+use crate::store::log::message::LogMessage;
+use crate::store::log::shared::SharedLog;
 use crate::store::{StoreError, StoreErrorKind};
 use crate::telemetry::metrics::{EventTypeLabels, Metrics, RejectionLabels};
 use async_nats::jetstream::{self, stream};
@@ -104,21 +106,23 @@ pub struct Snapshots {
 
 impl Decider {
     /// Restores the state from its snapshot when a usable one is stored (else starts empty),
-    /// starts tailing `events` after it, and returns at once: decisions wait (at most
-    /// [`START_WAIT`]) until the state has folded everything the log held at start. Decisions
-    /// enforce `limits`. The tail ends when `stop` is cancelled.
+    /// starts tailing the event log after it, and returns at once: decisions wait (at most
+    /// [`START_WAIT`]) until the state has folded everything the log held at start. It
+    /// catches up from `log`, the instance's shared read, and then reads on its own (see
+    /// [`tail`]). Decisions enforce `limits`. The tail ends when `stop` is cancelled.
     pub async fn start(
         js: jetstream::Context,
-        events: &stream::Stream,
+        log: &SharedLog<LogMessage>,
         names: jetstream::kv::Store,
         snapshots: &Snapshots,
         limits: ShareLimits,
         metrics: Metrics,
         stop: CancellationToken,
     ) -> Result<Decider, ExecuteError> {
+        let events = log.stream();
         let info = events.cached_info();
         let window = i64::try_from(info.config.duplicate_window.as_secs()).unwrap_or(i64::MAX);
-        let log = log_identity(events);
+        let identity = log_identity(events);
         let start_target = log_end(events).await?;
         let mut state = DecisionState::with_limits(limits);
         let mut recent = RecentRequests::new(window);
@@ -126,7 +130,7 @@ impl Decider {
         // the service's start.
         let load = Box::pin(snapshotter::load(
             &snapshots.bucket,
-            &log,
+            &identity,
             start_target,
             &metrics,
         ));
@@ -148,7 +152,8 @@ impl Decider {
             metrics,
         };
         tail::spawn(
-            events.clone(),
+            log.clone(),
+            start_target,
             decider.state.clone(),
             decider.recent.clone(),
             decider.folded.clone(),

@@ -11,6 +11,7 @@ use crate::store::kv::{self, is_valid_key};
 use crate::store::StoreError;
 use async_nats::jetstream::kv::Store as Bucket;
 use hashbrown::{HashMap, HashSet};
+use std::borrow::Borrow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -240,7 +241,7 @@ impl<P: Projection> FoldState<P> {
         &mut self,
         records: &Bucket,
         client: &async_nats::Client,
-        inputs: &[P::Input],
+        inputs: &[impl Borrow<P::Input>],
         concurrency: usize,
     ) -> Result<(), StoreError> {
         if self.cache_bytes > self.cache_limit
@@ -255,7 +256,7 @@ impl<P: Projection> FoldState<P> {
         // A key the bucket cannot hold is never read: its message parks.
         let missing: BTreeSet<String> = inputs
             .iter()
-            .flat_map(P::keys)
+            .flat_map(|input| P::keys(input.borrow()))
             .filter(|key| {
                 is_valid_key(key)
                     && !self.cache.contains_key(key.as_str())
@@ -331,9 +332,10 @@ impl<P: Projection> FoldState<P> {
     /// Folds `inputs` (stream order, every key loaded by `ensure_loaded`) ending at
     /// `last_seq` into memory; a message [`parking::step`] refuses changes nothing and is
     /// parked.
-    pub(super) fn fold(&mut self, inputs: &[P::Input], last_seq: u64) {
+    pub(super) fn fold(&mut self, inputs: &[impl Borrow<P::Input>], last_seq: u64) {
         let mut lookups = 0;
         for input in inputs {
+            let input = input.borrow();
             let seq = P::seq(input);
             let mut records = CachedRecords {
                 cache: &mut self.cache,

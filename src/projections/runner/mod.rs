@@ -31,7 +31,7 @@ use super::parking::RecordLimit;
 use super::stored::lease_key;
 use super::Projection;
 use crate::store::lease::{holder_id, lead, Held, Lease};
-use crate::store::log::shared::SharedLog;
+use crate::store::log::shared::{Carries, SharedLog};
 use crate::store::{StoreError, StoreErrorKind};
 use async_nats::jetstream::kv;
 use flush::{FlushPlan, Flushed, Target};
@@ -202,10 +202,11 @@ impl RunnerError {
 }
 
 /// Projection `P` applied from the stream `log` reads to `records`, with its counters and
-/// checkpoint in `stats` and the messages it cannot apply in `parked`.
-pub struct ProjectionRunner<P: Projection> {
-    /// The read of the projection's stream, shared with the other projections of that stream.
-    pub log: SharedLog<P::Input>,
+/// checkpoint in `stats` and the messages it cannot apply in `parked`. `log` hands out items
+/// of type `S` that carry `P`'s inputs (by default, the inputs themselves).
+pub struct ProjectionRunner<P: Projection, S = <P as Projection>::Input> {
+    /// The read of the projection's stream, shared with the other readers of that stream.
+    pub log: SharedLog<S>,
     pub records: kv::Store,
     /// A connection of the buckets' account, for batched reads of records.
     pub client: async_nats::Client,
@@ -221,7 +222,7 @@ pub struct ProjectionRunner<P: Projection> {
 /// A flush running in its own task.
 type Flushing = tokio::task::JoinHandle<Result<Flushed, StoreError>>;
 
-impl<P: Projection> ProjectionRunner<P> {
+impl<P: Projection, S: Carries<P::Input> + Clone + Send + Sync + 'static> ProjectionRunner<P, S> {
     /// Runs until `shutdown` is cancelled: waits for the lease, then applies the stream from
     /// the checkpoint on, batch by batch.
     ///
@@ -345,8 +346,9 @@ impl<P: Projection> ProjectionRunner<P> {
                     if !fold.has_pending() {
                         pending_since = tokio::time::Instant::now();
                     }
-                    fold.ensure_loaded(&self.records, &self.client, &chunk.items, config.write_concurrency).await?;
-                    fold.fold(&chunk.items, chunk.last_seq);
+                    let inputs: Vec<&P::Input> = chunk.items.iter().filter_map(S::input).collect();
+                    fold.ensure_loaded(&self.records, &self.client, &inputs, config.write_concurrency).await?;
+                    fold.fold(&inputs, chunk.last_seq);
                 }
             }
         }

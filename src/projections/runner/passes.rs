@@ -39,6 +39,7 @@ use crate::projections::stored::{
 use crate::projections::{CountDelta, Projection};
 use crate::store::kv::{self, Versioned};
 use crate::store::lease::Held;
+use crate::store::log::shared::Carries;
 use crate::store::StoreError;
 use bytes::Bytes;
 use std::time::Instant;
@@ -90,7 +91,7 @@ struct Run {
     revision: Option<u64>,
 }
 
-impl<P: Projection> ProjectionRunner<P> {
+impl<P: Projection, S: Carries<P::Input> + Clone + Send + Sync + 'static> ProjectionRunner<P, S> {
     /// Catches the projection up in passes when its bucket is empty and the backlog deep, or
     /// goes on with a run a previous holder left. Called with the lease held, before the
     /// usual fold loads anything.
@@ -257,7 +258,8 @@ impl<P: Projection> ProjectionRunner<P> {
                 _ = held.lost() => return Read::Stopped,
                 chunk = chunks.next() => chunk,
             };
-            for input in chunk.items.iter().take_while(|i| P::seq(i) <= reading.to) {
+            let inputs = chunk.items.iter().filter_map(S::input);
+            for input in inputs.take_while(|i| P::seq(i) <= reading.to) {
                 if let Err(may_park) = fold.fold(input) {
                     tracing::warn!(projection = P::NAME, %may_park, "cannot catch up in passes: folding the log in one pass");
                     return Read::Inexact;

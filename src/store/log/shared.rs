@@ -47,6 +47,20 @@ impl Default for SharedConfig {
     }
 }
 
+/// An item of a shared read, from which a reader takes the input it wants: the item itself,
+/// or part of it (the event log's projections take the events out of the messages the
+/// decision state folds whole).
+pub trait Carries<I> {
+    /// The reader's input in this item; `None`: nothing for it (it still moves the position).
+    fn input(&self) -> Option<&I>;
+}
+
+impl<I> Carries<I> for I {
+    fn input(&self) -> Option<&I> {
+        Some(self)
+    }
+}
+
 /// What a subscription is handed: chunks shared with the other subscriptions.
 pub type SharedChunk<T> = Arc<Chunk<T>>;
 
@@ -111,6 +125,11 @@ impl<T: Clone + Send + Sync + 'static> SharedLog<T> {
             source: self.source.clone(),
             own: None,
         }
+    }
+
+    /// The stream read.
+    pub fn stream(&self) -> &stream::Stream {
+        &self.source.stream
     }
 
     /// The stream's last sequence now (a round trip to the server).
