@@ -219,21 +219,22 @@ pub fn step<P: Projection>(
     limit: RecordLimit,
     records: &mut impl Records<P::Record>,
 ) -> Result<Vec<Change<P>>, ParkReason> {
-    step_within::<P>(input, limit, records, |_| true)
+    step_within::<P>(input, P::growth_bound(input), limit, records, |_| true)
 }
 
-/// [`step`] for the keys `within` selects: every key is checked to be valid, only those
-/// selected are read, changed and measured (a catch-up in passes folds one partition of the
-/// keys at a time, and knows by other means that the keys it leaves out cannot park the
-/// message).
+/// [`step`] for the keys `within` selects, given the message's `growth` bound (its
+/// [`Projection::growth_bound`], which the caller has at hand): every key is checked to be
+/// valid, only those selected are read, changed and measured (a catch-up in passes folds one
+/// partition of the keys at a time, and knows by other means that the keys it leaves out cannot
+/// park the message).
 pub fn step_within<P: Projection>(
     input: &P::Input,
+    growth: Option<usize>,
     limit: RecordLimit,
     records: &mut impl Records<P::Record>,
     within: impl Fn(&str) -> bool,
 ) -> Result<Vec<Change<P>>, ParkReason> {
     let seq = P::seq(input);
-    let growth = P::growth_bound(input);
     let mut touched = Vec::new();
     for key in P::keys(input) {
         if !is_valid_key(&key) {

@@ -272,23 +272,21 @@ impl<R: Serialize> Records<R> for PartRecords<R> {
             }
             return;
         };
-        let (old_bound, measured) = self
-            .records
-            .get(&key)
-            .map_or((0, 0), |held| (held.bound, held.measured));
-        let mut held = Held {
-            bound: compact_size(size_bound),
-            measured,
+        // One lookup: the key was just read and taken, so it is usually held already.
+        let held = self.records.entry(key).or_insert(Held {
             record: None,
-        };
-        if held.bound > 2 * measured.max(MEASURE_FLOOR) {
+            bound: 0,
+            measured: 0,
+        });
+        let old_bound = held.bound;
+        held.bound = compact_size(size_bound);
+        if held.bound > 2 * held.measured.max(MEASURE_FLOOR) {
             let exact = compact_size(Some(parking::encoded_len(&record)));
             held.bound = exact;
             held.measured = exact;
         }
         held.record = Some(record);
         self.bytes = self.bytes - old_bound as usize + held.bound as usize;
-        self.records.insert(key, held);
     }
 }
 
@@ -404,7 +402,7 @@ impl<P: Projection> PartFold<P> {
             return Ok(());
         }
         let within = |key: &str| part.contains(key) || pinned.contains(key);
-        match parking::step_within::<P>(input, self.limit, &mut self.records, within) {
+        match parking::step_within::<P>(input, growth, self.limit, &mut self.records, within) {
             Ok(changes) => {
                 for change in changes {
                     self.records

@@ -318,7 +318,16 @@ impl<P: Projection, S: Carries<P::Input> + Clone + Send + Sync + 'static> Projec
         let to_replace: Vec<(String, Bytes)> = if rewriting {
             encoded.collect()
         } else {
-            kv::create_all(&self.client, &self.records, encoded).await?
+            let left = kv::create_all(&self.client, &self.records, encoded).await?;
+            if !left.is_empty() {
+                tracing::info!(
+                    projection = P::NAME,
+                    records = left.len(),
+                    of = count,
+                    "records not created in groups; writing them with compare-and-set"
+                );
+            }
+            left
         };
         let concurrency = self.config.write_concurrency;
         kv::replace_all(&self.client, &self.records, to_replace, concurrency).await?;

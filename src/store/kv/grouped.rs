@@ -15,6 +15,12 @@
 //! any state, to be written with compare-and-set, and so is everything after it: grouping is
 //! only worth it while it works.
 //!
+//! [`IN_FLIGHT`] groups are out at once: a group is sent expecting the one before it whole, so
+//! the next is encoded and sent while the server stores the one before (one at a time, a
+//! catch-up's writes went at a third of the server's pace: client and server took turns). A
+//! group sent after one that was not whole is refused too (its first message's sequence is
+//! not the stream's end), and handed back with it.
+//!
 //! A replicated bucket is written the ordinary way: a clustered stream refuses an expectation
 //! on a subject whose write is still being replicated, so the second message of every group
 //! would be refused (measured on 2.15.1).
@@ -29,11 +35,15 @@ use async_nats::jetstream::kv;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-/// Messages sent before one is acknowledged (the server's backlog of unanswered creates is at
-/// most this many).
+/// Messages sent before one is acknowledged.
 pub const GROUP: usize = 1024;
+
+/// Groups sent before the oldest one's acknowledgement is awaited: the next group is encoded
+/// and sent while the server stores the one before (the server's backlog of unanswered
+/// creates is at most `IN_FLIGHT × GROUP`).
+const IN_FLIGHT: usize = 2;
 
 /// Names the subject whose last sequence `Nats-Expected-Last-Subject-Sequence` asserts.
 const EXPECTED_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
@@ -65,44 +75,90 @@ pub async fn create_all(
     let before = log::state(&bucket.stream).await?;
     let mut last_seq = before.last_sequence;
     let mut created = 0;
-    let mut not_whole = Vec::new();
-    while entries.peek().is_some() {
-        let group: Vec<(String, Bytes)> = entries.by_ref().take(GROUP).collect();
-        match send_group(client, bucket, &prefix, &group, last_seq).await? {
-            Some(stored_to) => {
-                last_seq = stored_to;
+    let mut sent: VecDeque<(Vec<(String, Bytes)>, SentGroup)> = VecDeque::new();
+    loop {
+        if sent.len() >= IN_FLIGHT || (entries.peek().is_none() && !sent.is_empty()) {
+            let (group, ack) = sent.pop_front().expect("a group in flight");
+            if ack.settle().await?.is_some() {
                 created += group.len() as u64;
+                continue;
             }
-            None => {
+            let mut not_whole = group;
+            // Sent after it, expecting it whole: handed back too, once the server has them.
+            for (group, ack) in sent {
+                let _ = ack.settle().await;
                 not_whole.extend(group);
-                not_whole.extend(entries.by_ref());
             }
+            not_whole.extend(entries);
+            return Ok(not_whole);
         }
+        if entries.peek().is_none() {
+            break;
+        }
+        let group: Vec<(String, Bytes)> = entries.by_ref().take(GROUP).collect();
+        let ack = send_group(client, bucket, &prefix, &group, last_seq).await?;
+        last_seq += group.len() as u64;
+        sent.push_back((group, ack));
     }
     let after = log::state(&bucket.stream).await?;
     let new_subjects = after.subjects_count.saturating_sub(before.subjects_count);
-    if not_whole.is_empty() && new_subjects != created {
+    if new_subjects != created {
         return Err(StoreError::new(
             StoreErrorKind::Conflict,
             format!("create records in {}", bucket.name),
             format!("{created} keys written but {new_subjects} new: some held a value already"),
         ));
     }
-    Ok(not_whole)
+    Ok(Vec::new())
 }
 
-/// Sends one group after `last_seq`; the sequence of its last message when all of it was
-/// stored, `None` when the server refused part of it.
+/// A group sent, its last message's acknowledgement still to come.
+struct SentGroup {
+    ack: Option<async_nats::jetstream::context::PublishAckFuture>,
+    /// The sequence its last message has when the group was stored whole.
+    whole_at: u64,
+    bucket: String,
+}
+
+impl SentGroup {
+    /// The sequence of the group's last message when all of it was stored right after the
+    /// sequence it was sent after, `None` when the server refused part of it.
+    async fn settle(self) -> Result<Option<u64>, StoreError> {
+        let Some(ack) = self.ack else {
+            return Ok(Some(self.whole_at));
+        };
+        match ack.await {
+            Ok(ack) if ack.sequence == self.whole_at => Ok(Some(ack.sequence)),
+            // Stored, but not right after the others: not proven whole.
+            Ok(_) => Ok(None),
+            Err(error) => {
+                let action = format!("create records in {}", self.bucket);
+                let error = StoreError::publish(action, &error);
+                match error.kind() {
+                    StoreErrorKind::Conflict => Ok(None),
+                    _ => Err(error),
+                }
+            }
+        }
+    }
+}
+
+/// Sends one group after `last_seq`, without waiting for its acknowledgement.
 async fn send_group(
     client: &async_nats::Client,
     bucket: &kv::Store,
     prefix: &str,
     group: &[(String, Bytes)],
     last_seq: u64,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<SentGroup, StoreError> {
     let action = || format!("create records in {}", bucket.name);
+    let whole_at = last_seq + group.len() as u64;
     let Some(((last_key, last_value), others)) = group.split_last() else {
-        return Ok(Some(last_seq));
+        return Ok(SentGroup {
+            ack: None,
+            whole_at,
+            bucket: bucket.name.clone(),
+        });
     };
     let mut previous: Option<String> = None;
     let mut expected = last_seq;
@@ -117,29 +173,19 @@ async fn send_group(
         expected += 1;
     }
     // The same connection as the others, so it is stored after them.
-    let acknowledged = async {
-        async_nats::jetstream::new(client.clone())
-            .publish_with_headers(
-                format!("{prefix}{last_key}"),
-                chained_headers(previous.as_deref(), expected),
-                last_value.clone(),
-            )
-            .await?
-            .await
-    }
-    .await;
-    match acknowledged {
-        Ok(ack) if ack.sequence == expected + 1 => Ok(Some(ack.sequence)),
-        // Stored, but not right after the others: not proven whole.
-        Ok(_) => Ok(None),
-        Err(error) => {
-            let error = StoreError::publish(action(), &error);
-            match error.kind() {
-                StoreErrorKind::Conflict => Ok(None),
-                _ => Err(error),
-            }
-        }
-    }
+    let ack = async_nats::jetstream::new(client.clone())
+        .publish_with_headers(
+            format!("{prefix}{last_key}"),
+            chained_headers(previous.as_deref(), expected),
+            last_value.clone(),
+        )
+        .await
+        .map_err(|error| StoreError::publish(action(), &error))?;
+    Ok(SentGroup {
+        ack: Some(ack),
+        whole_at,
+        bucket: bucket.name.clone(),
+    })
 }
 
 /// The expectations of a message sent when the stream's last message is `last_seq`: that it

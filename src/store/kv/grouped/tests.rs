@@ -102,14 +102,20 @@ async fn a_group_sent_after_a_sequence_that_moved_is_refused_whole() {
     // As if `foreign` had been written after this writer read the stream's end.
     let sent = send_group(&client, &bucket, &prefix, &group, foreign - 1)
         .await
-        .expect("send");
+        .expect("send")
+        .settle()
+        .await
+        .expect("settle");
     assert_eq!(sent, None, "not proven whole");
     for (key, _) in &group {
         assert_eq!(value(&bucket, key).await, None, "{key} was refused");
     }
     let sent = send_group(&client, &bucket, &prefix, &entries(10..20), foreign)
         .await
-        .expect("send");
+        .expect("send")
+        .settle()
+        .await
+        .expect("settle");
     assert_eq!(
         sent,
         Some(foreign + 10),
