@@ -229,7 +229,7 @@ where
 }
 
 /// Spawns the runner of `P` over what `log` reads into `records`; returns its applied sequence.
-fn spawn_runner<P: Projection, S: Carries<P::Input> + Clone + Send + Sync + 'static>(
+fn spawn_runner<P: Projection, S: Carries<P::Input>>(
     parts: &Parts<'_>,
     log: &SharedLog<S>,
     records: &async_nats::jetstream::kv::Store,

@@ -109,7 +109,7 @@ impl Decider {
     /// starts tailing the event log after it, and returns at once: decisions wait (at most
     /// [`START_WAIT`]) until the state has folded everything the log held at start. It
     /// catches up from `log`, the instance's shared read, and then reads on its own (see
-    /// [`tail`]). Decisions enforce `limits`. The tail ends when `stop` is cancelled.
+    /// `write::tail`). Decisions enforce `limits`. The tail ends when `stop` is cancelled.
     pub async fn start(
         js: jetstream::Context,
         log: &SharedLog<LogMessage>,

@@ -222,7 +222,7 @@ pub struct ProjectionRunner<P: Projection, S = <P as Projection>::Input> {
 /// A flush running in its own task.
 type Flushing = tokio::task::JoinHandle<Result<Flushed, StoreError>>;
 
-impl<P: Projection, S: Carries<P::Input> + Clone + Send + Sync + 'static> ProjectionRunner<P, S> {
+impl<P: Projection, S: Carries<P::Input>> ProjectionRunner<P, S> {
     /// Runs until `shutdown` is cancelled: waits for the lease, then applies the stream from
     /// the checkpoint on, batch by batch.
     ///

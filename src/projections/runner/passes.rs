@@ -91,7 +91,7 @@ struct Run {
     revision: Option<u64>,
 }
 
-impl<P: Projection, S: Carries<P::Input> + Clone + Send + Sync + 'static> ProjectionRunner<P, S> {
+impl<P: Projection, S: Carries<P::Input>> ProjectionRunner<P, S> {
     /// Catches the projection up in passes when its bucket is empty and the backlog deep, or
     /// goes on with a run a previous holder left. Called with the lease held, before the
     /// usual fold loads anything.

@@ -50,12 +50,12 @@ impl Default for SharedConfig {
 /// An item of a shared read, from which a reader takes the input it wants: the item itself,
 /// or part of it (the event log's projections take the events out of the messages the
 /// decision state folds whole).
-pub trait Carries<I> {
+pub trait Carries<I>: Clone + Send + Sync + 'static {
     /// The reader's input in this item; `None`: nothing for it (it still moves the position).
     fn input(&self) -> Option<&I>;
 }
 
-impl<I> Carries<I> for I {
+impl<I: Clone + Send + Sync + 'static> Carries<I> for I {
     fn input(&self) -> Option<&I> {
         Some(self)
     }
