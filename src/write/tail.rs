@@ -81,15 +81,7 @@ impl Tail {
             let mut state = self.state.write().expect("decision state lock");
             let mut recent = self.recent.lock().expect("recent requests lock");
             for message in messages {
-                if let Some(request) = &message.request {
-                    recent.record(
-                        &request.key,
-                        &request.fingerprint,
-                        message.seq,
-                        message.time,
-                    );
-                }
-                state.apply_decoded(&message.decoded);
+                fold_message(&mut state, &mut recent, message);
             }
             state.last_seq
         };
@@ -166,6 +158,20 @@ impl Tail {
             }
         }
     }
+}
+
+/// Folds one message of the log, the next in order, into the state and the requests it
+/// remembers.
+fn fold_message(state: &mut DecisionState, recent: &mut RecentRequests, message: &LogMessage) {
+    if let Some(request) = &message.request {
+        recent.record(
+            &request.key,
+            &request.fingerprint,
+            message.seq,
+            message.time,
+        );
+    }
+    state.apply_decoded(&message.decoded);
 }
 
 /// Whether the log has been known to hold more than `folded` for [`STALL`] by now, given since

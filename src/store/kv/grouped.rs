@@ -75,6 +75,9 @@ pub async fn create_all(
     let before = log::state(&bucket.stream).await?;
     let mut last_seq = before.last_sequence;
     let mut created = 0;
+    // The same connection as the core publishes: the acknowledged last message of a group is
+    // stored after them.
+    let js = async_nats::jetstream::new(client.clone());
     let mut sent: VecDeque<(Vec<(String, Bytes)>, SentGroup)> = VecDeque::new();
     loop {
         if sent.len() >= IN_FLIGHT || (entries.peek().is_none() && !sent.is_empty()) {
@@ -96,7 +99,7 @@ pub async fn create_all(
             break;
         }
         let group: Vec<(String, Bytes)> = entries.by_ref().take(GROUP).collect();
-        let ack = send_group(client, bucket, &prefix, &group, last_seq).await?;
+        let ack = send_group(client, &js, bucket, &prefix, &group, last_seq).await?;
         last_seq += group.len() as u64;
         sent.push_back((group, ack));
     }
@@ -143,9 +146,12 @@ impl SentGroup {
     }
 }
 
-/// Sends one group after `last_seq`, without waiting for its acknowledgement.
+/// Sends one group after `last_seq`, without waiting for its acknowledgement: all but the
+/// last message as core publishes through `client`, the last through `js` (a context of the
+/// same connection, so it is stored after them).
 async fn send_group(
     client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
     bucket: &kv::Store,
     prefix: &str,
     group: &[(String, Bytes)],
@@ -172,8 +178,7 @@ async fn send_group(
         previous = Some(subject);
         expected += 1;
     }
-    // The same connection as the others, so it is stored after them.
-    let ack = async_nats::jetstream::new(client.clone())
+    let ack = js
         .publish_with_headers(
             format!("{prefix}{last_key}"),
             chained_headers(previous.as_deref(), expected),

@@ -62,22 +62,15 @@ async fn append(js: &jetstream::Context, events: usize, already: usize) {
     }
 }
 
-/// What a full replay of the whole stream folds, read on its own.
+/// What a full replay of the whole stream folds, read on its own (message by message, as
+/// the tail folds each).
 async fn replayed(events: &stream::Stream, window: i64) -> (DecisionState, RecentRequests) {
     let end = crate::store::log::end(events).await.expect("end");
     let mut reader = LogReader::new(events.clone(), 1, LogMessage::decode, CHUNK).up_to(end);
     let (mut state, mut recent) = (DecisionState::default(), RecentRequests::new(window));
     while state.last_seq < end {
         for message in reader.next_chunk().await.expect("chunk").items {
-            if let Some(request) = &message.request {
-                recent.record(
-                    &request.key,
-                    &request.fingerprint,
-                    message.seq,
-                    message.time,
-                );
-            }
-            state.apply_decoded(&message.decoded);
+            fold_message(&mut state, &mut recent, &message);
         }
     }
     (state, recent)

@@ -98,9 +98,10 @@ async fn a_group_sent_after_a_sequence_that_moved_is_refused_whole() {
     bucket.put("foreign", "x".into()).await.expect("put");
     let foreign = bucket.put("foreign", "y".into()).await.expect("put");
     let prefix = bucket.prefix.clone();
+    let js = jetstream::new(client.clone());
     let group = entries(0..10);
     // As if `foreign` had been written after this writer read the stream's end.
-    let sent = send_group(&client, &bucket, &prefix, &group, foreign - 1)
+    let sent = send_group(&client, &js, &bucket, &prefix, &group, foreign - 1)
         .await
         .expect("send")
         .settle()
@@ -110,7 +111,7 @@ async fn a_group_sent_after_a_sequence_that_moved_is_refused_whole() {
     for (key, _) in &group {
         assert_eq!(value(&bucket, key).await, None, "{key} was refused");
     }
-    let sent = send_group(&client, &bucket, &prefix, &entries(10..20), foreign)
+    let sent = send_group(&client, &js, &bucket, &prefix, &entries(10..20), foreign)
         .await
         .expect("send")
         .settle()
