@@ -1,56 +1,48 @@
 //! `my.shares`: the shares from and to the caller.
 
-use super::{ApiContext, ApiError, ApiRequest, Handler};
-use crate::contract::{op, ShareSummary};
-use crate::model::online::{online_key, OnlineRecord};
-use crate::model::AccountRecord;
+mod listing;
+
+pub use listing::ShareListing;
+
+use super::{ApiContext, ApiError, ApiRequest};
+use crate::model::online::OnlineRecord;
 use crate::projections::online_view::OnlineEntry;
 use crate::projections::{accounts::Accounts, Projection};
 use crate::store::kv::is_valid_key;
+use bytes::Bytes;
 use std::collections::{BTreeSet, HashMap};
 
-impl Handler for op::MyShares {
-    /// Lists the caller's outgoing then incoming shares (empty when there are none), each with
-    /// its catalog's online state.
-    async fn handle(
-        context: &ApiContext,
-        request: &ApiRequest<'_>,
-    ) -> Result<Vec<ShareSummary>, ApiError> {
-        request.wait_min_seq(context, &[Accounts::NAME]).await?;
-        let me = &request.caller.account;
-        let record = request.own_account(context).await?;
-        let mut summaries = record.map(|r| summaries(me, &r)).unwrap_or_default();
-        // The online state of each share's catalog (the owner is the sharing account) from
-        // the instance's view, or one read per distinct catalog while the view is rebuilt; a
-        // catalog of an adopted log whose name no key can hold is in neither, so never online.
-        let keys: Vec<String> = summaries
-            .iter()
-            .map(|s| online_key(&s.from_account, &s.catalog))
-            .collect();
-        let online = match context.online_view.lookup(keys.iter().map(String::as_str)) {
-            Some(entries) => entries,
-            None => read_online(context, request, &keys).await?,
-        };
-        for (summary, entry) in summaries.iter_mut().zip(online) {
-            if let Some(entry) = entry {
-                summary.catalog_online = entry.online;
-                summary.revision = entry.revision;
-            }
-        }
-        Ok(summaries)
-    }
+/// Answers with the caller's outgoing then incoming shares (empty when there are none), each
+/// with its catalog's online state: the success envelope of the op's reply type
+/// (`Vec<ShareSummary>`), encoded from the listing held with the caller's account record
+/// (see [`ShareListing`]).
+pub(super) async fn serve(
+    context: &ApiContext,
+    request: &ApiRequest<'_>,
+) -> Result<Bytes, ApiError> {
+    request.wait_min_seq(context, &[Accounts::NAME]).await?;
+    let Some(account) = request.own_account(context).await? else {
+        return Ok(ShareListing::default().reply([]));
+    };
+    let listing = &account.shares;
+    // The online state of each share's catalog (the owner is the sharing account) from the
+    // instance's view, or one read per distinct catalog while the view is rebuilt; a catalog
+    // of an adopted log whose name no key can hold is in neither, so never online.
+    let online = match context.online_view.lookup(listing.keys()) {
+        Some(entries) => entries,
+        None => read_online(context, request, listing).await?,
+    };
+    Ok(listing.reply(online))
 }
 
-/// The online state of each of `keys` read from the bucket (one read per distinct key the
-/// bucket can hold, all at once), in the order of `keys`.
+/// The online state of each share in `listing` read from the bucket (one read per distinct
+/// key the bucket can hold, all at once), in the listing's order.
 async fn read_online(
     context: &ApiContext,
     request: &ApiRequest<'_>,
-    keys: &[String],
+    listing: &ShareListing,
 ) -> Result<Vec<Option<OnlineEntry>>, ApiError> {
-    let distinct: BTreeSet<&str> = (keys.iter().map(String::as_str))
-        .filter(|key| is_valid_key(key))
-        .collect();
+    let distinct: BTreeSet<&str> = listing.keys().filter(|key| is_valid_key(key)).collect();
     let records: Vec<Option<OnlineRecord>> = futures::future::try_join_all(
         distinct
             .iter()
@@ -62,28 +54,5 @@ async fn read_online(
         .zip(records)
         .filter_map(|(key, record)| Some((*key, OnlineEntry::from(&record?))))
         .collect();
-    Ok(keys
-        .iter()
-        .map(|key| by_key.get(key.as_str()).copied())
-        .collect())
-}
-
-/// The account's outgoing then incoming shares, all offline at revision 0.
-fn summaries(me: &str, record: &AccountRecord) -> Vec<ShareSummary> {
-    let summary = |from: &str, to: &str, catalog: &str| ShareSummary {
-        from_account: from.to_string(),
-        to_account: to.to_string(),
-        catalog: catalog.to_string(),
-        catalog_online: false,
-        revision: 0,
-    };
-    let outgoing = record
-        .out_shares
-        .iter()
-        .map(|s| summary(me, &s.account, &s.catalog));
-    let incoming = record
-        .in_shares
-        .iter()
-        .map(|s| summary(&s.account, me, &s.catalog));
-    outgoing.chain(incoming).collect()
+    Ok(listing.keys().map(|key| by_key.get(key).copied()).collect())
 }

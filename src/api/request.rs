@@ -1,10 +1,10 @@
 //! One request as a handler sees it: the caller's proven identity, the payload read as the
 //! op's request type, headers, and the read-your-writes wait.
 
+use super::PreparedAccount;
 use super::{ApiContext, ApiError};
 use crate::contract::{BodyError, Operation, RequestBody, MIN_SEQ_HEADER};
 use crate::model::validate::is_account_public_key;
-use crate::model::AccountRecord;
 use crate::store::kv;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -122,11 +122,11 @@ impl ApiRequest<'_> {
     pub async fn own_account(
         &self,
         context: &ApiContext,
-    ) -> Result<Option<Arc<AccountRecord>>, ApiError> {
+    ) -> Result<Option<Arc<PreparedAccount>>, ApiError> {
         let key = &self.caller.account;
         if self.header(MIN_SEQ_HEADER).is_some() {
             let record = self
-                .read_record::<AccountRecord>(&context.store.accounts, key)
+                .read_record::<PreparedAccount>(&context.store.accounts, key)
                 .await?;
             return Ok(record.map(Arc::new));
         }

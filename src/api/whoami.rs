@@ -13,7 +13,7 @@ impl Handler for op::Whoami {
     ) -> Result<WhoamiReply, ApiError> {
         request.wait_min_seq(context, &[Accounts::NAME]).await?;
         match request.own_account(context).await? {
-            Some(record) if record.initialized_at > 0 => Ok(WhoamiReply::from(&*record)),
+            Some(account) if account.identity.initialized > 0 => Ok(account.identity.clone()),
             _ => Err(ApiError::not_found(
                 "this account has not initialised Natster",
             )),

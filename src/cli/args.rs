@@ -294,8 +294,9 @@ pub struct ServiceArgs {
     /// every backlog in one pass (fractions are allowed: `0.5`).
     #[arg(long, env = "NATSTER_PROJECTION_PASS_MIB", default_value_t = 64.0, value_parser = non_negative_mib)]
     pub projection_pass_mib: f64,
-    /// MiB of account records (as stored) kept in memory for `whoami` and `my.shares`
-    /// without `Natster-Min-Seq`, kept current by a watch of the bucket.
+    /// MiB of account records (as stored, plus each one's shares encoded ahead as `my.shares`
+    /// answers them) kept in memory for `whoami` and `my.shares` without `Natster-Min-Seq`,
+    /// kept current by a watch of the bucket.
     #[arg(long, env = "NATSTER_ACCOUNT_CACHE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub account_cache_mib: u32,
     /// How often the instance holding the snapshot lease writes the decision-state snapshot

@@ -12,8 +12,9 @@
 //! - **Rebuilt, never patched.** A watch that fails or ends, and every reconnect of the client
 //!   (changes may have been missed), empties the cache; until a new watch runs, reads go to
 //!   the bucket and nothing is kept.
-//! - **Bounded.** It holds at most `limit` bytes (stored size of the records, keys and a fixed
-//!   overhead each); past it, arbitrary records are dropped down to three quarters.
+//! - **Bounded.** It holds at most `limit` bytes (stored size of the records, what each derives
+//!   from its record ([`CachedRecord::derived_bytes`]), keys and a fixed overhead each); past
+//!   it, arbitrary records are dropped down to three quarters.
 
 use crate::store::follow::{follow, Follower, Start};
 use crate::store::kv as store_kv;
@@ -26,6 +27,15 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 /// Bytes counted for each held record beyond its stored size and key (map slot, allocation).
 const ENTRY_OVERHEAD: usize = 96;
+
+/// A record as a [`RecordCache`] holds it: decoded (and whatever the readers derive from it)
+/// once, when it is read or a change of it arrives, never per lookup.
+pub trait CachedRecord: DeserializeOwned + Send + Sync + 'static {
+    /// Bytes it holds beyond what its stored size accounts for.
+    fn derived_bytes(&self) -> usize {
+        0
+    }
+}
 
 /// Where the cache reports.
 #[derive(Clone, Default)]
@@ -139,7 +149,7 @@ impl<R> Clone for RecordCache<R> {
     }
 }
 
-impl<R: DeserializeOwned + Send + Sync + 'static> RecordCache<R> {
+impl<R: CachedRecord> RecordCache<R> {
     /// Starts watching `bucket` through `client` until `stop` is cancelled, holding at most
     /// `limit` bytes.
     pub fn start(
@@ -210,17 +220,24 @@ impl<R: DeserializeOwned + Send + Sync + 'static> RecordCache<R> {
 
     async fn read(&self, key: &str) -> Result<Version<R>, StoreError> {
         let stored = store_kv::load_bytes(&self.bucket, key).await?;
-        let (record, bytes) = match stored.value {
-            Some(bytes) => (
-                Some(Arc::new(store_kv::decode::<R>(&self.bucket.name, &bytes)?)),
-                bytes.len(),
-            ),
-            None => (None, 0),
-        };
+        let revision = stored.revision.unwrap_or(0);
+        match stored.value {
+            Some(bytes) => self.decoded(&bytes, revision),
+            None => Ok(Version {
+                record: None,
+                revision,
+                bytes: 0,
+            }),
+        }
+    }
+
+    /// The version of a stored record, decoded.
+    fn decoded(&self, stored: &[u8], revision: u64) -> Result<Version<R>, StoreError> {
+        let record = store_kv::decode::<R>(&self.bucket.name, stored)?;
         Ok(Version {
-            record,
-            revision: stored.revision.unwrap_or(0),
-            bytes,
+            bytes: stored.len() + record.derived_bytes(),
+            record: Some(Arc::new(record)),
+            revision,
         })
     }
 
@@ -235,12 +252,8 @@ impl<R: DeserializeOwned + Send + Sync + 'static> RecordCache<R> {
             return;
         }
         let version = match entry.operation {
-            kv::Operation::Put => match store_kv::decode::<R>(&self.bucket.name, &entry.value) {
-                Ok(record) => Version {
-                    record: Some(Arc::new(record)),
-                    revision: entry.revision,
-                    bytes: entry.value.len(),
-                },
+            kv::Operation::Put => match self.decoded(&entry.value, entry.revision) {
+                Ok(version) => version,
                 // Not a record this cache can hold: forget the key, reads go to the bucket.
                 Err(_) => {
                     let mut state = self.state.lock().expect("record cache lock");
@@ -285,7 +298,7 @@ impl<R: DeserializeOwned + Send + Sync + 'static> RecordCache<R> {
     }
 }
 
-impl<R: DeserializeOwned + Send + Sync + 'static> Follower for RecordCache<R> {
+impl<R: CachedRecord> Follower for RecordCache<R> {
     fn started(&mut self, _empty: bool) {
         // Changes from now on; what is held is read after this, so nothing is missed.
         self.reset(true);

@@ -5,7 +5,7 @@
 //! cancelled.
 
 use super::ServiceConfig;
-use crate::model::AccountRecord;
+use crate::api::PreparedAccount;
 use crate::projections::online_view::{OnlineView, ViewMetrics};
 use crate::projections::parking::RecordLimit;
 use crate::projections::record_cache::{RecordCache, RecordCacheMetrics};
@@ -35,7 +35,7 @@ pub(super) struct Started {
     pub tasks: Vec<JoinHandle<()>>,
     pub progress: Vec<(&'static str, watch::Receiver<u64>)>,
     pub online_view: OnlineView,
-    pub account_cache: RecordCache<AccountRecord>,
+    pub account_cache: RecordCache<PreparedAccount>,
 }
 
 /// What background work needs of the instance.
@@ -72,7 +72,7 @@ fn start_online_view(parts: &Parts<'_>) -> OnlineView {
 }
 
 /// The read ops' cache of account records, reporting to its metrics.
-fn start_account_cache(parts: &Parts<'_>) -> RecordCache<AccountRecord> {
+fn start_account_cache(parts: &Parts<'_>) -> RecordCache<PreparedAccount> {
     let lookups = |result| {
         let labels = ResultLabels { result };
         parts

@@ -333,7 +333,7 @@ impl Metrics {
         );
         registry.register(
             "account_cache_bytes",
-            "Bytes of account records this instance's read cache holds (bounded by --account-cache-mib)",
+            "Bytes of account records (as stored, plus their shares encoded for my.shares) this instance's read cache holds (bounded by --account-cache-mib)",
             m.account_cache_bytes,
         );
         registry.register(

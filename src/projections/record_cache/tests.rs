@@ -13,6 +13,13 @@ struct Rec {
     n: u32,
 }
 
+/// Stands for what a reader derives from a record: ten bytes per unit of `n`.
+impl CachedRecord for Rec {
+    fn derived_bytes(&self) -> usize {
+        self.n as usize * 10
+    }
+}
+
 fn rec(n: u32) -> bytes::Bytes {
     serde_json::to_vec(&Rec { n }).expect("json").into()
 }
@@ -89,6 +96,13 @@ async fn the_cache_keeps_its_bound() {
     let server = PlainServer::start().await.expect("server");
     let limit = 4 * held_bytes("k00", rec(0).len());
     let (bucket, cache, metrics, stop) = started_cache(&server, &[], limit).await;
+    // What a record derives counts with it.
+    bucket.put("big", rec(30)).await.expect("put");
+    assert_eq!(value(&cache, "big").await, Some(30));
+    assert_eq!(
+        metrics.bytes.get(),
+        (held_bytes("big", rec(30).len()) + 300) as i64
+    );
     for i in 0..20 {
         bucket.put(format!("k{i:02}"), rec(i)).await.expect("put");
         assert_eq!(value(&cache, &format!("k{i:02}")).await, Some(i));
