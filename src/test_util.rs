@@ -15,6 +15,7 @@ pub use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, fold, oauth::OAuthIndex, online::Online, CountDelta,
     Projection,
 };
+pub use crate::reactions::share_notices::CONSUMER as SHARE_FEED_CONSUMER;
 pub use crate::store::lease::Lease;
 /// The counter type of the runner's metrics.
 pub type Counter = prometheus_client::metrics::counter::Counter;

@@ -9,7 +9,7 @@
 
 use crate::model::validate::is_account_public_key;
 use crate::model::{Command, Decoded, EventType};
-use crate::store::pinned::pinned_messages;
+use crate::store::pinned::PinnedConsumer;
 use crate::store::StoreError;
 use crate::telemetry::Metrics;
 use crate::write::{Decider, ExecuteError};
@@ -36,18 +36,18 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let mut messages = pinned_messages(
-        events,
-        CONSUMER,
-        "natster auto-share of the hub catalog",
-        vec![format!(
+    let mut messages = PinnedConsumer {
+        name: CONSUMER,
+        description: "natster auto-share of the hub catalog",
+        filter_subjects: vec![format!(
             "natster.events.*.*.*.{}",
             EventType::NatsterInitialized
         )],
-        consumer::DeliverPolicy::All,
-        "reactor",
+        deliver_policy: consumer::DeliverPolicy::All,
+        group: "reactor",
         takeover_after,
-    )
+    }
+    .messages(events)
     .await?;
     while let Some(message) = messages.next(&shutdown).await? {
         let seq = message.info().map_or(0, |info| info.stream_sequence);

@@ -5,14 +5,15 @@
 //! auto-share reactor) delivers each event; the notice is published, the server is seen to
 //! hold it (a round trip), then the event acked; an unacked event comes again after the
 //! consumer's ack wait.
-//! The consumer starts at the events appended after it was first created: an adopted log's
-//! history is not announced again. A crash between publishing and acking repeats a notice;
-//! nothing is lost.
+//! The consumer starts at the events appended after it was first created, and the service
+//! creates it before it first answers ([`consumer`], ensured by the service's start): every
+//! share appended through the service is announced, and an adopted log's history is not
+//! announced again. A crash between publishing and acking repeats a notice; nothing is lost.
 
 use super::Feeds;
 use crate::contract::{FeedKind, ShareNotice};
 use crate::model::{Decoded, EventType, NONE};
-use crate::store::pinned::pinned_messages;
+use crate::store::pinned::PinnedConsumer;
 use crate::store::StoreError;
 use async_nats::jetstream::{consumer, stream};
 use std::time::Duration;
@@ -21,6 +22,22 @@ use tokio_util::sync::CancellationToken;
 /// Durable consumer of the share feed.
 pub const CONSUMER: &str = "feed-shares";
 
+/// The share feed's consumer: share events appended after it was first created, pinned to
+/// one instance at a time (takeover after `takeover_after`).
+pub fn consumer(takeover_after: Duration) -> PinnedConsumer {
+    PinnedConsumer {
+        name: CONSUMER,
+        description: "natster share notices to owners and targets",
+        filter_subjects: [EventType::CatalogShared, EventType::CatalogUnshared]
+            .iter()
+            .map(|kind| format!("natster.events.*.*.*.{kind}"))
+            .collect(),
+        deliver_policy: consumer::DeliverPolicy::New,
+        group: "feeds",
+        takeover_after,
+    }
+}
+
 /// Runs until `shutdown` is cancelled.
 pub async fn run(
     events: &stream::Stream,
@@ -28,19 +45,7 @@ pub async fn run(
     takeover_after: Duration,
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
-    let mut messages = pinned_messages(
-        events,
-        CONSUMER,
-        "natster share notices to owners and targets",
-        [EventType::CatalogShared, EventType::CatalogUnshared]
-            .iter()
-            .map(|kind| format!("natster.events.*.*.*.{kind}"))
-            .collect(),
-        consumer::DeliverPolicy::New,
-        "feeds",
-        takeover_after,
-    )
-    .await?;
+    let mut messages = consumer(takeover_after).messages(events).await?;
     while let Some(message) = messages.next(&shutdown).await? {
         let seq = message.info().map_or(0, |info| info.stream_sequence);
         let decoded = Decoded::from_parts(seq, 0, &message.subject, &message.payload);

@@ -25,7 +25,7 @@ use crate::otc::{CodeExpiry, NoCredentials};
 use crate::projections::parking::RecordLimit;
 use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::view::StatsView;
-use crate::reactions::Feeds;
+use crate::reactions::{share_notices, Feeds};
 use crate::store::roundtrip::{self, RoundTripError};
 use crate::store::{Store, StoreError, StoreErrorKind};
 use crate::telemetry::{http, Phase, Telemetry};
@@ -159,7 +159,8 @@ impl GlobalService {
             .check_fit(client.server_info().max_payload)?;
         let metrics = telemetry.metrics.clone();
         let js = async_nats::jetstream::new(client.clone());
-        let store = ensure_store(&js, &config.store).await?;
+        // Boxed: creating every resource is a large future.
+        let store = Box::pin(ensure_resources(&js, &config)).await?;
         let stop_background = CancellationToken::new();
         let snapshots = Snapshots {
             bucket: store.snapshots.clone(),
@@ -315,16 +316,30 @@ impl GlobalService {
 /// cannot place them (a cluster whose peers are still forming or catching up).
 const ENSURE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// [`Store::ensure`], tried again every half second for [`ENSURE_PATIENCE`] while it fails for
-/// a reason that may pass (unavailable); any other failure, or the last one, is returned.
-async fn ensure_store(
+/// The service's streams, buckets and the share feed's consumer, each created when missing.
+/// The share feed starts at the events appended after its consumer was created, so the
+/// consumer must exist before the first request is answered.
+async fn ensure_resources(
     js: &async_nats::jetstream::Context,
-    config: &StoreConfig,
+    config: &ServiceConfig,
 ) -> Result<Store, StoreError> {
+    let store = with_patience(|| Box::pin(Store::ensure(js.clone(), &config.store))).await?;
+    let share_feed = share_notices::consumer(config.runner.takeover_after);
+    with_patience(|| share_feed.ensure(&store.events)).await?;
+    Ok(store)
+}
+
+/// `create` (of JetStream resources), tried again every half second for [`ENSURE_PATIENCE`]
+/// while it fails for a reason that may pass (unavailable); any other failure, or the last
+/// one, is returned.
+async fn with_patience<T, F, Fut>(mut create: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
     let deadline = std::time::Instant::now() + ENSURE_PATIENCE;
     loop {
-        // Boxed: creating every resource is a large future, awaited inside the service's start.
-        match Box::pin(Store::ensure(js.clone(), config)).await {
+        match create().await {
             Err(error)
                 if error.kind() == StoreErrorKind::Unavailable
                     && std::time::Instant::now() < deadline =>

@@ -7,50 +7,65 @@ use super::error::StoreError;
 use async_nats::jetstream::{consumer, stream};
 use std::time::Duration;
 
-/// Opens (creating when missing) durable consumer `name` on `events`, filtered to
-/// `filter_subjects`, pinned within priority group `group`, and returns its message stream.
-/// A new consumer starts at `deliver_policy`; an existing one keeps its position.
-pub async fn pinned_messages(
-    events: &stream::Stream,
-    name: &str,
-    description: &str,
-    filter_subjects: Vec<String>,
-    deliver_policy: consumer::DeliverPolicy,
-    group: &str,
-    takeover_after: Duration,
-) -> Result<PinnedMessages, StoreError> {
-    let consumer: consumer::PullConsumer = events
-        .get_or_create_consumer(
-            name,
-            consumer::pull::Config {
-                durable_name: Some(name.into()),
-                description: Some(description.into()),
-                filter_subjects,
-                deliver_policy,
-                ack_policy: consumer::AckPolicy::Explicit,
-                // An event left unacked (its handler died) comes again this long after.
-                ack_wait: (takeover_after * 2).max(Duration::from_secs(10)),
-                priority_policy: consumer::PriorityPolicy::PinnedClient,
-                priority_groups: vec![group.into()],
-                priority_timeout: takeover_after,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| StoreError::unavailable(format!("consumer {name}"), e))?;
-    let messages = consumer
-        .stream()
-        .group(group)
-        .max_messages_per_batch(64)
-        .expires(takeover_after / 3)
-        .heartbeat(takeover_after / 10)
-        .messages()
-        .await
-        .map_err(|e| StoreError::unavailable(format!("pull from {name}"), e))?;
-    Ok(PinnedMessages {
-        name: name.to_string(),
-        messages,
-    })
+/// A durable consumer of the event log pinned within a priority group.
+#[derive(Debug, Clone)]
+pub struct PinnedConsumer {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub filter_subjects: Vec<String>,
+    /// Where a new consumer starts; an existing one keeps its position.
+    pub deliver_policy: consumer::DeliverPolicy,
+    pub group: &'static str,
+    /// How long after the pinned instance stops pulling another takes over.
+    pub takeover_after: Duration,
+}
+
+impl PinnedConsumer {
+    /// Creates the consumer on `events` when it is missing; an existing one is left as it is
+    /// (position and configuration).
+    pub async fn ensure(
+        &self,
+        events: &stream::Stream,
+    ) -> Result<consumer::PullConsumer, StoreError> {
+        events
+            .get_or_create_consumer(
+                self.name,
+                consumer::pull::Config {
+                    durable_name: Some(self.name.into()),
+                    description: Some(self.description.into()),
+                    filter_subjects: self.filter_subjects.clone(),
+                    deliver_policy: self.deliver_policy,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    // An event left unacked (its handler died) comes again this long after.
+                    ack_wait: (self.takeover_after * 2).max(Duration::from_secs(10)),
+                    priority_policy: consumer::PriorityPolicy::PinnedClient,
+                    priority_groups: vec![self.group.into()],
+                    priority_timeout: self.takeover_after,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| StoreError::unavailable(format!("consumer {}", self.name), e))
+    }
+
+    /// The consumer's messages (creating it when missing), pulled within its group.
+    pub async fn messages(&self, events: &stream::Stream) -> Result<PinnedMessages, StoreError> {
+        let consumer = self.ensure(events).await?;
+        let takeover_after = self.takeover_after;
+        let messages = consumer
+            .stream()
+            .group(self.group)
+            .max_messages_per_batch(64)
+            .expires(takeover_after / 3)
+            .heartbeat(takeover_after / 10)
+            .messages()
+            .await
+            .map_err(|e| StoreError::unavailable(format!("pull from {}", self.name), e))?;
+        Ok(PinnedMessages {
+            name: self.name.to_string(),
+            messages,
+        })
+    }
 }
 
 /// The messages of a pinned consumer.

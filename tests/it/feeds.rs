@@ -1,6 +1,7 @@
 //! Feeds reach exactly the intended accounts, once per fact, with two service instances.
 
 use anyhow::Result;
+use natster_global::test_util::{EVENTS_STREAM, SHARE_FEED_CONSUMER};
 use natster_testkit::{call, init_data, put_event, seq_of, FeedReader, Harness};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -72,5 +73,34 @@ async fn each_feed_kind_reaches_exactly_the_intended_accounts_once() -> Result<(
     );
     // Bob, no longer a target, hears nothing more.
     assert!(bob_feed.next(Duration::from_millis(300)).await.is_err());
+    h.stop().await
+}
+
+/// The share feed's durable consumer exists before the service first answers, so a share
+/// appended at once is announced: a consumer created after it (it starts at new events)
+/// would never deliver it. (Seen in a cluster, where creating it took longer than the first
+/// shares.)
+#[tokio::test]
+async fn a_share_appended_as_soon_as_the_service_answers_is_announced() -> Result<()> {
+    let h = Harness::without_instances(&["alice", "bob"]).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let mut alice_feed = feed(&alice).await?;
+    let mut h = h;
+    h.add_instance(|_| {}).await?;
+    let js = h.service_js().await?;
+    let events = js.get_stream(EVENTS_STREAM).await?;
+    events
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(SHARE_FEED_CONSUMER)
+        .await
+        .map_err(|e| anyhow::anyhow!("no share feed consumer once the service answers: {e}"))?;
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    let notice = json!({"catalog": "films", "from_account": a, "to_account": b, "seq": shared});
+    assert_eq!(
+        next(&mut alice_feed).await?,
+        ("catalog_shared".into(), notice)
+    );
+    drop(bob);
     h.stop().await
 }
