@@ -82,11 +82,10 @@ async fn each_feed_kind_reaches_exactly_the_intended_accounts_once() -> Result<(
 /// shares.)
 #[tokio::test]
 async fn a_share_appended_as_soon_as_the_service_answers_is_announced() -> Result<()> {
-    let h = Harness::without_instances(&["alice", "bob"]).await?;
-    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
+    let alice = h.connect("alice").await?;
     let (a, b) = (h.key("alice"), h.key("bob"));
     let mut alice_feed = feed(&alice).await?;
-    let mut h = h;
     h.add_instance(|_| {}).await?;
     let js = h.service_js().await?;
     let events = js.get_stream(EVENTS_STREAM).await?;
@@ -101,6 +100,5 @@ async fn a_share_appended_as_soon_as_the_service_answers_is_announced() -> Resul
         next(&mut alice_feed).await?,
         ("catalog_shared".into(), notice)
     );
-    drop(bob);
     h.stop().await
 }
