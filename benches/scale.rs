@@ -249,7 +249,7 @@ async fn start(
         ),
         None => ("warn", Stdio::null()),
     };
-    let child = Command::new(env!("CARGO_BIN_EXE_natster-global"))
+    let child = Command::new(service_binary())
         .args(["serve", "--nats-url", &tw.server.url(), "--creds"])
         .arg(tw.world.creds_path(NATSTER))
         .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
@@ -339,13 +339,19 @@ fn catalogs_for(events: usize) -> usize {
         .unwrap_or((events / 5).max(1))
 }
 
+/// The binary measured: `SCALE_BIN=<path>` names another build (for alternating A/B runs of
+/// two builds against the same bench), else this build's.
+fn service_binary() -> std::ffi::OsString {
+    std::env::var_os("SCALE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_natster-global").into())
+}
+
 /// Runs `projections rebuild` (every event-log projection) against the world's server;
 /// returns how long it took and the events each replayed (the log, and what the load added).
 /// Fails unless every projection found every record as the runners left it (rebuild ==
 /// incremental).
 fn rebuild(tw: &TestWorld, events: usize) -> Result<(Duration, usize)> {
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_natster-global"))
+    let output = Command::new(service_binary())
         .args([
             "projections",
             "rebuild",

@@ -9,6 +9,12 @@ use crate::model::{AccountRecord, Event, EventBody, EventType, ShareRef, NONE};
 /// The account projection.
 pub struct Accounts;
 
+/// `{"catalog":`, `,"account":`, `}` and the comma before the entry.
+const SHARE_ENTRY_FRAME: usize = 24;
+
+/// `,"oauth_id":` (an unbound record has no such field).
+const OAUTH_ID_FRAME: usize = 12;
+
 impl Projection for Accounts {
     const NAME: &'static str = "accounts";
     const BUCKET: &'static str = PROJ_ACCOUNT_BUCKET;
@@ -113,6 +119,26 @@ impl Projection for Accounts {
             s.catalog.as_str(),
             oauth_id,
         ]))
+    }
+
+    /// An existing record gains at most one share entry (its catalog, the other account and
+    /// [`SHARE_ENTRY_FRAME`]), an OAuth id ([`OAUTH_ID_FRAME`] and the id) or an initialisation
+    /// time, besides its applied sequence; an unshare only removes.
+    fn existing_growth_bound(event: &Event) -> Option<usize> {
+        use super::{json_string_len, NUMBER_GROWTH_BYTES};
+        let s = &event.subject;
+        let added = match (s.event_type, &event.body) {
+            (EventType::CatalogShared, _) => {
+                let other = json_string_len(&s.origin).max(json_string_len(&s.target));
+                SHARE_ENTRY_FRAME + json_string_len(&s.catalog) + other
+            }
+            (EventType::ContextBound, EventBody::ContextBound(data)) => {
+                OAUTH_ID_FRAME + json_string_len(&data.oauth_id)
+            }
+            (EventType::NatsterInitialized, _) => NUMBER_GROWTH_BYTES,
+            _ => 0,
+        };
+        Some(added + NUMBER_GROWTH_BYTES)
     }
 
     fn tally(record: Option<&AccountRecord>) -> CountDelta {

@@ -69,6 +69,18 @@ impl Projection for Catalogs {
         ]))
     }
 
+    /// An existing record gains at most one account in `shared_with` (and its comma), besides
+    /// its applied sequence.
+    fn existing_growth_bound(event: &Event) -> Option<usize> {
+        use super::{json_string_len, NUMBER_GROWTH_BYTES};
+        let s = &event.subject;
+        let added = match s.event_type {
+            EventType::CatalogShared => json_string_len(&s.target) + 1,
+            _ => 0,
+        };
+        Some(added + NUMBER_GROWTH_BYTES)
+    }
+
     fn tally(record: Option<&CatalogRecord>) -> CountDelta {
         CountDelta {
             share_count: record.map_or(0, |r| r.shared_with.len() as i64),

@@ -210,7 +210,8 @@ struct Touched {
 ///
 /// All or nothing: every check that depends on the records before the message (valid keys,
 /// readable records) is made first. When every touched record's size bound plus the
-/// message's [`Projection::growth_bound`] stays within the limit, the records are taken out
+/// message's [`Projection::growth_bound`] (its [`Projection::existing_growth_bound`] for a
+/// record that exists) stays within the limit, the records are taken out
 /// and changed without a copy (nothing can park any more); otherwise each is copied, changed
 /// and measured, and nothing is taken unless all fit. So the same messages park whether or
 /// not the caller knows sizes.
@@ -236,6 +237,8 @@ pub fn step_within<P: Projection>(
 ) -> Result<Vec<Change<P>>, ParkReason> {
     let seq = P::seq(input);
     let mut touched = Vec::new();
+    // Asked for only when a touched record exists.
+    let mut existing_growth = None;
     for key in P::keys(input) {
         if !is_valid_key(&key) {
             return Err(ParkReason::InvalidKey { key });
@@ -247,6 +250,10 @@ pub fn step_within<P: Projection>(
         if record.is_some_and(|r| P::applied_seq(r) >= seq) {
             continue;
         }
+        let growth = match record {
+            Some(_) => *existing_growth.get_or_insert_with(|| P::existing_growth_bound(input)),
+            None => growth,
+        };
         let grown = size_bound
             .zip(growth)
             .map(|(size, growth)| size.saturating_add(growth))

@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Event, EventBody, EventSubject, EventType};
+use crate::model::{Event, EventBody, EventSubject, EventType, NONE};
 use crate::projections::catalogs::Catalogs;
 use crate::projections::{accounts::Accounts, fold_parking};
 use crate::store::kv::is_valid_key;
@@ -154,13 +154,26 @@ fn fold_with_size_bounds<P: Projection>(
     (records.into_records().collect(), parked)
 }
 
-/// Random share traffic among a few accounts over catalog names that JSON has to escape,
-/// with bindings whose OAuth ids do too.
+/// Random share traffic among a few accounts (keys of different lengths) over catalog names
+/// that JSON has to escape, with bindings whose OAuth ids do too. Sequences jump now and then
+/// (so a record's applied sequence grows from one digit to twenty) and times include the
+/// widest (so does an initialisation time).
 fn escaping_log(seed: u64, events: u64) -> Vec<Event> {
     use crate::model::{ContextBoundData, NatsterContext};
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let accounts = ["A", "B", "C", "D"];
+    let accounts = ["A", "B", "C", "D0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"];
+    let mut seq = 0_u64;
+    let mut next_seq = move |rng: &mut rand::rngs::StdRng| {
+        seq = match rng.gen_range(0..100) {
+            0 => seq
+                .saturating_mul(rng.gen_range(2..=40))
+                .min(u64::MAX - events),
+            _ => seq,
+        } + 1;
+        seq
+    };
+    let times = [0, 1, -1, i64::MIN, i64::MAX, 1_700_000_000];
     let long_escapes = "\u{1}".repeat(100);
     let catalogs = [
         "movies",
@@ -172,14 +185,16 @@ fn escaping_log(seed: u64, events: u64) -> Vec<Event> {
         &long_escapes,
     ];
     (1..=events)
-        .map(|seq| {
+        .map(|_| {
+            let seq = next_seq(&mut rng);
+            let time = times[rng.gen_range(0..times.len())];
             let origin = accounts[rng.gen_range(0..accounts.len())];
             let target = accounts[rng.gen_range(0..accounts.len())];
             let catalog = catalogs[rng.gen_range(0..catalogs.len())];
             match rng.gen_range(0..10) {
                 0 => Event {
                     seq,
-                    time: seq as i64,
+                    time,
                     subject: EventSubject::new(origin, "none", "none", EventType::ContextBound),
                     body: EventBody::ContextBound(ContextBoundData {
                         oauth_id: format!("gh\u{1}{}", rng.gen_range(0..3)),
@@ -188,7 +203,10 @@ fn escaping_log(seed: u64, events: u64) -> Vec<Event> {
                         previous_account: None,
                     }),
                 },
-                1 => event(seq, origin, "none", "none", EventType::NatsterInitialized),
+                1 => Event {
+                    time,
+                    ..event(seq, origin, "none", "none", EventType::NatsterInitialized)
+                },
                 2..=3 => event(seq, origin, target, catalog, EventType::CatalogUnshared),
                 _ => event(seq, origin, target, catalog, EventType::CatalogShared),
             }
@@ -254,4 +272,65 @@ fn a_string_is_measured_as_json_writes_it() {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(crate::projections::json_string_len(&s), json.len(), "{s:?}");
     }
+}
+
+/// What applying `event` to `record` at `key` adds to its JSON, and the bound `P` gives for an
+/// existing record.
+fn growth_and_bound<P: Projection>(key: &str, record: P::Record, event: &P::Input) -> (i64, i64) {
+    let before = encoded_len(&record) as i64;
+    let after = P::apply(key, Some(record), event).expect("the record stays");
+    let bound = P::existing_growth_bound(event).expect("a bound is known") as i64;
+    (encoded_len(&after) as i64 - before, bound)
+}
+
+#[test]
+fn the_worst_case_of_each_existing_record_growth_reaches_its_bound_exactly() {
+    use crate::model::{AccountRecord, CatalogRecord, ContextBoundData, NatsterContext, ShareRef};
+    // Every number goes from one digit to twenty, every list already has an entry (so a new
+    // one brings a comma), the other account is the longest key and the strings escape.
+    let long = "D0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let account = AccountRecord {
+        account_key: "A".into(),
+        initialized_at: 0,
+        out_shares: vec![ShareRef {
+            catalog: "c".into(),
+            account: "B".into(),
+        }],
+        in_shares: vec![],
+        oauth_id: None,
+        applied_seq: 1,
+    };
+    let last = u64::MAX;
+    let share = event(last, "A", long, "q\"uote\u{1}", EventType::CatalogShared);
+    let init = Event {
+        time: i64::MIN,
+        ..event(last, "A", NONE, NONE, EventType::NatsterInitialized)
+    };
+    let bind = Event {
+        body: EventBody::ContextBound(ContextBoundData {
+            oauth_id: "gh\"\u{2}".into(),
+            bound_context: NatsterContext::default(),
+            previous_oauth_id: None,
+            previous_account: None,
+        }),
+        ..event(last, "A", NONE, NONE, EventType::ContextBound)
+    };
+    let unshare = event(last, "A", "B", "c", EventType::CatalogUnshared);
+    for (what, event) in [("share", share.clone()), ("init", init), ("bind", bind)] {
+        let (growth, bound) = growth_and_bound::<Accounts>("A", account.clone(), &event);
+        assert_eq!(growth, bound, "accounts: {what}");
+    }
+    let (growth, bound) = growth_and_bound::<Accounts>("A", account.clone(), &unshare);
+    assert!(
+        growth < 0 && bound == 19,
+        "accounts: unshare {growth} {bound}"
+    );
+    let catalog = CatalogRecord {
+        catalog_name: "q\"uote\u{1}".into(),
+        owner: "A".into(),
+        shared_with: vec!["B".into()],
+        applied_seq: 1,
+    };
+    let (growth, bound) = growth_and_bound::<Catalogs>("q\"uote\u{1}", catalog, &share);
+    assert_eq!(growth, bound, "catalogs: share");
 }
