@@ -3,8 +3,9 @@
 
 use super::PreparedAccount;
 use super::{ApiContext, ApiError};
-use crate::contract::{BodyError, Operation, RequestBody, MIN_SEQ_HEADER};
+use crate::contract::{BodyError, Operation, RequestBody, WhoamiReply, MIN_SEQ_HEADER};
 use crate::model::validate::is_account_public_key;
+use crate::model::AccountRecord;
 use crate::store::kv;
 use bytes::Bytes;
 use std::sync::Arc;
@@ -135,6 +136,25 @@ impl ApiRequest<'_> {
             .get(key)
             .await
             .map_err(|error| ApiError::store("a projection cannot be read", &error))
+    }
+
+    /// The caller's identity as `whoami` answers it: [`ApiRequest::own_account`]'s, except
+    /// that a request waiting for a sequence decodes only the stored record (not the share
+    /// listing it would not use).
+    pub async fn own_identity(
+        &self,
+        context: &ApiContext,
+    ) -> Result<Option<WhoamiReply>, ApiError> {
+        if self.header(MIN_SEQ_HEADER).is_some() {
+            let record = self
+                .read_record::<AccountRecord>(&context.store.accounts, &self.caller.account)
+                .await?;
+            return Ok(record.as_ref().map(WhoamiReply::from));
+        }
+        Ok(self
+            .own_account(context)
+            .await?
+            .map(|account| account.identity.clone()))
     }
 
     /// Reads a record of a read model (absent → `None`). A request that waits for a sequence

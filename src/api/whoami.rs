@@ -12,8 +12,8 @@ impl Handler for op::Whoami {
         request: &ApiRequest<'_>,
     ) -> Result<WhoamiReply, ApiError> {
         request.wait_min_seq(context, &[Accounts::NAME]).await?;
-        match request.own_account(context).await? {
-            Some(account) if account.identity.initialized > 0 => Ok(account.identity.clone()),
+        match request.own_identity(context).await? {
+            Some(identity) if identity.initialized > 0 => Ok(identity),
             _ => Err(ApiError::not_found(
                 "this account has not initialised Natster",
             )),

@@ -37,6 +37,15 @@ async fn every_op_typed_with_read_your_writes() -> Result<()> {
     let initialized = alice.initialize(&init(&a, "alice")).await?;
     let who = alice.at_least(initialized).whoami().await?;
     assert_eq!(who.account_key, a);
+    assert_eq!(
+        bob.at_least(initialized)
+            .whoami()
+            .await
+            .err()
+            .context("bob has not initialised")?
+            .kind,
+        ClientErrorKind::NotFound
+    );
     let conflict = alice
         .initialize(&init(&a, "alice"))
         .await

@@ -283,7 +283,7 @@ impl<P: Projection, S: Carries<P::Input>> ProjectionRunner<P, S> {
         let (parked, records) = folded.fold.finish();
         let count = records.len();
         let written_from = Instant::now();
-        self.write_part(records, folded.rewriting).await?;
+        let written_bytes = self.write_part(records, folded.rewriting).await?;
         crate::crashpoint::reached(crate::crashpoint::PASS_WRITTEN).await;
         flush::record_parked(&self.target(), &parked).await?;
         run.progress.done.push(part);
@@ -295,6 +295,7 @@ impl<P: Projection, S: Carries<P::Input>> ProjectionRunner<P, S> {
             part_share = part.share(),
             records = count,
             held_mib = held_bytes as f64 / f64::from(1 << 20),
+            written_mib = written_bytes as f64 / f64::from(1 << 20),
             read_seconds = folded.read_for.as_secs_f64(),
             write_seconds = written_from.elapsed().as_secs_f64(),
             "a pass is written"
@@ -305,16 +306,20 @@ impl<P: Projection, S: Carries<P::Input>> ProjectionRunner<P, S> {
     /// Creates every record of a part, in acknowledged groups ([`kv::create_all`]); when the
     /// part is written again after a crash, or what the groups could not prove written (a
     /// refused group and the rest, or all of a replicated bucket), reads the revisions of
-    /// those records and replaces them.
+    /// those records and replaces them. Returns the bytes of the records as stored (what
+    /// their size bounds, `held_mib` in the log, overestimate up to twofold).
     async fn write_part(
         &self,
         records: Vec<PartRecord<P::Record>>,
         rewriting: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let count = records.len() as u64;
-        let encoded = records
-            .into_iter()
-            .map(|(key, record)| (key.to_string(), kv::encode(&*record)));
+        let mut bytes = 0;
+        let encoded = records.into_iter().map(|(key, record)| {
+            let value = kv::encode(&*record);
+            bytes += value.len() as u64;
+            (key.to_string(), value)
+        });
         let to_replace: Vec<(String, Bytes)> = if rewriting {
             encoded.collect()
         } else {
@@ -332,7 +337,7 @@ impl<P: Projection, S: Carries<P::Input>> ProjectionRunner<P, S> {
         let concurrency = self.config.write_concurrency;
         kv::replace_all(&self.client, &self.records, to_replace, concurrency).await?;
         self.progress.writes.inc_by(count);
-        Ok(())
+        Ok(bytes)
     }
 
     async fn store_progress(&self, run: &mut Run) -> Result<(), StoreError> {
