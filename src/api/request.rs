@@ -124,16 +124,12 @@ impl ApiRequest<'_> {
         &self,
         context: &ApiContext,
     ) -> Result<Option<Arc<PreparedAccount>>, ApiError> {
-        let key = &self.caller.account;
         if self.header(MIN_SEQ_HEADER).is_some() {
-            let record = self
-                .read_record::<PreparedAccount>(&context.store.accounts, key)
-                .await?;
-            return Ok(record.map(Arc::new));
+            return Ok(self.read_own_record(context).await?.map(Arc::new));
         }
         context
             .account_cache
-            .get(key)
+            .get(&self.caller.account)
             .await
             .map_err(|error| ApiError::store("a projection cannot be read", &error))
     }
@@ -146,15 +142,22 @@ impl ApiRequest<'_> {
         context: &ApiContext,
     ) -> Result<Option<WhoamiReply>, ApiError> {
         if self.header(MIN_SEQ_HEADER).is_some() {
-            let record = self
-                .read_record::<AccountRecord>(&context.store.accounts, &self.caller.account)
-                .await?;
+            let record: Option<AccountRecord> = self.read_own_record(context).await?;
             return Ok(record.as_ref().map(WhoamiReply::from));
         }
         Ok(self
             .own_account(context)
             .await?
             .map(|account| account.identity.clone()))
+    }
+
+    /// The caller's account record read from the bucket, decoded as `T`.
+    async fn read_own_record<T: serde::de::DeserializeOwned>(
+        &self,
+        context: &ApiContext,
+    ) -> Result<Option<T>, ApiError> {
+        self.read_record(&context.store.accounts, &self.caller.account)
+            .await
     }
 
     /// Reads a record of a read model (absent → `None`). A request that waits for a sequence

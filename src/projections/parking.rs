@@ -223,8 +223,9 @@ pub fn step<P: Projection>(
     step_within::<P>(input, P::growth_bound(input), limit, records, |_| true)
 }
 
-/// [`step`] for the keys `within` selects, given the message's `growth` bound (its
-/// [`Projection::growth_bound`], which the caller has at hand): every key is checked to be
+/// [`step`] for the keys `within` selects, given the message's `growth` bound for a new
+/// record (its [`Projection::growth_bound`], which the caller has at hand; the bound for
+/// records that exist is asked for here): every key is checked to be
 /// valid, only those selected are read, changed and measured (a catch-up in passes folds one
 /// partition of the keys at a time, and knows by other means that the keys it leaves out cannot
 /// park the message).
