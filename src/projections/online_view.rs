@@ -15,7 +15,7 @@
 //!   tenant); `natster_online_view_entries` and `natster_online_view_bytes` report it.
 
 use crate::model::online::OnlineRecord;
-use crate::store::follow::{follow, Follower, Start};
+use crate::store::follow::{follow, Follower, Pause, Start};
 use async_nats::jetstream::kv;
 use hashbrown::HashMap;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
@@ -103,7 +103,14 @@ impl OnlineView {
             view: view.clone(),
             metrics,
         };
-        tokio::spawn(follow(client, bucket, Start::Current, follower, stop));
+        tokio::spawn(follow(
+            client,
+            bucket,
+            Start::Current,
+            follower,
+            Pause::never(),
+            stop,
+        ));
         view
     }
 

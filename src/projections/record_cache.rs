@@ -11,12 +11,14 @@
 //!   checkpoint have reached it, so reads that wait for a sequence read the bucket.
 //! - **Rebuilt, never patched.** A watch that fails or ends, and every reconnect of the client
 //!   (changes may have been missed), empties the cache; until a new watch runs, reads go to
-//!   the bucket and nothing is kept.
+//!   the bucket and nothing is kept. So does a [`Pause`]: while this instance's runner writes
+//!   the whole bucket in a catch-up, the cache goes without a watch (which would be delivered
+//!   every record written) and reads go to the bucket.
 //! - **Bounded.** It holds at most `limit` bytes (stored size of the records, what each derives
 //!   from its record ([`CachedRecord::derived_bytes`]), keys and a fixed overhead each); past
 //!   it, arbitrary records are dropped down to three quarters.
 
-use crate::store::follow::{follow, Follower, Start};
+use crate::store::follow::{follow, Follower, Pause, Start};
 use crate::store::kv as store_kv;
 use crate::store::StoreError;
 use async_nats::jetstream::kv;
@@ -151,12 +153,13 @@ impl<R> Clone for RecordCache<R> {
 
 impl<R: CachedRecord> RecordCache<R> {
     /// Starts watching `bucket` through `client` until `stop` is cancelled, holding at most
-    /// `limit` bytes.
+    /// `limit` bytes; while `pause` asks for it, without a watch (reads go to the bucket).
     pub fn start(
         client: async_nats::Client,
         bucket: kv::Store,
         limit: usize,
         metrics: RecordCacheMetrics,
+        pause: Pause,
         stop: CancellationToken,
     ) -> RecordCache<R> {
         let cache = RecordCache {
@@ -170,6 +173,7 @@ impl<R: CachedRecord> RecordCache<R> {
             cache.bucket.clone(),
             Start::New,
             cache.clone(),
+            pause,
             stop,
         ));
         cache

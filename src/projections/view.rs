@@ -3,7 +3,7 @@
 //! and read ops wait on it for `Natster-Min-Seq`.
 
 use super::stored::{Checkpoint, Counters};
-use crate::store::follow::{follow, Follower, Start};
+use crate::store::follow::{follow, Follower, Pause, Start};
 use crate::store::{kv as store_kv, StoreError};
 use async_nats::jetstream::kv;
 use std::collections::BTreeMap;
@@ -100,6 +100,7 @@ impl StatsView {
             stats,
             Start::Current,
             StatsFollower { snapshot: tx },
+            Pause::never(),
             stop,
         ));
         Ok(StatsView { snapshot })

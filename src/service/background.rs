@@ -16,6 +16,7 @@ use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, online::Online,
 };
 use crate::reactions::{autoshare, share_notices, Feeds};
+use crate::store::follow::Pause;
 use crate::store::lease::{holder_id, lead, Lease};
 use crate::store::log::message::LogMessage;
 use crate::store::log::shared::{Carries, SharedConfig, SharedLog};
@@ -71,8 +72,9 @@ fn start_online_view(parts: &Parts<'_>) -> OnlineView {
     )
 }
 
-/// The read ops' cache of account records, reporting to its metrics.
-fn start_account_cache(parts: &Parts<'_>) -> RecordCache<PreparedAccount> {
+/// The read ops' cache of account records, reporting to its metrics, without its watch while
+/// `pause` asks (this instance's account runner catching up in passes).
+fn start_account_cache(parts: &Parts<'_>, pause: Pause) -> RecordCache<PreparedAccount> {
     let lookups = |result| {
         let labels = ResultLabels { result };
         parts
@@ -93,6 +95,7 @@ fn start_account_cache(parts: &Parts<'_>) -> RecordCache<PreparedAccount> {
         store.accounts.clone(),
         parts.config.account_cache_bytes,
         metrics,
+        pause,
         parts.stop.clone(),
     )
 }
@@ -111,16 +114,12 @@ pub(super) fn share_event_log(store: &Store) -> SharedLog<LogMessage> {
 /// Spawns all background work of one instance.
 pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
     let store = parts.store;
-    let mut started = Started {
-        tasks: Vec::new(),
-        progress: Vec::new(),
-        online_view: start_online_view(parts),
-        account_cache: start_account_cache(parts),
-    };
+    let (mut tasks, mut progress) = (Vec::new(), Vec::new());
+    let mut account_cache_pause = Pause::never();
     let events = parts.events_log;
     for name in ProjectionName::ALL {
-        let tasks = &mut started.tasks;
-        let applied = match name {
+        let tasks = &mut tasks;
+        let signals = match name {
             ProjectionName::Accounts => {
                 spawn_runner::<Accounts, _>(parts, events, &store.accounts, Arc::new(Silent), tasks)
             }
@@ -142,9 +141,18 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
             }
         };
         if name.source() == SourceStream::Events {
-            started.progress.push((name.as_str(), applied));
+            progress.push((name.as_str(), signals.applied));
+        }
+        if name == ProjectionName::Accounts {
+            account_cache_pause = Pause::while_raised(signals.in_passes);
         }
     }
+    let mut started = Started {
+        tasks,
+        progress,
+        online_view: start_online_view(parts),
+        account_cache: start_account_cache(parts, account_cache_pause),
+    };
     let takeover = parts.config.runner.takeover_after;
     let events = parts.store.events.clone();
     if let Some(hub) = parts.config.hub.clone() {
@@ -228,15 +236,23 @@ where
     })
 }
 
-/// Spawns the runner of `P` over what `log` reads into `records`; returns its applied sequence.
+/// What a spawned runner reports as it goes.
+struct RunnerSignals {
+    /// Its applied sequence.
+    applied: watch::Receiver<u64>,
+    /// Raised while it catches up in passes.
+    in_passes: watch::Receiver<bool>,
+}
+
+/// Spawns the runner of `P` over what `log` reads into `records`.
 fn spawn_runner<P: Projection, S: Carries<P::Input>>(
     parts: &Parts<'_>,
     log: &SharedLog<S>,
     records: &async_nats::jetstream::kv::Store,
     announce: Arc<dyn Announce<P::Notice>>,
     tasks: &mut Vec<JoinHandle<()>>,
-) -> watch::Receiver<u64> {
-    let (tx, rx) = watch::channel(0);
+) -> RunnerSignals {
+    let (tx, applied) = watch::channel(0);
     let runner = ProjectionRunner::<P, S> {
         log: log.clone(),
         records: records.clone(),
@@ -258,6 +274,7 @@ fn spawn_runner<P: Projection, S: Carries<P::Input>>(
         }),
         announce,
     };
+    let in_passes = runner.progress.in_passes();
     tasks.push(tokio::spawn(runner.run(parts.stop.clone())));
-    rx
+    RunnerSignals { applied, in_passes }
 }

@@ -9,13 +9,15 @@
 //! skipped a message. Nothing resumes: the follower builds again from the new watch.
 //!
 //! The in-memory read views (catalogs online, account records, projection stats) are built
-//! this way.
+//! this way. A follower may also stand its watch down for a while ([`Pause`]): the account
+//! cache does while this instance's runner writes the whole bucket in a catch-up.
 
 use super::log::open_pull;
 use async_nats::jetstream::{consumer, kv};
 use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How often a running watch checks whether the client reconnected.
@@ -24,6 +26,46 @@ const RECONNECT_CHECK: Duration = Duration::from_millis(250);
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// Messages asked for by one pull.
 const PULL_BATCH: usize = 256;
+
+/// Why a watch ends when a pause is asked for.
+const PAUSED: &str = "paused";
+
+/// When a follower does without its watch: while the signal reads `true`, no watch runs (the
+/// running one ends, the follower hears `ended("paused")`) and a new one starts once it reads
+/// `false` again. For a bucket this instance is about to write in bulk, whose changes the
+/// follower does not need meanwhile: each of them would be delivered and then ignored.
+#[derive(Clone, Default)]
+pub struct Pause(Option<watch::Receiver<bool>>);
+
+impl Pause {
+    /// Never pauses.
+    pub fn never() -> Pause {
+        Pause(None)
+    }
+
+    /// Pauses while `signal` reads `true` (and never once its sender is gone).
+    pub fn while_raised(signal: watch::Receiver<bool>) -> Pause {
+        Pause(Some(signal))
+    }
+
+    /// Resolves once a pause is asked for; never without a signal. Cancellation-safe.
+    async fn asked(&mut self) {
+        if let Some(signal) = &mut self.0 {
+            if signal.wait_for(|raised| *raised).await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// Resolves once no pause is asked for. Cancellation-safe.
+    async fn lifted(&mut self) {
+        if let Some(signal) = &mut self.0 {
+            // A sender that is gone asks for nothing.
+            let _ = signal.wait_for(|raised| !*raised).await;
+        }
+    }
+}
 
 /// What a new watch delivers first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,16 +88,22 @@ pub trait Follower: Send + 'static {
     fn ended(&mut self, reason: &'static str);
 }
 
-/// Follows `bucket` through `client` until `stop` is cancelled, one watch after another.
+/// Follows `bucket` through `client` until `stop` is cancelled, one watch after another, none
+/// while `pause` asks for it.
 pub async fn follow(
     client: async_nats::Client,
     bucket: kv::Store,
     start: Start,
     mut follower: impl Follower,
+    mut pause: Pause,
     stop: CancellationToken,
 ) {
     let statistics = client.statistics();
     loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = pause.lifted() => {}
+        }
         let connects = statistics.connects.load(Ordering::Relaxed);
         let reason = match open(&bucket, start).await {
             Err(reason) => reason,
@@ -65,6 +113,7 @@ pub async fn follow(
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
+                        _ = pause.asked() => break PAUSED,
                         _ = check.tick() => {
                             if statistics.connects.load(Ordering::Relaxed) != connects {
                                 break "client reconnected";

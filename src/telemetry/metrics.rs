@@ -338,7 +338,7 @@ impl Metrics {
         );
         registry.register(
             "account_cache_rebuilds",
-            "Times this instance emptied its account record cache (watch failed or ended, client reconnected)",
+            "Times this instance emptied its account record cache (watch failed or ended, client reconnected, paused while this instance caught the account projection up in passes)",
             m.account_cache_rebuilds,
         );
         registry.register(

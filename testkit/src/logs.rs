@@ -29,6 +29,10 @@ pub struct ProjectedBacklog {
     pub cache_misses: u64,
     /// Passes of a catch-up from empty written.
     pub passes: u64,
+    /// The runner's `in_passes` signal read `true` at some point of the run.
+    pub in_passes_raised: bool,
+    /// The signal once the runner stopped.
+    pub in_passes_at_end: bool,
 }
 
 /// Empties the bucket of projection `P` and `PROJ_STATS`, runs `P`'s runner over the log with
@@ -74,6 +78,9 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
             .with_passes(passes.clone()),
         announce: std::sync::Arc::new(test_util::Silent),
     };
+    let (mut in_passes, runner_in_passes) =
+        (runner.progress.in_passes(), runner.progress.in_passes());
+    let raised = tokio::spawn(async move { in_passes.wait_for(|raised| *raised).await.is_ok() });
     let task = tokio::spawn(runner.run(stop.clone()));
     let started = std::time::Instant::now();
     let mut timeline = Vec::new();
@@ -93,6 +100,9 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
     stop.cancel();
     waited.context("the backlog was not projected within two minutes")??;
     task.await?;
+    let in_passes_at_end = *runner_in_passes.borrow();
+    raised.abort();
+    let in_passes_raised = matches!(raised.await, Ok(true));
     Ok(ProjectedBacklog {
         elapsed,
         timeline,
@@ -100,6 +110,8 @@ pub async fn project_from_empty<P: test_util::Projection<Notice = std::convert::
         stats_writes: stream_last_seq(js, &stats_stream).await? - stats_before,
         cache_misses: cache.misses.get(),
         passes: passes.get(),
+        in_passes_raised,
+        in_passes_at_end,
     })
 }
 

@@ -612,7 +612,8 @@ async fn account_counters(js: &jetstream::Context) -> Result<Counters> {
 /// With its bucket empty and a deep backlog, a runner reads the log once per part of the keys
 /// that fits its pass budget and writes each record once, however small the flushes of the
 /// one-pass fold are; the records and counters are those of the one-pass fold. Nothing is
-/// applied (for readers) before the whole run is.
+/// applied (for readers) before the whole run is. The runner's `in_passes` signal is raised
+/// while the passes run and lowered after; a fold in one pass never raises it.
 #[tokio::test]
 async fn a_backlog_from_empty_is_caught_up_in_passes_writing_each_record_once() -> Result<()> {
     let (_server, js, events) = a_published_mixed_log().await?;
@@ -622,9 +623,12 @@ async fn a_backlog_from_empty_is_caught_up_in_passes_writing_each_record_once() 
         pass_bytes: 0,
         ..Default::default()
     };
-    let (one_pass_writes, records) = project_backlog(&js, events, small_flushes.clone()).await?;
+    let one_pass =
+        natster_testkit::project_from_empty::<Accounts>(&js, events, small_flushes.clone()).await?;
+    let records = dump(&js, Accounts::BUCKET).await?;
     let one_pass_counters = account_counters(&js).await?;
-    assert!(one_pass_writes > records.len() as u64);
+    assert!(one_pass.record_writes > records.len() as u64);
+    assert!(!one_pass.in_passes_raised, "no passes, no signal");
 
     let in_passes = RunnerConfig {
         pass_bytes: 32 << 10,
@@ -665,6 +669,10 @@ async fn a_backlog_from_empty_is_caught_up_in_passes_writing_each_record_once() 
     );
     // Each pass writes its progress twice (before and after its records).
     assert!(run.stats_writes >= 2 * run.passes);
+    assert!(
+        run.in_passes_raised && !run.in_passes_at_end,
+        "the signal is raised while the passes run and lowered after"
+    );
     let stats = js.get_key_value("PROJ_STATS").await?;
     assert!(
         stats.get("passes.accounts").await?.is_none(),
@@ -758,5 +766,9 @@ async fn a_log_passes_cannot_decide_exactly_is_folded_in_one_pass() -> Result<()
         run.record_writes
     );
     assert_eq!(run.passes, 0, "no pass written");
+    assert!(
+        run.in_passes_raised && !run.in_passes_at_end,
+        "raised for the first pass, lowered when the passes were given up"
+    );
     Ok(())
 }

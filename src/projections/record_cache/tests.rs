@@ -1,6 +1,6 @@
 //! The record cache against a real nats-server: a miss read once then held, every change the
-//! watch delivers taken in (put, delete), its bound kept, and emptied and right again after
-//! the server restarts under it.
+//! watch delivers taken in (put, delete), its bound kept, emptied and right again after
+//! the server restarts under it, and without a watch (reading the bucket) while paused.
 
 use super::*;
 use crate::store::follow::testing::{client_and_bucket, until};
@@ -36,13 +36,35 @@ async fn started_cache(
     RecordCacheMetrics,
     CancellationToken,
 ) {
+    started_pausable_cache(server, stored, limit, Pause::never()).await
+}
+
+/// The same, paused by `pause`.
+async fn started_pausable_cache(
+    server: &PlainServer,
+    stored: &[(&str, u32)],
+    limit: usize,
+    pause: Pause,
+) -> (
+    kv::Store,
+    RecordCache<Rec>,
+    RecordCacheMetrics,
+    CancellationToken,
+) {
     let (client, bucket) = client_and_bucket(server, "RECORD_CACHE_TEST").await;
     for (key, n) in stored {
         bucket.put(*key, rec(*n)).await.expect("put");
     }
     let metrics = RecordCacheMetrics::default();
     let stop = CancellationToken::new();
-    let cache = RecordCache::start(client, bucket.clone(), limit, metrics.clone(), stop.clone());
+    let cache = RecordCache::start(
+        client,
+        bucket.clone(),
+        limit,
+        metrics.clone(),
+        pause,
+        stop.clone(),
+    );
     until_live(&cache).await;
     (bucket, cache, metrics, stop)
 }
@@ -60,13 +82,17 @@ async fn until_cached(cache: &RecordCache<Rec>, key: &str, expected: Option<u32>
     assert!(reached, "{key} never became {expected:?}");
 }
 
-/// Waits until the cache's watch runs.
-async fn until_live(cache: &RecordCache<Rec>) {
-    let live = until(Duration::from_secs(10), || async {
-        cache.state.lock().expect("lock").live
+/// Waits until the cache's watch runs (`live`) or has stopped.
+async fn until_live_is(cache: &RecordCache<Rec>, live: bool) {
+    let reached = until(Duration::from_secs(10), || async {
+        cache.state.lock().expect("lock").live == live
     })
     .await;
-    assert!(live, "the cache's watch never started");
+    assert!(reached, "the cache's watch never became live={live}");
+}
+
+async fn until_live(cache: &RecordCache<Rec>) {
+    until_live_is(cache, true).await;
 }
 
 #[tokio::test]
@@ -128,5 +154,48 @@ async fn the_cache_is_emptied_and_right_again_after_the_server_restarts() {
     until_live(&cache).await;
     bucket.put("a", rec(3)).await.expect("put");
     until_cached(&cache, "a", Some(3)).await;
+    stop.cancel();
+}
+
+/// While paused the cache has no watch: it holds nothing and every read goes to the bucket, so
+/// a change made meanwhile is read, never missed; once the pause is lifted a new watch runs,
+/// and the cache holds records and takes their changes in again.
+#[tokio::test]
+async fn a_paused_cache_reads_the_bucket_and_serves_from_memory_again_after() {
+    let server = PlainServer::start().await.expect("server");
+    let (signal, raised) = tokio::sync::watch::channel(false);
+    let pause = Pause::while_raised(raised);
+    let (bucket, cache, metrics, stop) =
+        started_pausable_cache(&server, &[("a", 1)], 1 << 20, pause).await;
+    assert_eq!(value(&cache, "a").await, Some(1));
+    assert_eq!(value(&cache, "a").await, Some(1));
+    assert_eq!((metrics.misses.get(), metrics.hits.get()), (1, 1));
+
+    signal.send_replace(true);
+    until_live_is(&cache, false).await;
+    assert_eq!(metrics.rebuilds.get(), 1, "the pause ended the watch");
+    assert_eq!(metrics.bytes.get(), 0, "and emptied the cache");
+    bucket.put("a", rec(2)).await.expect("put");
+    assert_eq!(value(&cache, "a").await, Some(2));
+    assert_eq!(value(&cache, "a").await, Some(2));
+    assert_eq!(
+        (metrics.misses.get(), metrics.hits.get()),
+        (3, 1),
+        "while paused every read goes to the bucket"
+    );
+    assert!(cache.state.lock().expect("lock").records.is_empty());
+
+    signal.send_replace(false);
+    until_live(&cache).await;
+    assert_eq!(value(&cache, "a").await, Some(2));
+    assert_eq!(value(&cache, "a").await, Some(2));
+    assert_eq!((metrics.misses.get(), metrics.hits.get()), (4, 2));
+    bucket.put("a", rec(3)).await.expect("put");
+    until_cached(&cache, "a", Some(3)).await;
+    assert_eq!(
+        metrics.misses.get(),
+        4,
+        "the change came through the new watch"
+    );
     stop.cancel();
 }

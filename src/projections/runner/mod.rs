@@ -131,10 +131,12 @@ pub struct CacheMetrics {
 }
 
 /// Where a runner reports how far it got: the last applied sequence (for read-your-writes
-/// waits), the number of stream messages applied, of messages parked, of records written and
-/// of catch-up passes written, and its cache (for metrics).
+/// waits), whether it is catching up in passes (raised from the first pass until the run ends,
+/// however it ends), the number of stream messages applied, of messages parked, of records
+/// written and of catch-up passes written, and its cache (for metrics).
 pub struct Progress {
     applied: watch::Sender<u64>,
+    in_passes: watch::Sender<bool>,
     messages: Counter,
     parked: Counter,
     writes: Counter,
@@ -148,6 +150,7 @@ impl Progress {
     pub fn new(applied: watch::Sender<u64>, messages: Counter, parked: Counter) -> Progress {
         Progress {
             applied,
+            in_passes: watch::Sender::new(false),
             messages,
             parked,
             writes: Counter::default(),
@@ -165,6 +168,12 @@ impl Progress {
     #[cfg(any(test, feature = "test-util"))]
     pub fn with_passes(self, passes: Counter) -> Progress {
         Progress { passes, ..self }
+    }
+
+    /// Reads `true` while the runner catches up in passes, which write every record of its
+    /// bucket (a follower of the bucket may [pause](crate::store::follow::Pause) meanwhile).
+    pub fn in_passes(&self) -> watch::Receiver<bool> {
+        self.in_passes.subscribe()
     }
 
     /// Also reports how the record cache does to `cache`.

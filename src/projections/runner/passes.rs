@@ -24,6 +24,10 @@
 //! the checkpoint as usual. Until then its applied sequence stays where the run started:
 //! readers waiting for `Natster-Min-Seq` and `/readyz` wait for the whole run.
 //!
+//! While a run goes on, the runner's `in_passes` signal is raised
+//! ([`super::Progress::in_passes`]): the instance's account cache stands its watch of the
+//! bucket down meanwhile rather than be delivered every record written.
+//!
 //! The first pass checks that passes are exact for this log: records that messages touching
 //! several keys might make too large are pinned (held by every pass) and the first pass is
 //! read again; more than [`partition::MAX_PINNED`] of them ([`partition::MayPark`]) and
@@ -91,6 +95,23 @@ struct Run {
     revision: Option<u64>,
 }
 
+/// Raises a runner's `in_passes` signal for as long as it lives: lowered however the run
+/// ends (done, stopped, failed, abandoned as inexact, or the task dropped).
+struct Raised<'a>(&'a tokio::sync::watch::Sender<bool>);
+
+impl<'a> Raised<'a> {
+    fn over(signal: &'a tokio::sync::watch::Sender<bool>) -> Raised<'a> {
+        signal.send_replace(true);
+        Raised(signal)
+    }
+}
+
+impl Drop for Raised<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
 impl<P: Projection, S: Carries<P::Input>> ProjectionRunner<P, S> {
     /// Catches the projection up in passes when its bucket is empty and the backlog deep, or
     /// goes on with a run a previous holder left. Called with the lease held, before the
@@ -107,6 +128,7 @@ impl<P: Projection, S: Carries<P::Input>> ProjectionRunner<P, S> {
             return Ok(Passes::NotTaken);
         };
         let started = Instant::now();
+        let _raised = Raised::over(&self.progress.in_passes);
         let mut passes = 0;
         tracing::info!(
             projection = P::NAME,
