@@ -15,7 +15,9 @@ pub use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, fold, oauth::OAuthIndex, online::Online, CountDelta,
     Projection,
 };
-pub use crate::reactions::share_notices::CONSUMER as SHARE_FEED_CONSUMER;
+pub use crate::reactions::share_notices::{
+    Mark as ShareFeedMark, CONSUMER as SHARE_FEED_CONSUMER, MARK_KEY as SHARE_FEED_MARK_KEY,
+};
 pub use crate::store::lease::Lease;
 /// The counter type of the runner's metrics.
 pub type Counter = prometheus_client::metrics::counter::Counter;

@@ -176,13 +176,15 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
     }
     started.tasks.push(spawn_snapshot_writer(parts));
     let (feeds, stop) = (parts.feeds.clone(), parts.stop.clone());
+    let stats = parts.store.stats.clone();
     started.tasks.push(spawn_restarting(
         "share notices",
         parts.stop.clone(),
         takeover / 4,
         move || {
-            let (events, feeds, stop) = (events.clone(), feeds.clone(), stop.clone());
-            async move { share_notices::run(&events, feeds, takeover, stop).await }
+            let (events, stats, feeds) = (events.clone(), stats.clone(), feeds.clone());
+            let stop = stop.clone();
+            async move { share_notices::run(&events, &stats, feeds, takeover, stop).await }
         },
     ));
     started

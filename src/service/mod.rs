@@ -317,15 +317,19 @@ impl GlobalService {
 const ENSURE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The service's streams, buckets and the share feed's consumer, each created when missing.
-/// The share feed starts at the events appended after its consumer was created, so the
-/// consumer must exist before the first request is answered.
+/// A share feed that never ran starts at the log's end, so its consumer must exist before the
+/// first request is answered.
 async fn ensure_resources(
     js: &async_nats::jetstream::Context,
     config: &ServiceConfig,
 ) -> Result<Store, StoreError> {
     let store = with_patience(|| Box::pin(Store::ensure(js.clone(), &config.store))).await?;
-    let share_feed = share_notices::consumer(config.runner.takeover_after);
-    with_patience(|| share_feed.ensure(&store.events)).await?;
+    let takeover_after = config.runner.takeover_after;
+    with_patience(|| async {
+        let share_feed = share_notices::consumer(&store.events, &store.stats, takeover_after);
+        share_feed.await?.ensure(&store.events).await
+    })
+    .await?;
     Ok(store)
 }
 

@@ -1,7 +1,11 @@
 //! Feeds reach exactly the intended accounts, once per fact, with two service instances.
 
-use anyhow::Result;
-use natster_global::test_util::{EVENTS_STREAM, SHARE_FEED_CONSUMER};
+use anyhow::{Context, Result};
+use async_nats::jetstream;
+use natster_global::model::{EventSubject, EventType};
+use natster_global::test_util::{
+    ShareFeedMark, EVENTS_STREAM, PROJ_STATS_BUCKET, SHARE_FEED_CONSUMER, SHARE_FEED_MARK_KEY,
+};
 use natster_testkit::{call, init_data, put_event, seq_of, FeedReader, Harness};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -98,6 +102,113 @@ async fn a_share_appended_as_soon_as_the_service_answers_is_announced() -> Resul
     let notice = json!({"catalog": "films", "from_account": a, "to_account": b, "seq": shared});
     assert_eq!(
         next(&mut alice_feed).await?,
+        ("catalog_shared".into(), notice)
+    );
+    h.stop().await
+}
+
+/// The share feed's mark as stored, if any.
+async fn share_feed_mark(js: &jetstream::Context) -> Result<Option<u64>> {
+    let stats = js.get_key_value(PROJ_STATS_BUCKET).await?;
+    Ok(match stats.get(SHARE_FEED_MARK_KEY).await? {
+        Some(bytes) => Some(serde_json::from_slice::<ShareFeedMark>(&bytes)?.announced_seq),
+        None => None,
+    })
+}
+
+/// Appends a share event straight to the log (no service running), as the service would.
+async fn append_share(js: &jetstream::Context, from: &str, to: &str, name: &str) -> Result<u64> {
+    let subject = EventSubject::new(from, to, name, EventType::CatalogShared).to_subject();
+    Ok(js.publish(subject, "".into()).await?.await?.sequence)
+}
+
+/// A share feed consumer that goes missing (deleted by an operator) is created again from the
+/// feed's mark, not at the log's end: a share appended while it was missing is announced, and
+/// the shares announced before the mark are not announced again.
+#[tokio::test]
+async fn a_share_appended_while_the_feed_consumer_was_missing_is_announced() -> Result<()> {
+    let mut h = Harness::start(&["alice", "bob"]).await?;
+    let alice = h.connect("alice").await?;
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let mut alice_feed = feed(&alice).await?;
+    let js = h.service_js().await?;
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let films = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    assert_eq!(next(&mut alice_feed).await?.1["seq"], films);
+    crate::projections::eventually(Duration::from_secs(10), || async {
+        Ok(share_feed_mark(&js).await? >= Some(films))
+    })
+    .await
+    .context("the mark reaches the announced share")?;
+
+    h.services.pop().context("the instance")?.stop().await?;
+    let events = js.get_stream(EVENTS_STREAM).await?;
+    events.delete_consumer(SHARE_FEED_CONSUMER).await?;
+    let music = append_share(&js, &a, &b, "music").await?;
+    h.add_instance(|_| {}).await?;
+
+    let notice = json!({"catalog": "music", "from_account": a, "to_account": b, "seq": music});
+    assert_eq!(
+        next(&mut alice_feed).await?,
+        ("catalog_shared".into(), notice)
+    );
+    h.stop().await
+}
+
+/// The first mark: with no consumer, the log's end (an adopted log's history is not
+/// announced); with a consumer made before marks existed (at new events), its ack floor,
+/// which the server sets to the log's end when it creates it.
+#[tokio::test]
+async fn the_first_mark_is_the_log_end_or_an_existing_consumers_ack_floor() -> Result<()> {
+    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let js = h.service_js().await?;
+    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let history = append_share(&js, &a, &b, "films").await?;
+    let events = js.get_stream(EVENTS_STREAM).await?;
+    events
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(SHARE_FEED_CONSUMER.into()),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+    append_share(&js, &a, &b, "music").await?;
+    h.add_instance(|_| {}).await?;
+    assert_eq!(
+        share_feed_mark(&js).await?,
+        Some(history),
+        "the existing consumer's ack floor"
+    );
+    h.stop().await?;
+
+    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let js = h.service_js().await?;
+    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    append_share(&js, &a, &b, "films").await?;
+    let end = append_share(&js, &a, &b, "music").await?;
+    h.add_instance(|_| {}).await?;
+    assert_eq!(share_feed_mark(&js).await?, Some(end), "the log's end");
+    h.stop().await
+}
+
+/// A share feed consumer deleted under a running instance is created again by it (from the
+/// mark), and the shares appended since are announced.
+#[tokio::test]
+async fn a_feed_consumer_deleted_under_a_running_instance_is_created_again() -> Result<()> {
+    let h = Harness::start(&["alice", "bob"]).await?;
+    let alice = h.connect("alice").await?;
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let mut alice_feed = feed(&alice).await?;
+    let js = h.service_js().await?;
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let events = js.get_stream(EVENTS_STREAM).await?;
+    events.delete_consumer(SHARE_FEED_CONSUMER).await?;
+    let films = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    let notice = json!({"catalog": "films", "from_account": a, "to_account": b, "seq": films});
+    assert_eq!(
+        alice_feed.next(Duration::from_secs(15)).await?,
         ("catalog_shared".into(), notice)
     );
     h.stop().await

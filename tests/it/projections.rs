@@ -34,7 +34,7 @@ async fn count_subject(js: &jetstream::Context, filter: &str) -> Result<u64> {
 }
 
 /// Polls `check` until it returns true or `within` passes.
-async fn eventually<F, Fut>(within: Duration, mut check: F) -> Result<Duration>
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut check: F) -> Result<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<bool>>,
