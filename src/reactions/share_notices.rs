@@ -70,18 +70,32 @@ fn consumer_after(mark: Mark, takeover_after: Duration) -> PinnedConsumer {
     }
 }
 
-/// The stored mark, written first when there is none (the first of racing writers wins).
+/// The stored mark, written first when there is none (the first of racing writers wins) or
+/// when the stored one does not decode (retrying could not fix it).
 async fn mark(events: &stream::Stream, stats: &kv::Store) -> Result<Mark, StoreError> {
-    if let Some(mark) = store_kv::load::<Mark>(stats, MARK_KEY).await?.value {
-        return Ok(mark);
-    }
+    let undecodable = match store_kv::load::<Mark>(stats, MARK_KEY).await {
+        Ok(stored) => match stored.value {
+            Some(mark) => return Ok(mark),
+            None => false,
+        },
+        Err(error) if error.kind() == StoreErrorKind::Permanent => {
+            tracing::warn!(%error, "the share feed's mark does not decode; it is written again");
+            true
+        }
+        Err(error) => return Err(error),
+    };
     let mark = Mark {
         announced_seq: match ack_floor(events).await? {
             Some(floor) => floor,
             None => crate::store::log::end(events).await?,
         },
     };
-    match store_kv::create(stats, MARK_KEY, store_kv::encode(&mark)).await {
+    let encoded = store_kv::encode(&mark);
+    let written = match undecodable {
+        true => store_kv::put(stats, MARK_KEY, encoded).await,
+        false => store_kv::create(stats, MARK_KEY, encoded).await,
+    };
+    match written {
         Ok(_) => Ok(mark),
         Err(error) if error.kind() == StoreErrorKind::Conflict => {
             let stored = store_kv::load::<Mark>(stats, MARK_KEY).await?.value;

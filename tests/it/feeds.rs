@@ -213,3 +213,19 @@ async fn a_feed_consumer_deleted_under_a_running_instance_is_created_again() -> 
     );
     h.stop().await
 }
+
+/// A mark that does not decode is written again (as a first mark: here, with no consumer, the
+/// log's end) instead of keeping the service from starting.
+#[tokio::test]
+async fn an_undecodable_mark_is_written_again() -> Result<()> {
+    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let js = h.service_js().await?;
+    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let end = append_share(&js, &a, &b, "films").await?;
+    let stats = js.get_key_value(PROJ_STATS_BUCKET).await?;
+    stats.put(SHARE_FEED_MARK_KEY, "not a mark".into()).await?;
+    h.add_instance(|_| {}).await?;
+    assert_eq!(share_feed_mark(&js).await?, Some(end));
+    h.stop().await
+}
