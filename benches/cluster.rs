@@ -19,8 +19,8 @@ use async_nats::jetstream;
 use natster_global::service::{GlobalService, RunnerConfig, ServiceConfig};
 use natster_global::test_util::{Accounts, Store, StoreConfig};
 use natster_testkit::{
-    cpu_seconds, events_put_load, mixed_event_log, percentile, project_from_empty, publish_log,
-    Cluster, PlainServer,
+    cpu_seconds, mixed_event_log, percentile, project_from_empty, publish_log, Cluster,
+    EventsPutLoad, PlainServer,
 };
 use std::time::Duration;
 
@@ -124,8 +124,11 @@ async fn round(target: &Target, events: usize, appends: usize) -> Result<Round> 
         .await
         .context("service")?;
     wait_for_interest(&target.client).await?;
+    let load = EventsPutLoad::new(appends);
     let before = target.cpu()?;
-    let (rate, mut latencies) = events_put_load(&target.client, appends, IN_FLIGHT).await?;
+    let (rate, mut latencies) = load.run(&target.client, IN_FLIGHT).await?;
+    // What the requests set off is counted with them.
+    load.until_projected(&target.client).await?;
     let appends_cpu = target.cpu_since(before, appends)?;
     service.stop().await?;
     Ok(Round {

@@ -121,45 +121,98 @@ pub async fn raw_ordered_read(js: &async_nats::jetstream::Context, n: usize) -> 
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// `n` `events.put` requests through a service answering on `client`'s connection (subjects
-/// `<account>.natster.global.events.put`, as a plain server routes them): inits of `n / 2`
-/// new accounts, then one share each on a catalog of its own, `in_flight` at a time per phase.
-/// Returns the rate and every request's latency.
-pub async fn events_put_load(
-    client: &async_nats::Client,
-    n: usize,
-    in_flight: usize,
-) -> Result<(f64, Vec<std::time::Duration>)> {
-    let keys: Vec<String> = (0..n / 2)
-        .map(|_| nkeys::KeyPair::new_account().public_key())
-        .collect();
-    let mut requests = Vec::with_capacity(n);
-    for key in &keys {
-        requests.push((key.clone(), serde_json::json!({"catalog":"none","target":"none","event_type":"natster_initialized","data":{"account_id":"i","account_name":"n","account_key":key}})));
+/// The `events.put` requests of one load: inits of `n / 2` new accounts, then one share each
+/// on a catalog of its own. Built before anything is measured: making an account key costs
+/// more CPU than some requests do.
+pub struct EventsPutLoad {
+    /// (caller account, request body), inits first.
+    requests: Vec<(String, serde_json::Value)>,
+    accounts: usize,
+}
+
+impl EventsPutLoad {
+    pub fn new(n: usize) -> EventsPutLoad {
+        let keys: Vec<String> = (0..n / 2)
+            .map(|_| nkeys::KeyPair::new_account().public_key())
+            .collect();
+        let mut requests = Vec::with_capacity(n);
+        for key in &keys {
+            requests.push((key.clone(), serde_json::json!({"catalog":"none","target":"none","event_type":"natster_initialized","data":{"account_id":"i","account_name":"n","account_key":key}})));
+        }
+        for (i, key) in keys.iter().enumerate() {
+            let target = &keys[(i + 1) % keys.len()];
+            // Named after the new account, so a later load on the same log claims new names too.
+            let catalog = format!("bench{}", key[1..13].to_lowercase());
+            requests.push((key.clone(), serde_json::json!({"catalog":catalog,"target":target,"event_type":"catalog_shared","data":null})));
+        }
+        EventsPutLoad {
+            requests,
+            accounts: keys.len(),
+        }
     }
-    for (i, key) in keys.iter().enumerate() {
-        let target = &keys[(i + 1) % keys.len()];
-        // Named after the new account, so a later load on the same log claims new names too.
-        let catalog = format!("bench{}", key[1..13].to_lowercase());
-        requests.push((key.clone(), serde_json::json!({"catalog":catalog,"target":target,"event_type":"catalog_shared","data":null})));
+
+    /// Sends the requests through a service answering on `client`'s connection (subjects
+    /// `<account>.natster.global.events.put`, as a plain server routes them), `in_flight` at a
+    /// time per phase (shares need initialised accounts). Returns the rate and every request's
+    /// latency.
+    pub async fn run(
+        &self,
+        client: &async_nats::Client,
+        in_flight: usize,
+    ) -> Result<(f64, Vec<std::time::Duration>)> {
+        let started = std::time::Instant::now();
+        let mut latencies = Vec::with_capacity(self.requests.len());
+        for phase in self.requests.chunks(self.accounts.max(1)) {
+            let (_, timed) = timed_at_in_flight(phase.len(), in_flight, |i| {
+                let (key, body) = &phase[i];
+                request_ok(
+                    client,
+                    format!("{key}.natster.global.events.put"),
+                    serde_json::to_vec(body).expect("json"),
+                )
+            })
+            .await?;
+            latencies.extend(timed);
+        }
+        Ok((
+            self.requests.len() as f64 / started.elapsed().as_secs_f64(),
+            latencies,
+        ))
     }
-    let started = std::time::Instant::now();
-    let mut latencies = Vec::with_capacity(requests.len());
-    // Inits first (shares need initialised accounts).
-    for phase in requests.chunks(keys.len().max(1)) {
-        let (_, timed) = timed_at_in_flight(phase.len(), in_flight, |i| {
-            let (key, body) = &phase[i];
-            request_ok(
-                client,
-                format!("{key}.natster.global.events.put"),
-                serde_json::to_vec(body).expect("json"),
-            )
-        })
-        .await?;
-        latencies.extend(timed);
+
+    /// Waits until the service answering on `client`'s connection has applied, in its decision
+    /// state and its account and catalog projections, everything the event log holds now (a
+    /// `stats` request under `Natster-Min-Seq`, asked again while it answers 503): measured
+    /// with [`EventsPutLoad::run`], the work the requests set off is counted with them.
+    pub async fn until_projected(&self, client: &async_nats::Client) -> Result<()> {
+        let js = async_nats::jetstream::new(client.clone());
+        let events = js
+            .get_stream(natster_global::test_util::EVENTS_STREAM)
+            .await?;
+        let last = events.get_info().await?.state.last_sequence;
+        let caller = &self.requests.first().context("an empty load")?.0;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            natster_global::contract::MIN_SEQ_HEADER,
+            last.to_string().as_str(),
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let reply = client
+                .request_with_headers(
+                    format!("{caller}.natster.global.stats"),
+                    headers.clone(),
+                    "".into(),
+                )
+                .await?;
+            if reply.payload.starts_with(b"{\"code\":200") {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                reply.payload.starts_with(b"{\"code\":503") && std::time::Instant::now() < deadline,
+                "the service did not apply sequence {last}: {}",
+                String::from_utf8_lossy(&reply.payload)
+            );
+        }
     }
-    Ok((
-        requests.len() as f64 / started.elapsed().as_secs_f64(),
-        latencies,
-    ))
 }
