@@ -15,8 +15,8 @@ pub mod shared;
 
 use super::error::StoreError;
 use async_nats::jetstream::{self, consumer, stream};
-use futures::stream::ReadyChunks;
-use futures::StreamExt;
+use futures::stream::Fuse;
+use futures::{FutureExt, Stream, StreamExt};
 
 /// Pause before a read that broke is resumed.
 const RESUME_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
@@ -92,7 +92,7 @@ pub struct LogReader<T> {
 
 /// The consumer a reader pulls from, and the consumer sequence of the last message it took.
 struct OpenRead {
-    messages: ReadyChunks<consumer::pull::Stream>,
+    messages: Fuse<consumer::pull::Stream>,
     delivered: u64,
 }
 
@@ -139,14 +139,14 @@ impl<T> LogReader<T> {
             let read = match &mut self.consumer {
                 Some(read) => read,
                 None => {
-                    let messages = open(&self.stream, self.next_seq, self.max_chunk).await?;
+                    let messages = open(&self.stream, self.next_seq).await?;
                     self.consumer.insert(OpenRead {
                         messages,
                         delivered: 0,
                     })
                 }
             };
-            let Some(delivered) = read.messages.next().await else {
+            let Some(delivered) = ready_chunk(&mut read.messages, self.max_chunk).await else {
                 tracing::debug!(stream = %self.stream_name(), "read ended; resuming");
                 self.consumer = None;
                 tokio::time::sleep(RESUME_PAUSE).await;
@@ -228,12 +228,11 @@ impl<T> LogReader<T> {
     }
 }
 
-/// A new consumer of `stream` from `next_seq`, its messages in chunks.
+/// A new consumer of `stream` from `next_seq`.
 async fn open(
     stream: &stream::Stream,
     next_seq: u64,
-    max_chunk: usize,
-) -> Result<ReadyChunks<consumer::pull::Stream>, StoreError> {
+) -> Result<Fuse<consumer::pull::Stream>, StoreError> {
     let from = consumer::DeliverPolicy::ByStartSequence {
         start_sequence: next_seq,
     };
@@ -243,7 +242,26 @@ async fn open(
             let name = &stream.cached_info().config.name;
             StoreError::unavailable(format!("read {name} from sequence {next_seq}"), detail)
         })?;
-    Ok(messages.ready_chunks(max_chunk))
+    Ok(messages.fuse())
+}
+
+/// What `messages` has ready: at least one item (waiting for it) and at most `max`; `None`
+/// once it ended. Unlike `ready_chunks`, which reserves room for `max` items for every chunk,
+/// the vector grows with what is ready: a caught-up reader gets chunks of one message, and
+/// reserving a full chunk (hundreds of kilobytes) for each cost an allocation of fresh pages,
+/// zeroed by the kernel, per message. Cancellation-safe: nothing is taken before the one
+/// await completes, and nothing is awaited after it.
+async fn ready_chunk<S: Stream + Unpin>(messages: &mut S, max: usize) -> Option<Vec<S::Item>> {
+    let first = messages.next().await?;
+    let mut chunk = vec![first];
+    while chunk.len() < max {
+        match messages.next().now_or_never() {
+            Some(Some(item)) => chunk.push(item),
+            // Nothing ready; or the end, which the next call sees (the stream is fused).
+            _ => break,
+        }
+    }
+    Some(chunk)
 }
 
 /// The messages of a new ephemeral pull consumer of `stream` (no acks, one replica, in
