@@ -182,9 +182,35 @@ impl EventsPutLoad {
 
     /// Waits until the service answering on `client`'s connection has applied, in its decision
     /// state and its account and catalog projections, everything the event log holds now (a
-    /// `stats` request under `Natster-Min-Seq`, asked again while it answers 503): measured
-    /// with [`EventsPutLoad::run`], the work the requests set off is counted with them.
+    /// `stats` request under `Natster-Min-Seq`, asked again while it answers 503), and has
+    /// announced every share (the share feed's consumer has nothing pending or unacked):
+    /// measured with [`EventsPutLoad::run`], the work the requests set off is counted with
+    /// them.
     pub async fn until_projected(&self, client: &async_nats::Client) -> Result<()> {
+        self.until_applied(client).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let events = js
+            .get_stream(natster_global::test_util::EVENTS_STREAM)
+            .await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let feed = events
+                .consumer_info(natster_global::test_util::SHARE_FEED_CONSUMER)
+                .await?;
+            if feed.num_pending == 0 && feed.num_ack_pending == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "share notices still pending: {} to deliver, {} unacked",
+                feed.num_pending,
+                feed.num_ack_pending
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn until_applied(&self, client: &async_nats::Client) -> Result<()> {
         let js = async_nats::jetstream::new(client.clone());
         let events = js
             .get_stream(natster_global::test_util::EVENTS_STREAM)
