@@ -2,10 +2,10 @@
 //! to the share's target and to the owner, once, whatever the number of instances.
 //!
 //! A durable consumer (filtered to share events, pinned to one instance at a time like the
-//! auto-share reactor) delivers each event; the notice is published, the server is seen to
-//! hold it (a round trip), then the event acked; an unacked event comes again after the
-//! consumer's ack wait. A crash between publishing and acking repeats a notice; nothing is
-//! lost.
+//! auto-share reactor) delivers each event; the notices of the events delivered at once (at
+//! most [`NOTICE_BATCH`]) are published, the server is seen to hold them (one round trip),
+//! then the events acked; an unacked event comes again after the consumer's ack wait. A crash
+//! between publishing and acking repeats notices; nothing is lost.
 //!
 //! Where the feed goes on from is also kept outside the consumer, as a mark in `PROJ_STATS`
 //! ([`MARK_KEY`]: the consumer's ack floor, every share up to it announced), written at most
@@ -25,6 +25,7 @@ use crate::store::pinned::PinnedConsumer;
 use crate::store::{StoreError, StoreErrorKind};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer, kv, stream};
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 pub const CONSUMER: &str = "feed-shares";
 /// Key of the feed's mark in `PROJ_STATS`.
 pub const MARK_KEY: &str = "feed.shares";
+/// Share events announced under one confirmation at most (those delivered already when the
+/// first is taken).
+const NOTICE_BATCH: usize = 64;
 /// Most often the mark is written while notices go out.
 pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -158,8 +162,17 @@ pub async fn run(
     loop {
         tokio::select! {
             message = messages.next(&shutdown) => match message? {
-                Some(message) => {
-                    if let Some(seq) = announce(&message, &feeds).await {
+                Some(first) => {
+                    let mut batch = vec![first];
+                    while batch.len() < NOTICE_BATCH {
+                        // What else is delivered already; an end or a failure is seen again
+                        // by the next call.
+                        match messages.next(&shutdown).now_or_never() {
+                            Some(Ok(Some(message))) => batch.push(message),
+                            _ => break,
+                        }
+                    }
+                    if let Some(seq) = announce(&batch, &feeds).await {
                         acked = acked.max(seq);
                     }
                 }
@@ -178,43 +191,58 @@ pub async fn run(
     Ok(())
 }
 
-/// Announces the share event in `message` (nothing for other events) and acks it once the
-/// server holds the notices; left unacked (to come again) when that is not confirmed. Returns
-/// the stream sequence acked, if it was.
-async fn announce(message: &jetstream::Message, feeds: &Feeds) -> Option<u64> {
-    let seq = message.info().map_or(0, |info| info.stream_sequence);
-    let decoded = Decoded::from_parts(seq, 0, &message.subject, &message.payload);
-    if let Decoded::Event(event) = decoded {
+/// Announces the share events in `messages` (nothing for other events), then acks every
+/// message once the server holds all their notices (one confirmation for the batch); when that
+/// is not confirmed, none is acked and all come again. Returns the last stream sequence acked.
+async fn announce(messages: &[jetstream::Message], feeds: &Feeds) -> Option<u64> {
+    let mut notices = 0;
+    for message in messages {
+        let seq = message.info().map_or(0, |info| info.stream_sequence);
+        let Decoded::Event(event) = Decoded::from_parts(seq, 0, &message.subject, &message.payload)
+        else {
+            continue;
+        };
         let s = &event.subject;
-        if s.target != NONE && s.catalog != NONE {
-            let notice = ShareNotice {
-                catalog: s.catalog.clone(),
-                from_account: s.origin.clone(),
-                to_account: s.target.clone(),
-                seq: event.seq,
-            };
-            let mut recipients = vec![s.target.clone()];
-            if s.origin != s.target {
-                recipients.push(s.origin.clone());
-            }
-            let kind = match s.event_type {
-                EventType::CatalogShared => FeedKind::CatalogShared,
-                _ => FeedKind::CatalogUnshared,
-            };
-            crate::crashpoint::reached(crate::crashpoint::BEFORE_SHARE_NOTICE).await;
-            feeds.publish(&recipients, kind, &notice).await;
-            // The ack is what moves the consumer on: only once the server has the notice.
-            if let Err(error) = feeds.confirm().await {
-                tracing::warn!(%error, "share notice not confirmed; it comes again");
-                return None;
-            }
+        if s.target == NONE || s.catalog == NONE {
+            continue;
+        }
+        let notice = ShareNotice {
+            catalog: s.catalog.clone(),
+            from_account: s.origin.clone(),
+            to_account: s.target.clone(),
+            seq: event.seq,
+        };
+        let mut recipients = vec![s.target.clone()];
+        if s.origin != s.target {
+            recipients.push(s.origin.clone());
+        }
+        let kind = match s.event_type {
+            EventType::CatalogShared => FeedKind::CatalogShared,
+            _ => FeedKind::CatalogUnshared,
+        };
+        crate::crashpoint::reached(crate::crashpoint::BEFORE_SHARE_NOTICE).await;
+        feeds.publish(&recipients, kind, &notice).await;
+        notices += 1;
+    }
+    // The acks are what move the consumer on: only once the server has the notices.
+    if notices > 0 {
+        if let Err(error) = feeds.confirm().await {
+            tracing::warn!(%error, "share notices not confirmed; they come again");
+            return None;
         }
     }
-    match message.ack().await {
-        Ok(()) => Some(seq),
-        Err(error) => {
-            tracing::warn!(%error, "share feed ack failed; the notice may repeat");
-            None
+    let mut acked = None;
+    for message in messages {
+        match message.ack().await {
+            Ok(()) => {
+                acked = message
+                    .info()
+                    .ok()
+                    .map(|info| info.stream_sequence)
+                    .max(acked)
+            }
+            Err(error) => tracing::warn!(%error, "share feed ack failed; the notice may repeat"),
         }
     }
+    acked
 }
