@@ -116,6 +116,7 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
     let store = parts.store;
     let (mut tasks, mut progress) = (Vec::new(), Vec::new());
     let mut account_cache_pause = Pause::never();
+    let mut log_catch_ups = Vec::new();
     let events = parts.events_log;
     for name in ProjectionName::ALL {
         let tasks = &mut tasks;
@@ -142,6 +143,7 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
         };
         if name.source() == SourceStream::Events {
             progress.push((name.as_str(), signals.applied));
+            log_catch_ups.push(signals.in_passes.clone());
         }
         if name == ProjectionName::Accounts {
             account_cache_pause = Pause::while_raised(signals.in_passes);
@@ -174,7 +176,9 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
             },
         ));
     }
-    started.tasks.push(spawn_snapshot_writer(parts));
+    started
+        .tasks
+        .push(spawn_snapshot_writer(parts, log_catch_ups));
     let (feeds, stop) = (parts.feeds.clone(), parts.stop.clone());
     let stats = parts.store.stats.clone();
     started.tasks.push(spawn_restarting(
@@ -193,8 +197,12 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
 /// Lease key of the decision-state snapshot writer (in `PROJ_STATS`, beside the projections').
 pub(super) const SNAPSHOT_LEASE: &str = "lease.decision-snapshot";
 
-/// Spawns the writer of the decision-state snapshot: one instance at a time, under a lease.
-fn spawn_snapshot_writer(parts: &Parts<'_>) -> JoinHandle<()> {
+/// Spawns the writer of the decision-state snapshot: one instance at a time, under a lease,
+/// never while one of `catching_up` (the event log's runners catching up in passes) is raised.
+fn spawn_snapshot_writer(
+    parts: &Parts<'_>,
+    catching_up: Vec<watch::Receiver<bool>>,
+) -> JoinHandle<()> {
     let lease = Lease::new(
         parts.store.stats.clone(),
         SNAPSHOT_LEASE.into(),
@@ -210,7 +218,16 @@ fn spawn_snapshot_writer(parts: &Parts<'_>) -> JoinHandle<()> {
         stop.clone(),
         move |held| {
             let (decider, bucket, log) = (decider.clone(), bucket.clone(), log.clone());
-            snapshotter::keep_written(decider, bucket, log, interval, held, stop.clone())
+            let catching_up = catching_up.clone();
+            snapshotter::keep_written(
+                decider,
+                bucket,
+                log,
+                interval,
+                held,
+                catching_up,
+                stop.clone(),
+            )
         },
     ))
 }

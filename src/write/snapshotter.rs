@@ -4,7 +4,10 @@
 //! reads it ([`load`]) and folds only the log after it; the instance holding the snapshot
 //! lease writes it every interval while its state has moved, and once more when it stops
 //! ([`keep_written`]), so a restart folds at most one interval of the log. Single writer:
-//! two instances writing the object at once could leave chunks of one of them behind.
+//! two instances writing the object at once could leave chunks of one of them behind. A write
+//! that falls due while this instance's projections catch up in passes waits until they are
+//! done: both need the same cores, readiness waits for the projections, and the snapshot loses
+//! nothing by coming a few seconds later.
 //!
 //! Writing reads the state and the remembered requests under the state's lock (in the tail's
 //! lock order: state, then requests), so both are of the same sequence.
@@ -16,6 +19,7 @@ use crate::telemetry::metrics::{Metrics, ReasonLabels};
 use async_nats::jetstream::object_store::{GetErrorKind, ObjectMetadata, ObjectStore};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The snapshot's name in the snapshots object store.
@@ -34,6 +38,13 @@ pub struct Written {
     pub seq: u64,
     pub bytes: usize,
     pub took: Duration,
+}
+
+/// Resolves once every signal reads `false` (or its sender is gone). Cancellation-safe.
+async fn all_lowered(signals: &mut [watch::Receiver<bool>]) {
+    for signal in signals {
+        let _ = signal.wait_for(|raised| !*raised).await;
+    }
 }
 
 /// The stored snapshot of `log`, if there is one this version can use; otherwise `None`, with
@@ -154,6 +165,7 @@ pub async fn keep_written(
     log: LogIdentity,
     interval: Duration,
     held: Held,
+    mut catching_up: Vec<watch::Receiver<bool>>,
     stop: CancellationToken,
 ) -> Result<(), SnapshotWriteError> {
     let mut ticks = tokio::time::interval(interval);
@@ -164,6 +176,11 @@ pub async fn keep_written(
             _ = stop.cancelled() => break,
             () = held.lost() => return Ok(()),
             _ = ticks.tick() => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            () = held.lost() => return Ok(()),
+            () = all_lowered(&mut catching_up) => {}
         }
         if !held.is_held() {
             continue;

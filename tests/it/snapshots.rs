@@ -229,3 +229,49 @@ async fn corrupt_stale_and_foreign_snapshots_are_ignored_and_the_log_is_folded()
     assert_eq!(code, 404, "alice is not initialised in the new log");
     h.stop().await
 }
+
+/// A snapshot that falls due while the instance's projections catch up from empty in passes
+/// waits until they are done (they need the same cores, and readiness waits for them): with
+/// a snapshot due every 10 ms, the one stored is written after the last checkpoint the passes
+/// wrote. Written during the passes, it would be older: the state does not move after them.
+#[tokio::test]
+async fn no_snapshot_is_written_while_the_projections_catch_up_in_passes() -> Result<()> {
+    use natster_global::test_util::{checkpoint_key, PROJ_STATS_BUCKET};
+    let mut h = Harness::without_instances(&["alice"]).await?;
+    let js = h.service_js().await?;
+    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let log = natster_testkit::mixed_event_log(300, 400, 3_000);
+    natster_testkit::publish_log(&js, &log).await?;
+    h.add_instance(|config| {
+        config.snapshot_interval = std::time::Duration::from_millis(10);
+        config.runner.pass_bytes = 32 << 10;
+        config.runner.deep_backlog = 0;
+    })
+    .await?;
+    let within = std::time::Duration::from_secs(60);
+    anyhow::ensure!(
+        h.services[0].wait_projected(log.len() as u64, within).await,
+        "not caught up"
+    );
+    let deadline = std::time::Instant::now() + within;
+    while metric(&h, 0, "natster_decision_snapshots_written_total").await? < 1.0 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no snapshot written");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stats = js.get_key_value(PROJ_STATS_BUCKET).await?;
+    let mut caught_up = None;
+    for projection in ["accounts", "catalogs", "oauth"] {
+        let entry = stats
+            .entry(checkpoint_key(projection))
+            .await?
+            .context("checkpoint")?;
+        caught_up = caught_up.max(Some(entry.created));
+    }
+    let snapshot = js.get_object_store(BUCKET).await?.info(OBJECT).await?;
+    let written = snapshot.modified.context("snapshot time")?;
+    anyhow::ensure!(
+        Some(written) > caught_up,
+        "snapshot written at {written}, the passes ended at {caught_up:?}"
+    );
+    stop_all(&mut h).await
+}
