@@ -15,7 +15,8 @@
 //!   tenant); `natster_online_view_entries` and `natster_online_view_bytes` report it.
 
 use crate::model::online::OnlineRecord;
-use crate::store::follow::{follow, Follower, Pause, Start};
+use crate::store::follow::{follow, Follower, Start};
+use crate::store::pause::Pause;
 use async_nats::jetstream::kv;
 use hashbrown::HashMap;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};

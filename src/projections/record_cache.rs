@@ -18,8 +18,9 @@
 //!   from its record ([`CachedRecord::derived_bytes`]), keys and a fixed overhead each); past
 //!   it, arbitrary records are dropped down to three quarters.
 
-use crate::store::follow::{follow, Follower, Pause, Start};
+use crate::store::follow::{follow, Follower, Start};
 use crate::store::kv as store_kv;
+use crate::store::pause::Pause;
 use crate::store::StoreError;
 use async_nats::jetstream::kv;
 use hashbrown::HashMap;

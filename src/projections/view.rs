@@ -3,7 +3,8 @@
 //! and read ops wait on it for `Natster-Min-Seq`.
 
 use super::stored::{Checkpoint, Counters};
-use crate::store::follow::{follow, Follower, Pause, Start};
+use crate::store::follow::{follow, Follower, Start};
+use crate::store::pause::Pause;
 use crate::store::{kv as store_kv, StoreError};
 use async_nats::jetstream::kv;
 use std::collections::BTreeMap;

@@ -25,7 +25,6 @@ use crate::store::pinned::PinnedConsumer;
 use crate::store::{StoreError, StoreErrorKind};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer, kv, stream};
-use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -161,17 +160,8 @@ pub async fn run(
     marking.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            message = messages.next(&shutdown) => match message? {
-                Some(first) => {
-                    let mut batch = vec![first];
-                    while batch.len() < NOTICE_BATCH {
-                        // What else is delivered already; an end or a failure is seen again
-                        // by the next call.
-                        match messages.next(&shutdown).now_or_never() {
-                            Some(Ok(Some(message))) => batch.push(message),
-                            _ => break,
-                        }
-                    }
+            batch = messages.next_batch(NOTICE_BATCH, &shutdown) => match batch? {
+                Some(batch) => {
                     if let Some(seq) = announce(&batch, &feeds).await {
                         acked = acked.max(seq);
                     }
@@ -196,8 +186,12 @@ pub async fn run(
 /// is not confirmed, none is acked and all come again. Returns the last stream sequence acked.
 async fn announce(messages: &[jetstream::Message], feeds: &Feeds) -> Option<u64> {
     let mut notices = 0;
-    for message in messages {
-        let seq = message.info().map_or(0, |info| info.stream_sequence);
+    let seqs: Vec<Option<u64>> = messages
+        .iter()
+        .map(|message| message.info().ok().map(|info| info.stream_sequence))
+        .collect();
+    for (message, seq) in messages.iter().zip(&seqs) {
+        let seq = seq.unwrap_or(0);
         let Decoded::Event(event) = Decoded::from_parts(seq, 0, &message.subject, &message.payload)
         else {
             continue;
@@ -232,15 +226,9 @@ async fn announce(messages: &[jetstream::Message], feeds: &Feeds) -> Option<u64>
         }
     }
     let mut acked = None;
-    for message in messages {
+    for (message, seq) in messages.iter().zip(seqs) {
         match message.ack().await {
-            Ok(()) => {
-                acked = message
-                    .info()
-                    .ok()
-                    .map(|info| info.stream_sequence)
-                    .max(acked)
-            }
+            Ok(()) => acked = seq.max(acked),
             Err(error) => tracing::warn!(%error, "share feed ack failed; the notice may repeat"),
         }
     }

@@ -16,10 +16,10 @@ use crate::projections::{
     accounts::Accounts, catalogs::Catalogs, oauth::OAuthIndex, online::Online,
 };
 use crate::reactions::{autoshare, share_notices, Feeds};
-use crate::store::follow::Pause;
 use crate::store::lease::{holder_id, lead, Lease};
 use crate::store::log::message::LogMessage;
 use crate::store::log::shared::{Carries, SharedConfig, SharedLog};
+use crate::store::pause::Pause;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::ResultLabels;
 use crate::telemetry::Metrics;
@@ -146,7 +146,7 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
             log_catch_ups.push(signals.in_passes.clone());
         }
         if name == ProjectionName::Accounts {
-            account_cache_pause = Pause::while_raised(signals.in_passes);
+            account_cache_pause = Pause::while_any_raised([signals.in_passes]);
         }
     }
     let mut started = Started {
@@ -176,9 +176,10 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
             },
         ));
     }
+    let snapshot_pause = Pause::while_any_raised(log_catch_ups);
     started
         .tasks
-        .push(spawn_snapshot_writer(parts, log_catch_ups));
+        .push(spawn_snapshot_writer(parts, snapshot_pause));
     let (feeds, stop) = (parts.feeds.clone(), parts.stop.clone());
     let stats = parts.store.stats.clone();
     started.tasks.push(spawn_restarting(
@@ -198,11 +199,8 @@ pub(super) fn spawn_all(parts: &Parts<'_>) -> Started {
 pub(super) const SNAPSHOT_LEASE: &str = "lease.decision-snapshot";
 
 /// Spawns the writer of the decision-state snapshot: one instance at a time, under a lease,
-/// never while one of `catching_up` (the event log's runners catching up in passes) is raised.
-fn spawn_snapshot_writer(
-    parts: &Parts<'_>,
-    catching_up: Vec<watch::Receiver<bool>>,
-) -> JoinHandle<()> {
+/// never while `pause` is asked for (the event log's runners catching up in passes).
+fn spawn_snapshot_writer(parts: &Parts<'_>, pause: Pause) -> JoinHandle<()> {
     let lease = Lease::new(
         parts.store.stats.clone(),
         SNAPSHOT_LEASE.into(),
@@ -218,16 +216,8 @@ fn spawn_snapshot_writer(
         stop.clone(),
         move |held| {
             let (decider, bucket, log) = (decider.clone(), bucket.clone(), log.clone());
-            let catching_up = catching_up.clone();
-            snapshotter::keep_written(
-                decider,
-                bucket,
-                log,
-                interval,
-                held,
-                catching_up,
-                stop.clone(),
-            )
+            let pause = pause.clone();
+            snapshotter::keep_written(decider, bucket, log, interval, held, pause, stop.clone())
         },
     ))
 }

@@ -10,14 +10,15 @@
 //!
 //! The in-memory read views (catalogs online, account records, projection stats) are built
 //! this way. A follower may also stand its watch down for a while ([`Pause`]): the account
-//! cache does while this instance's runner writes the whole bucket in a catch-up.
+//! cache does while this instance's runner writes the whole bucket in a catch-up, a bucket
+//! whose changes it would be delivered and then ignore.
 
 use super::log::open_pull;
+use super::pause::Pause;
 use async_nats::jetstream::{consumer, kv};
 use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How often a running watch checks whether the client reconnected.
@@ -29,43 +30,6 @@ const PULL_BATCH: usize = 256;
 
 /// Why a watch ends when a pause is asked for.
 const PAUSED: &str = "paused";
-
-/// When a follower does without its watch: while the signal reads `true`, no watch runs (the
-/// running one ends, the follower hears `ended("paused")`) and a new one starts once it reads
-/// `false` again. For a bucket this instance is about to write in bulk, whose changes the
-/// follower does not need meanwhile: each of them would be delivered and then ignored.
-#[derive(Clone, Default)]
-pub struct Pause(Option<watch::Receiver<bool>>);
-
-impl Pause {
-    /// Never pauses.
-    pub fn never() -> Pause {
-        Pause(None)
-    }
-
-    /// Pauses while `signal` reads `true` (and never once its sender is gone).
-    pub fn while_raised(signal: watch::Receiver<bool>) -> Pause {
-        Pause(Some(signal))
-    }
-
-    /// Resolves once a pause is asked for; never without a signal. Cancellation-safe.
-    async fn asked(&mut self) {
-        if let Some(signal) = &mut self.0 {
-            if signal.wait_for(|raised| *raised).await.is_ok() {
-                return;
-            }
-        }
-        std::future::pending().await
-    }
-
-    /// Resolves once no pause is asked for. Cancellation-safe.
-    async fn lifted(&mut self) {
-        if let Some(signal) = &mut self.0 {
-            // A sender that is gone asks for nothing.
-            let _ = signal.wait_for(|raised| !*raised).await;
-        }
-    }
-}
 
 /// What a new watch delivers first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +74,12 @@ pub async fn follow(
             Ok((mut updates, empty)) => {
                 follower.started(empty);
                 let mut check = tokio::time::interval(RECONNECT_CHECK);
+                let asked = pause.asked();
+                tokio::pin!(asked);
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = pause.asked() => break PAUSED,
+                        () = &mut asked => break PAUSED,
                         _ = check.tick() => {
                             if statistics.connects.load(Ordering::Relaxed) != connects {
                                 break "client reconnected";

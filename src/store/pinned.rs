@@ -100,4 +100,26 @@ impl PinnedMessages {
             }
         }
     }
+
+    /// The next message (waiting for it, as [`PinnedMessages::next`]) and those delivered
+    /// already after it, at most `max` in all. An end or a failure met after the first is
+    /// left for the next call. Cancellation-safe: nothing is taken before the one await.
+    pub async fn next_batch(
+        &mut self,
+        max: usize,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Option<Vec<async_nats::jetstream::Message>>, StoreError> {
+        use futures::FutureExt;
+        let Some(first) = self.next(shutdown).await? else {
+            return Ok(None);
+        };
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match self.next(shutdown).now_or_never() {
+                Some(Ok(Some(message))) => batch.push(message),
+                _ => break,
+            }
+        }
+        Ok(Some(batch))
+    }
 }

@@ -15,11 +15,11 @@
 use super::snapshot::{self, LogIdentity, Restored};
 use super::Decider;
 use crate::store::lease::Held;
+use crate::store::pause::Pause;
 use crate::telemetry::metrics::{Metrics, ReasonLabels};
 use async_nats::jetstream::object_store::{GetErrorKind, ObjectMetadata, ObjectStore};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// The snapshot's name in the snapshots object store.
@@ -38,13 +38,6 @@ pub struct Written {
     pub seq: u64,
     pub bytes: usize,
     pub took: Duration,
-}
-
-/// Resolves once every signal reads `false` (or its sender is gone). Cancellation-safe.
-async fn all_lowered(signals: &mut [watch::Receiver<bool>]) {
-    for signal in signals {
-        let _ = signal.wait_for(|raised| !*raised).await;
-    }
 }
 
 /// The stored snapshot of `log`, if there is one this version can use; otherwise `None`, with
@@ -156,16 +149,17 @@ pub async fn write(
     Ok(Some(written))
 }
 
-/// While `held`: writes a snapshot every `interval`, and once more when `stop` is cancelled
-/// (then returns). Returns at once when the lease is lost. A failed write is logged and tried
-/// again at the next tick.
+/// While `held`: writes a snapshot every `interval` (a write that falls due while `pause` is
+/// asked for waits until it is lifted), and once more when `stop` is cancelled (then returns).
+/// Returns at once when the lease is lost. A failed write is logged and tried again at the
+/// next tick.
 pub async fn keep_written(
     decider: Decider,
     bucket: ObjectStore,
     log: LogIdentity,
     interval: Duration,
     held: Held,
-    mut catching_up: Vec<watch::Receiver<bool>>,
+    mut pause: Pause,
     stop: CancellationToken,
 ) -> Result<(), SnapshotWriteError> {
     let mut ticks = tokio::time::interval(interval);
@@ -180,7 +174,7 @@ pub async fn keep_written(
         tokio::select! {
             _ = stop.cancelled() => break,
             () = held.lost() => return Ok(()),
-            () = all_lowered(&mut catching_up) => {}
+            () = pause.lifted() => {}
         }
         if !held.is_held() {
             continue;

@@ -116,6 +116,16 @@ async fn share_feed_mark(js: &jetstream::Context) -> Result<Option<u64>> {
     })
 }
 
+/// A world with alice and bob, the service's resources made and no instance running: the
+/// harness, both keys and the service account's JetStream.
+async fn stopped_world() -> Result<(Harness, String, String, jetstream::Context)> {
+    let h = Harness::without_instances(&["alice", "bob"]).await?;
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    let js = h.service_js().await?;
+    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    Ok((h, a, b, js))
+}
+
 /// Appends a share event straight to the log (no service running), as the service would.
 async fn append_share(js: &jetstream::Context, from: &str, to: &str, name: &str) -> Result<u64> {
     let subject = EventSubject::new(from, to, name, EventType::CatalogShared).to_subject();
@@ -160,10 +170,7 @@ async fn a_share_appended_while_the_feed_consumer_was_missing_is_announced() -> 
 /// which the server sets to the log's end when it creates it.
 #[tokio::test]
 async fn the_first_mark_is_the_log_end_or_an_existing_consumers_ack_floor() -> Result<()> {
-    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
-    let (a, b) = (h.key("alice"), h.key("bob"));
-    let js = h.service_js().await?;
-    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let (mut h, a, b, js) = stopped_world().await?;
     let history = append_share(&js, &a, &b, "films").await?;
     let events = js.get_stream(EVENTS_STREAM).await?;
     events
@@ -182,10 +189,7 @@ async fn the_first_mark_is_the_log_end_or_an_existing_consumers_ack_floor() -> R
     );
     h.stop().await?;
 
-    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
-    let (a, b) = (h.key("alice"), h.key("bob"));
-    let js = h.service_js().await?;
-    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let (mut h, a, b, js) = stopped_world().await?;
     append_share(&js, &a, &b, "films").await?;
     let end = append_share(&js, &a, &b, "music").await?;
     h.add_instance(|_| {}).await?;
@@ -218,10 +222,7 @@ async fn a_feed_consumer_deleted_under_a_running_instance_is_created_again() -> 
 /// log's end) instead of keeping the service from starting.
 #[tokio::test]
 async fn an_undecodable_mark_is_written_again() -> Result<()> {
-    let mut h = Harness::without_instances(&["alice", "bob"]).await?;
-    let (a, b) = (h.key("alice"), h.key("bob"));
-    let js = h.service_js().await?;
-    natster_global::test_util::Store::ensure(js.clone(), &Default::default()).await?;
+    let (mut h, a, b, js) = stopped_world().await?;
     let end = append_share(&js, &a, &b, "films").await?;
     let stats = js.get_key_value(PROJ_STATS_BUCKET).await?;
     stats.put(SHARE_FEED_MARK_KEY, "not a mark".into()).await?;

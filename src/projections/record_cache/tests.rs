@@ -164,7 +164,7 @@ async fn the_cache_is_emptied_and_right_again_after_the_server_restarts() {
 async fn a_paused_cache_reads_the_bucket_and_serves_from_memory_again_after() {
     let server = PlainServer::start().await.expect("server");
     let (signal, raised) = tokio::sync::watch::channel(false);
-    let pause = Pause::while_raised(raised);
+    let pause = Pause::while_any_raised([raised]);
     let (bucket, cache, metrics, stop) =
         started_pausable_cache(&server, &[("a", 1)], 1 << 20, pause).await;
     assert_eq!(value(&cache, "a").await, Some(1));
