@@ -17,7 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::{Context, Result};
 use async_nats::jetstream;
 use natster_global::service::{GlobalService, RunnerConfig, ServiceConfig};
-use natster_global::test_util::{Accounts, Store, StoreConfig};
+use natster_global::test_util::{with_patience, Accounts, Store, StoreConfig};
 use natster_testkit::{
     cpu_seconds, mixed_event_log, percentile, project_from_empty, publish_log, Cluster,
     EventsPutLoad, PlainServer,
@@ -195,7 +195,8 @@ async fn main() -> Result<()> {
             replicas: target.replicas,
             ..Default::default()
         };
-        Store::ensure(target.js(), &config).await?;
+        // As a starting instance does: a node may still be catching up with the cluster.
+        with_patience(|| Box::pin(Store::ensure(target.js(), &config))).await?;
         publish_log(&target.js(), &log).await?;
     }
     let mut measured: Vec<Vec<Round>> = vec![Vec::new(), Vec::new()];

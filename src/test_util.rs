@@ -25,7 +25,7 @@ pub use crate::store::log::shared::{SharedConfig, SharedLog};
 pub use crate::store::log::LogReader;
 pub use crate::store::roundtrip::sync;
 pub use crate::store::{
-    online_stream_config, Store, StoreConfig, StoreError, StoreErrorKind, EVENTS_STREAM,
-    PROJ_PARKED_BUCKET, PROJ_STATS_BUCKET,
+    online_stream_config, with_patience, Store, StoreConfig, StoreError, StoreErrorKind,
+    EVENTS_STREAM, PROJ_PARKED_BUCKET, PROJ_STATS_BUCKET,
 };
 pub use crate::telemetry::{http, Phase, Telemetry};

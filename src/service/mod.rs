@@ -27,7 +27,8 @@ use crate::projections::registry::{ProjectionName, SourceStream};
 use crate::projections::view::StatsView;
 use crate::reactions::{share_notices, Feeds};
 use crate::store::roundtrip::{self, RoundTripError};
-use crate::store::{Store, StoreError, StoreErrorKind};
+use crate::store::with_patience;
+use crate::store::{Store, StoreError};
 use crate::telemetry::{http, Phase, Telemetry};
 use crate::write::{Decider, ExecuteError, Snapshots};
 use async_nats::service::ServiceExt;
@@ -312,10 +313,6 @@ impl GlobalService {
     }
 }
 
-/// How long a starting instance keeps trying to create or open its resources while JetStream
-/// cannot place them (a cluster whose peers are still forming or catching up).
-const ENSURE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
-
 /// The service's streams, buckets and the share feed's consumer, each created when missing.
 /// A share feed that never ran starts at the log's end, so its consumer must exist before the
 /// first request is answered.
@@ -331,29 +328,6 @@ async fn ensure_resources(
     })
     .await?;
     Ok(store)
-}
-
-/// `create` (of JetStream resources), tried again every half second for [`ENSURE_PATIENCE`]
-/// while it fails for a reason that may pass (unavailable); any other failure, or the last
-/// one, is returned.
-async fn with_patience<T, F, Fut>(mut create: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, StoreError>>,
-{
-    let deadline = std::time::Instant::now() + ENSURE_PATIENCE;
-    loop {
-        match create().await {
-            Err(error)
-                if error.kind() == StoreErrorKind::Unavailable
-                    && std::time::Instant::now() < deadline =>
-            {
-                tracing::warn!(%error, "JetStream resources not available yet; trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-            result => return result,
-        }
-    }
 }
 
 /// What `/readyz` and the projection gauges look at: every projection of the registry with

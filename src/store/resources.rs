@@ -4,7 +4,7 @@
 //! used as it is (its data and configuration are never altered or deleted), so a restart, a
 //! second instance, or an upgrade over an existing event log is always safe.
 
-use super::error::StoreError;
+use super::error::{StoreError, StoreErrorKind};
 use crate::contract::{ACCOUNT_UPDATES_PREFIX, PROJ_ACCOUNT_BUCKET};
 use async_nats::jetstream::{self, kv, object_store, stream};
 use std::time::Duration;
@@ -283,5 +283,32 @@ where
         Err(create_error) => open().await.map_err(|_| {
             StoreError::unavailable(format!("create {what} {name}"), create_error.to_string())
         }),
+    }
+}
+
+/// How long [`with_patience`] (a starting instance) keeps trying to create or open its resources while JetStream
+/// cannot place them (a cluster whose peers are still forming or catching up).
+const ENSURE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `create` (of JetStream resources), tried again every half second for [`ENSURE_PATIENCE`]
+/// while it fails for a reason that may pass (unavailable); any other failure, or the last
+/// one, is returned.
+pub async fn with_patience<T, F, Fut>(mut create: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = std::time::Instant::now() + ENSURE_PATIENCE;
+    loop {
+        match create().await {
+            Err(error)
+                if error.kind() == StoreErrorKind::Unavailable
+                    && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(%error, "JetStream resources not available yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            result => return result,
+        }
     }
 }
