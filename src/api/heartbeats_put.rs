@@ -7,10 +7,13 @@ use crate::contract::{op, EmptyReply, FeedKind, HeartbeatRequest};
 use crate::model::online::{online_subject, OFFLINE_HEADER};
 use crate::model::validate::{catalog_name_problem, is_account_public_key};
 use crate::store::StoreError;
+use async_nats::HeaderMap;
 
 impl Handler for op::HeartbeatsPut {
     /// Checks ownership, records the heartbeat in `NATSTER_ONLINE` (expiring after the online
-    /// TTL), and forwards it to the accounts the catalog is shared with.
+    /// TTL), and forwards it to the accounts the catalog is shared with. A heartbeat with a
+    /// reply subject is answered once the stream has stored it; one without is forwarded once
+    /// the record is sent (see [`crate::api::heartbeat_acks`]).
     async fn handle(
         context: &ApiContext,
         request: &ApiRequest<'_>,
@@ -65,7 +68,11 @@ impl Handler for op::HeartbeatsPut {
         };
         let payload =
             bytes::Bytes::from(serde_json::to_vec(&message).map_err(|_| ApiError::internal())?);
-        record(context, &heartbeat, payload.clone()).await?;
+        if request.replies {
+            record(context, &heartbeat, payload.clone()).await?;
+        } else {
+            record_unconfirmed(context, &heartbeat, payload.clone()).await?;
+        }
         if !heartbeat.offline {
             context
                 .feeds
@@ -76,20 +83,46 @@ impl Handler for op::HeartbeatsPut {
     }
 }
 
-/// Appends the heartbeat to `NATSTER_ONLINE` with the online TTL (and the offline header for
-/// a stop), and waits for the stream's acknowledgement.
-async fn record(
-    context: &ApiContext,
-    heartbeat: &HeartbeatRequest,
-    payload: bytes::Bytes,
-) -> Result<(), ApiError> {
-    let mut headers = async_nats::HeaderMap::new();
+/// The subject and headers of the heartbeat's record in `NATSTER_ONLINE`: the online TTL,
+/// and the offline header for a stop.
+fn record_message(context: &ApiContext, heartbeat: &HeartbeatRequest) -> (String, HeaderMap) {
+    let mut headers = HeaderMap::new();
     let ttl = context.settings.online_ttl.as_secs().max(1);
     headers.insert("Nats-TTL", ttl.to_string().as_str());
     if heartbeat.offline {
         headers.insert(OFFLINE_HEADER, "true");
     }
     let subject = online_subject(&heartbeat.account_key, &heartbeat.catalog);
+    (subject, headers)
+}
+
+/// Records a heartbeat nobody waits for: its acknowledgement goes to
+/// [`crate::api::heartbeat_acks`], which counts a refusal.
+async fn record_unconfirmed(
+    context: &ApiContext,
+    heartbeat: &HeartbeatRequest,
+    payload: bytes::Bytes,
+) -> Result<(), ApiError> {
+    let (subject, headers) = record_message(context, heartbeat);
+    context
+        .heartbeat_acks
+        .publish(subject, headers, payload)
+        .await
+        .map_err(|e| {
+            ApiError::store(
+                "the online stream cannot take the heartbeat",
+                &StoreError::unavailable("record a heartbeat", e),
+            )
+        })
+}
+
+/// Appends the heartbeat to `NATSTER_ONLINE` and waits for the stream's acknowledgement.
+async fn record(
+    context: &ApiContext,
+    heartbeat: &HeartbeatRequest,
+    payload: bytes::Bytes,
+) -> Result<(), ApiError> {
+    let (subject, headers) = record_message(context, heartbeat);
     let refused = |e: &async_nats::jetstream::context::PublishError| {
         ApiError::store(
             "the online stream cannot take the heartbeat",

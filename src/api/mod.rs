@@ -10,6 +10,7 @@ mod catalogs_validatename;
 mod context_get;
 mod error;
 mod events_put;
+pub mod heartbeat_acks;
 mod heartbeats_put;
 pub mod intake;
 mod my_shares;
@@ -75,6 +76,8 @@ pub struct ApiContext {
     pub heartbeat_limiter: RateLimiter,
     /// The cap on catalogs online per account.
     pub online_catalogs: online_catalogs::OnlineCatalogs,
+    /// Records heartbeats published without a reply subject.
+    pub heartbeat_acks: heartbeat_acks::HeartbeatAcks,
     pub metrics: Metrics,
     /// Counts issued codes that expire unclaimed.
     pub codes: CodeExpiry,

@@ -16,6 +16,7 @@ pub use crate::reactions::HubShare;
 pub use crate::store::StoreConfig;
 pub use config::ServiceConfig;
 
+use crate::api::heartbeat_acks::HeartbeatAcks;
 use crate::api::online_catalogs::OnlineCatalogs;
 use crate::api::slots::AccountSlots;
 use crate::api::throttle::Throttle;
@@ -153,11 +154,7 @@ impl GlobalService {
         config: ServiceConfig,
         telemetry: Arc<Telemetry>,
     ) -> Result<GlobalService, ServeError> {
-        // The server's INFO (with its max_payload) is in once a round trip has been made.
-        roundtrip::sync(&client).await?;
-        config
-            .share_limits
-            .check_fit(client.server_info().max_payload)?;
+        check_records_fit(&client, &config).await?;
         let metrics = telemetry.metrics.clone();
         let js = async_nats::jetstream::new(client.clone());
         // Boxed: creating every resource is a large future.
@@ -197,6 +194,8 @@ impl GlobalService {
             stop: &stop_background,
         });
         telemetry.install_probe(Box::new(probe_of(&client, &view, &store, &decider)));
+        let heartbeat_acks =
+            HeartbeatAcks::start(&client, metrics.clone(), stop_background.clone()).await?;
         let context = Arc::new(ApiContext {
             codes: CodeExpiry::start(
                 store.codes.clone(),
@@ -215,6 +214,7 @@ impl GlobalService {
             rate_limiter: config.rate_limiter(),
             heartbeat_limiter: config.heartbeat_limiter(),
             online_catalogs: OnlineCatalogs::new(config.max_online_catalogs, config.online_ttl),
+            heartbeat_acks,
             metrics,
         });
         let (micro, endpoint_loops, tracker) = serve_endpoints(&client, &context, &config).await?;
@@ -407,4 +407,17 @@ async fn serve_endpoints(
         )));
     }
     Ok((micro, loops, tracker))
+}
+
+/// Checks that the largest records `config`'s limits allow fit the server's `max_payload`
+/// (known once a round trip has brought the server's INFO).
+async fn check_records_fit(
+    client: &async_nats::Client,
+    config: &ServiceConfig,
+) -> Result<(), ServeError> {
+    roundtrip::sync(client).await?;
+    config
+        .share_limits
+        .check_fit(client.server_info().max_payload)?;
+    Ok(())
 }

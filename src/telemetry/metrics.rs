@@ -58,7 +58,7 @@ pub const AUTOSHARE_FAILURE_REASONS: [&str; 5] = [
 ];
 
 /// Why a heartbeat without a reply subject was dropped.
-pub const HEARTBEAT_DROP_REASONS: [&str; 3] = ["rate", "online_catalogs", "in_flight"];
+pub const HEARTBEAT_DROP_REASONS: [&str; 4] = ["rate", "online_catalogs", "in_flight", "record"];
 
 /// A read model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -3,7 +3,9 @@
 
 use anyhow::{ensure, Context, Result};
 use async_nats::jetstream;
-use natster_testkit::{call, init_data, put_event, seq_of, FeedReader, Harness};
+use natster_testkit::{
+    call, http_get, init_data, metric_value, put_event, seq_of, FeedReader, Harness,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -289,5 +291,66 @@ async fn an_expiry_while_no_instance_runs_is_announced_once_after_the_restart() 
             ("catalog_online", &json!(2))
         );
     }
+    h.stop().await
+}
+
+/// Polls `/metrics` until `series` has `value`.
+async fn await_metric(addr: std::net::SocketAddr, series: &str, value: f64) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let (status, text) = http_get(addr, "/metrics").await?;
+        ensure!(status == 200, "/metrics answered {status}");
+        if metric_value(&text, series) == Some(value) {
+            return Ok(());
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{series} never became {value}; last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_heartbeat_published_without_reply_is_recorded_and_forwarded_and_a_refused_one_counted(
+) -> Result<()> {
+    let h = Harness::start(&["alice", "bob"]).await?;
+    let http = h.serve_http(0).await?;
+    let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
+    let (a, b) = (h.key("alice"), h.key("bob"));
+    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
+    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
+    call(&bob, "my.shares", "", Some(shared)).await?;
+    let mut bob_feed = FeedReader::open(&bob).await?;
+    let publish = |revision: i64| {
+        let body = json!({"catalog": "films", "account_key": a, "revision": revision});
+        alice.publish("natster.global.heartbeats.put", body.to_string().into())
+    };
+
+    // As the original catalog server sends it: no reply subject, nobody told anything.
+    publish(1).await?;
+    wait_online_state(&bob, (true, 1)).await?;
+    let (kind, forwarded) = bob_feed.next(Duration::from_secs(5)).await?;
+    assert_eq!(
+        (kind.as_str(), &forwarded["revision"]),
+        ("heartbeat", &json!(1))
+    );
+    let dropped = "natster_heartbeats_dropped_total{reason=\"record\"}";
+    await_metric(http, dropped, 0.0).await?;
+
+    // The stream now refuses every record: the next one is counted, and changes nothing.
+    let js = h.service_js().await?;
+    let mut config = js
+        .get_stream("NATSTER_ONLINE")
+        .await?
+        .info()
+        .await?
+        .config
+        .clone();
+    config.max_message_size = 8;
+    js.update_stream(config).await?;
+    publish(2).await?;
+    await_metric(http, dropped, 1.0).await?;
+    assert_eq!(online_state(&bob).await?, (true, 1));
     h.stop().await
 }
