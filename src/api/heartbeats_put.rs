@@ -68,11 +68,7 @@ impl Handler for op::HeartbeatsPut {
         };
         let payload =
             bytes::Bytes::from(serde_json::to_vec(&message).map_err(|_| ApiError::internal())?);
-        if request.replies {
-            record(context, &heartbeat, payload.clone()).await?;
-        } else {
-            record_unconfirmed(context, &heartbeat, payload.clone()).await?;
-        }
+        record(context, &heartbeat, payload.clone(), request.replies).await?;
         if !heartbeat.offline {
             context
                 .feeds
@@ -83,9 +79,15 @@ impl Handler for op::HeartbeatsPut {
     }
 }
 
-/// The subject and headers of the heartbeat's record in `NATSTER_ONLINE`: the online TTL,
-/// and the offline header for a stop.
-fn record_message(context: &ApiContext, heartbeat: &HeartbeatRequest) -> (String, HeaderMap) {
+/// Appends the heartbeat to `NATSTER_ONLINE` with the online TTL (and the offline header for
+/// a stop). `confirmed`: waits for the stream's acknowledgement; otherwise the record is only
+/// sent, its acknowledgement going to [`crate::api::heartbeat_acks`], which counts a refusal.
+async fn record(
+    context: &ApiContext,
+    heartbeat: &HeartbeatRequest,
+    payload: bytes::Bytes,
+    confirmed: bool,
+) -> Result<(), ApiError> {
     let mut headers = HeaderMap::new();
     let ttl = context.settings.online_ttl.as_secs().max(1);
     headers.insert("Nats-TTL", ttl.to_string().as_str());
@@ -93,41 +95,27 @@ fn record_message(context: &ApiContext, heartbeat: &HeartbeatRequest) -> (String
         headers.insert(OFFLINE_HEADER, "true");
     }
     let subject = online_subject(&heartbeat.account_key, &heartbeat.catalog);
-    (subject, headers)
+    let recorded = if confirmed {
+        store_confirmed(context, subject, headers, payload).await
+    } else {
+        context
+            .heartbeat_acks
+            .publish(subject, headers, payload)
+            .await
+            .map_err(|e| StoreError::unavailable("record a heartbeat", e))
+    };
+    recorded.map_err(|e| ApiError::store("the online stream cannot take the heartbeat", &e))
 }
 
-/// Records a heartbeat nobody waits for: its acknowledgement goes to
-/// [`crate::api::heartbeat_acks`], which counts a refusal.
-async fn record_unconfirmed(
+/// Publishes the record and waits until the stream has stored it.
+async fn store_confirmed(
     context: &ApiContext,
-    heartbeat: &HeartbeatRequest,
+    subject: String,
+    headers: HeaderMap,
     payload: bytes::Bytes,
-) -> Result<(), ApiError> {
-    let (subject, headers) = record_message(context, heartbeat);
-    context
-        .heartbeat_acks
-        .publish(subject, headers, payload)
-        .await
-        .map_err(|e| {
-            ApiError::store(
-                "the online stream cannot take the heartbeat",
-                &StoreError::unavailable("record a heartbeat", e),
-            )
-        })
-}
-
-/// Appends the heartbeat to `NATSTER_ONLINE` and waits for the stream's acknowledgement.
-async fn record(
-    context: &ApiContext,
-    heartbeat: &HeartbeatRequest,
-    payload: bytes::Bytes,
-) -> Result<(), ApiError> {
-    let (subject, headers) = record_message(context, heartbeat);
+) -> Result<(), StoreError> {
     let refused = |e: &async_nats::jetstream::context::PublishError| {
-        ApiError::store(
-            "the online stream cannot take the heartbeat",
-            &StoreError::publish("record a heartbeat", e),
-        )
+        StoreError::publish("record a heartbeat", e)
     };
     context
         .store

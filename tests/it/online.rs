@@ -71,6 +71,19 @@ async fn running(client: &async_nats::Client) -> Result<u64> {
         .context("running_catalogs")
 }
 
+/// Alice (key `a`) initialises and shares `films` with bob (key `b`), who has read it.
+async fn alice_shares_films_with_bob(
+    alice: &async_nats::Client,
+    bob: &async_nats::Client,
+    a: &str,
+    b: &str,
+) -> Result<()> {
+    seq_of(&put_event(alice, "natster_initialized", "none", "none", init_data(a)).await?)?;
+    let shared = seq_of(&put_event(alice, "catalog_shared", "films", b, Value::Null).await?)?;
+    call(bob, "my.shares", "", Some(shared)).await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn online_offline_online_with_two_instances_and_a_restart() -> Result<()> {
     let mut h = Harness::without_instances(&["alice", "bob", "carol"]).await?;
@@ -84,9 +97,7 @@ async fn online_offline_online_with_two_instances_and_a_restart() -> Result<()> 
     );
     let (a, b) = (h.key("alice"), h.key("bob"));
     let js = h.service_js().await?;
-    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
-    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
-    call(&bob, "my.shares", "", Some(shared)).await?;
+    alice_shares_films_with_bob(&alice, &bob, &a, &b).await?;
     let (mut alice_feed, mut bob_feed, mut carol_feed) = (
         FeedReader::open(&alice).await?,
         FeedReader::open(&bob).await?,
@@ -192,9 +203,7 @@ async fn spoofed_heartbeats_are_refused_and_change_nothing() -> Result<()> {
     let h = Harness::start(&["alice", "bob"]).await?;
     let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
     let (a, b) = (h.key("alice"), h.key("bob"));
-    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
-    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
-    call(&bob, "my.shares", "", Some(shared)).await?;
+    alice_shares_films_with_bob(&alice, &bob, &a, &b).await?;
     let mut alice_feed = FeedReader::open(&alice).await?;
 
     // Bob claims to be alice, then heartbeats alice's catalog under his own key.
@@ -252,9 +261,7 @@ async fn an_expiry_while_no_instance_runs_is_announced_once_after_the_restart() 
     let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
     let (a, b) = (h.key("alice"), h.key("bob"));
     let js = h.service_js().await?;
-    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
-    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
-    call(&bob, "my.shares", "", Some(shared)).await?;
+    alice_shares_films_with_bob(&alice, &bob, &a, &b).await?;
     let (mut alice_feed, mut bob_feed) = (
         FeedReader::open(&alice).await?,
         FeedReader::open(&bob).await?,
@@ -318,9 +325,7 @@ async fn a_heartbeat_published_without_reply_is_recorded_and_forwarded_and_a_ref
     let http = h.serve_http(0).await?;
     let (alice, bob) = (h.connect("alice").await?, h.connect("bob").await?);
     let (a, b) = (h.key("alice"), h.key("bob"));
-    seq_of(&put_event(&alice, "natster_initialized", "none", "none", init_data(&a)).await?)?;
-    let shared = seq_of(&put_event(&alice, "catalog_shared", "films", &b, Value::Null).await?)?;
-    call(&bob, "my.shares", "", Some(shared)).await?;
+    alice_shares_films_with_bob(&alice, &bob, &a, &b).await?;
     let mut bob_feed = FeedReader::open(&bob).await?;
     let publish = |revision: i64| {
         let body = json!({"catalog": "films", "account_key": a, "revision": revision});

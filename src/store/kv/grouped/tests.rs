@@ -162,15 +162,7 @@ async fn a_replicated_bucket_is_handed_back_whole_and_replaced() {
 /// know a replica listens for them, a read gets "no responders" (503), as a starting
 /// instance's would (its runner tries again).
 async fn every_replica_answers(client: &async_nats::Client, bucket: &kv::Store) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        match super::super::load_many(client, bucket, [key(0)], 1).await {
-            Ok(_) => return,
-            Err(error) if std::time::Instant::now() < deadline => {
-                assert_eq!(error.kind(), StoreErrorKind::Unavailable, "{error}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(error) => panic!("the bucket never answered a read: {error}"),
-        }
-    }
+    crate::store::with_patience(|| super::super::load_many(client, bucket, [key(0)], 1))
+        .await
+        .expect("the bucket answers a read");
 }
