@@ -318,8 +318,18 @@ async fn await_metric(addr: std::net::SocketAddr, series: &str, value: f64) -> R
     }
 }
 
+/// The next heartbeat forwarded to `feed` (other notices skipped).
+async fn next_heartbeat(feed: &mut FeedReader) -> Result<Value> {
+    loop {
+        let (kind, message) = feed.next(Duration::from_secs(5)).await?;
+        if kind == "heartbeat" {
+            return Ok(message);
+        }
+    }
+}
+
 #[tokio::test]
-async fn a_heartbeat_published_without_reply_is_recorded_and_forwarded_and_a_refused_one_counted(
+async fn a_refused_heartbeat_is_counted_when_published_and_answered_when_sent_with_a_reply(
 ) -> Result<()> {
     let h = Harness::start(&["alice", "bob"]).await?;
     let http = h.serve_http(0).await?;
@@ -353,9 +363,30 @@ async fn a_heartbeat_published_without_reply_is_recorded_and_forwarded_and_a_ref
         .config
         .clone();
     config.max_message_size = 8;
-    js.update_stream(config).await?;
+    js.update_stream(config.clone()).await?;
     publish(2).await?;
     await_metric(http, dropped, 1.0).await?;
     assert_eq!(online_state(&bob).await?, (true, 1));
+    // Published, it was still forwarded; sent with a reply, it is answered with the refusal
+    // (for good: 500) and neither recorded nor forwarded.
+    let forwarded = next_heartbeat(&mut bob_feed).await?;
+    assert_eq!(forwarded["revision"], json!(2));
+    let body = json!({"catalog": "films", "account_key": a, "revision": 3});
+    let refused = call(&alice, "heartbeats.put", serde_json::to_vec(&body)?, None).await?;
+    assert_eq!(refused.code, 500, "{refused:?}");
+    assert_eq!(online_state(&bob).await?, (true, 1));
+
+    // Taken again: answered once recorded, and forwarded.
+    config.max_message_size = -1;
+    js.update_stream(config).await?;
+    let body = json!({"catalog": "films", "account_key": a, "revision": 4});
+    assert_eq!(heartbeat(&alice, body).await?, 200);
+    wait_online_state(&bob, (true, 4)).await?;
+    let forwarded = next_heartbeat(&mut bob_feed).await?;
+    assert_eq!(
+        forwarded["revision"],
+        json!(4),
+        "revision 3 was not forwarded"
+    );
     h.stop().await
 }
