@@ -72,28 +72,33 @@ pub struct Transition {
     pub at: i64,
 }
 
-/// Applies `message` to the record of its catalog. Returns the new record and the transition
-/// to announce, if the online state changed. Pure; a message at or below the record's
-/// `applied_seq` changes nothing (replays are harmless).
+/// Applies `message` to the record of its catalog. Returns the new record (`record` itself
+/// when nothing changes, as for a steady heartbeat) and the transition to announce, if the
+/// online state changed. Pure; a message at or below the record's `applied_seq` changes
+/// nothing (replays are harmless).
 pub fn apply(
-    record: Option<&OnlineRecord>,
+    record: Option<OnlineRecord>,
     message: &OnlineMessage,
 ) -> (Option<OnlineRecord>, Option<Transition>) {
-    if record.is_some_and(|r| r.applied_seq >= message.seq) {
-        return (record.cloned(), None);
+    if record
+        .as_ref()
+        .is_some_and(|r| r.applied_seq >= message.seq)
+    {
+        return (record, None);
     }
-    let was_online = record.is_some_and(|r| r.online);
+    let record_ref = record.as_ref();
+    let was_online = record_ref.is_some_and(|r| r.online);
     let (online, revision) = match message.fact {
         OnlineFact::Heartbeat { revision } => (true, revision),
         // An offline message for a catalog never seen online records nothing.
-        OnlineFact::Offline if record.is_none() => return (None, None),
-        OnlineFact::Offline => (false, record.map_or(0, |r| r.revision)),
+        OnlineFact::Offline if record_ref.is_none() => return (None, None),
+        OnlineFact::Offline => (false, record_ref.map_or(0, |r| r.revision)),
     };
     let changed = online != was_online;
-    if !changed && record.is_some_and(|r| r.revision == revision) {
+    if !changed && record_ref.is_some_and(|r| r.revision == revision) {
         // Nothing to record: the steady heartbeat of an online catalog writes nothing. Every
         // message that changes the record moves `applied_seq`, so skipping is replay-safe.
-        return (record.cloned(), None);
+        return (record, None);
     }
     let updated = OnlineRecord {
         catalog: message.catalog.clone(),
@@ -103,7 +108,7 @@ pub fn apply(
         changed_at: if changed {
             message.time
         } else {
-            record.map_or(message.time, |r| r.changed_at)
+            record_ref.map_or(message.time, |r| r.changed_at)
         },
         applied_seq: message.seq,
     };
@@ -181,7 +186,7 @@ mod tests {
         let transition = transition.expect("a transition");
         assert!(transition.online, "catalog_online");
         let (again, none) = apply(
-            Some(&record),
+            Some(record.clone()),
             &message(2, OnlineFact::Heartbeat { revision: 4 }),
         );
         assert_eq!(none, None, "a second heartbeat announces nothing");
@@ -192,18 +197,18 @@ mod tests {
     #[test]
     fn offline_keeps_the_revision_and_announces_once() {
         let (online, _) = apply(None, &message(1, OnlineFact::Heartbeat { revision: 7 }));
-        let (offline, transition) = apply(online.as_ref(), &message(2, OnlineFact::Offline));
+        let (offline, transition) = apply(online, &message(2, OnlineFact::Offline));
         let offline = offline.expect("a record");
         assert!(!offline.online);
         assert_eq!(offline.revision, 7);
         assert_eq!(transition.map(|t| t.online), Some(false), "catalog_offline");
-        let (_, twice) = apply(Some(&offline), &message(3, OnlineFact::Offline));
+        let (_, twice) = apply(Some(offline.clone()), &message(3, OnlineFact::Offline));
         assert_eq!(
             twice, None,
             "an expiry marker after an announced offline says nothing"
         );
         let (back, transition) = apply(
-            Some(&offline),
+            Some(offline),
             &message(4, OnlineFact::Heartbeat { revision: 8 }),
         );
         assert!(back.expect("a record").online);
@@ -213,7 +218,7 @@ mod tests {
     #[test]
     fn replays_and_unknown_offlines_change_nothing() {
         let (record, _) = apply(None, &message(5, OnlineFact::Heartbeat { revision: 1 }));
-        let (same, transition) = apply(record.as_ref(), &message(5, OnlineFact::Offline));
+        let (same, transition) = apply(record.clone(), &message(5, OnlineFact::Offline));
         assert_eq!((same, transition), (record, None));
         assert_eq!(apply(None, &message(1, OnlineFact::Offline)), (None, None));
     }

@@ -66,7 +66,7 @@ impl Projection for Online {
         record: Option<OnlineRecord>,
         message: &OnlineMessage,
     ) -> (Option<OnlineRecord>, Option<Transition>) {
-        online::apply(record.as_ref(), message)
+        online::apply(record, message)
     }
 
     fn applied_seq(record: &OnlineRecord) -> u64 {
