@@ -4,7 +4,8 @@
 //!
 //! - node loss during writes: one node killed at a time (the one leading `NATSTER_EVENTS`,
 //!   the meta leader, the one leading the accounts bucket), each restarted once writes flow
-//!   again; writes flow again within 10 s of each kill, every acknowledged request is in the
+//!   again; writes flow again within 10 s of each kill (or within 3 s of the log's new leader,
+//!   when the servers take longer to elect one), every acknowledged request is in the
 //!   log exactly once, none twice, every node catches up, and the projections equal a clean
 //!   rebuild byte for byte;
 //! - read-your-writes across nodes and replicas: reads with `Natster-Min-Seq` from another
