@@ -333,6 +333,8 @@ async fn projection_rounds(
 /// The append path: `events.put` through a running service, then raw guarded publishes, on
 /// a fresh server; also how many messages each request stored, stream by stream.
 struct Appends {
+    /// Messages the connection (load and service alike) sent and received per request.
+    messages: (f64, f64),
     service: f64,
     service_cpu: CpuPerOp,
     /// p50 and p99 of `events.put`, and of the raw guarded publish.
@@ -355,6 +357,7 @@ async fn appends(n: usize) -> Result<Appends> {
         .context("service")?;
     let load = EventsPutLoad::new(n);
     let before = stream_writes(&js).await?;
+    let messages_before = connection_messages(&client);
     // Until the service has applied what the requests appended: their projection is counted
     // with them, not with the raw publishes measured next.
     let measured = async {
@@ -363,6 +366,12 @@ async fn appends(n: usize) -> Result<Appends> {
         Ok(run)
     };
     let ((rate, mut service_latencies), service_cpu) = meter.measure(n, measured).await?;
+    let messages_after = connection_messages(&client);
+    let per_request = |after: u64, before: u64| (after - before) as f64 / n as f64;
+    let messages = (
+        per_request(messages_after.0, messages_before.0),
+        per_request(messages_after.1, messages_before.1),
+    );
     let stored = stream_writes(&js)
         .await?
         .into_iter()
@@ -378,6 +387,7 @@ async fn appends(n: usize) -> Result<Appends> {
     let (echo, echo_cpu) = meter.measure(n, raw_request_reply(&client, n)).await?;
     service.stop().await?;
     Ok(Appends {
+        messages,
         echo,
         echo_cpu,
         service: rate,
@@ -419,6 +429,20 @@ fn print_appends(a: &Appends) {
         a.stored.iter().map(|(_, per)| per).sum::<f64>(),
         stored.join(", ")
     );
+    println!(
+        "messages per events.put on the connection the load and the service share: {:.2} sent, {:.2} received",
+        a.messages.0, a.messages.1
+    );
+}
+
+/// Messages `client`'s connection has sent and received so far.
+fn connection_messages(client: &async_nats::Client) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let statistics = client.statistics();
+    (
+        statistics.out_messages.load(Relaxed),
+        statistics.in_messages.load(Relaxed),
+    )
 }
 
 fn env_number(name: &str) -> Option<usize> {
