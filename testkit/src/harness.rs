@@ -161,11 +161,26 @@ impl FeedReader {
 
     /// The next message that is not a `heartbeat`.
     pub async fn next_notice(&mut self, within: Duration) -> Result<(String, serde_json::Value)> {
+        self.next_where(within, |kind| kind != "heartbeat").await
+    }
+
+    /// The payload of the next forwarded `heartbeat` (notices skipped).
+    pub async fn next_heartbeat(&mut self, within: Duration) -> Result<serde_json::Value> {
+        let (_, payload) = self.next_where(within, |kind| kind == "heartbeat").await?;
+        Ok(payload)
+    }
+
+    /// The next message whose kind `wanted` accepts, others skipped; fails after `within`.
+    async fn next_where(
+        &mut self,
+        within: Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<(String, serde_json::Value)> {
         let deadline = std::time::Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let (kind, payload) = self.next(left).await?;
-            if kind != "heartbeat" {
+            if wanted(&kind) {
                 return Ok((kind, payload));
             }
         }

@@ -318,16 +318,6 @@ async fn await_metric(addr: std::net::SocketAddr, series: &str, value: f64) -> R
     }
 }
 
-/// The next heartbeat forwarded to `feed` (other notices skipped).
-async fn next_heartbeat(feed: &mut FeedReader) -> Result<Value> {
-    loop {
-        let (kind, message) = feed.next(Duration::from_secs(5)).await?;
-        if kind == "heartbeat" {
-            return Ok(message);
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_refused_heartbeat_is_counted_when_published_and_answered_when_sent_with_a_reply(
 ) -> Result<()> {
@@ -369,7 +359,7 @@ async fn a_refused_heartbeat_is_counted_when_published_and_answered_when_sent_wi
     assert_eq!(online_state(&bob).await?, (true, 1));
     // Published, it was still forwarded; sent with a reply, it is answered with the refusal
     // (for good: 500) and neither recorded nor forwarded.
-    let forwarded = next_heartbeat(&mut bob_feed).await?;
+    let forwarded = bob_feed.next_heartbeat(Duration::from_secs(5)).await?;
     assert_eq!(forwarded["revision"], json!(2));
     let body = json!({"catalog": "films", "account_key": a, "revision": 3});
     let refused = call(&alice, "heartbeats.put", serde_json::to_vec(&body)?, None).await?;
@@ -382,7 +372,7 @@ async fn a_refused_heartbeat_is_counted_when_published_and_answered_when_sent_wi
     let body = json!({"catalog": "films", "account_key": a, "revision": 4});
     assert_eq!(heartbeat(&alice, body).await?, 200);
     wait_online_state(&bob, (true, 4)).await?;
-    let forwarded = next_heartbeat(&mut bob_feed).await?;
+    let forwarded = bob_feed.next_heartbeat(Duration::from_secs(5)).await?;
     assert_eq!(
         forwarded["revision"],
         json!(4),

@@ -151,7 +151,7 @@ async fn a_replicated_bucket_is_handed_back_whole_and_replaced() {
             .messages,
         0
     );
-    every_replica_answers(&client, &bucket).await;
+    the_bucket_answers_reads(&client, &bucket).await;
     replace_all(&client, &bucket, handed_back, 16)
         .await
         .expect("replace");
@@ -161,7 +161,7 @@ async fn a_replicated_bucket_is_handed_back_whole_and_replaced() {
 /// Waits until reads of a bucket just created on a cluster are answered: until the servers
 /// know a replica listens for them, a read gets "no responders" (503), as a starting
 /// instance's would (its runner tries again).
-async fn every_replica_answers(client: &async_nats::Client, bucket: &kv::Store) {
+async fn the_bucket_answers_reads(client: &async_nats::Client, bucket: &kv::Store) {
     crate::store::with_patience(|| super::super::load_many(client, bucket, [key(0)], 1))
         .await
         .expect("the bucket answers a read");
