@@ -19,7 +19,10 @@
 //!   time, each projection's replay rate (events ÷ its share of the time) against the raw read,
 //!   and that it found every record as the runners left it (none written or deleted);
 //! - the same two times and the RSS after a restart (the read models already built, the
-//!   decision state restored from the snapshot written at the stop).
+//!   decision state restored from the snapshot written at the stop);
+//! - in a second table, the fastest the catch-up could have been on this machine, priced from
+//!   the raw read and a plain KV put of every record the runners wrote, in the same run
+//!   ([`ceiling`]).
 //!
 //! `SCALE_EVENTS=100000,1000000` picks the sizes (accounts are a tenth of the events unless
 //! `SCALE_ACCOUNTS` says, catalog names a fifth unless `SCALE_CATALOGS` says);
@@ -27,7 +30,11 @@
 //! `cargo test --all-targets` runs it) a smoke run of 2 000 events checks that it all works.
 //! This is the baseline of the "cost must not grow with history" goals (DESIGN §4).
 
+#[path = "scale/ceiling.rs"]
+mod ceiling;
+
 use anyhow::{ensure, Context, Result};
+use ceiling::{costed, Ceiling};
 use natster_global::test_util::Store;
 use natster_global::tooling::bootstrap::NATSTER;
 use natster_testkit::{http_get, mixed_event_log, publish_log, TestWorld};
@@ -386,17 +393,26 @@ fn rebuild(tw: &TestWorld, events: usize) -> Result<(Duration, usize)> {
     Ok((took, replayed))
 }
 
-async fn measure(
-    events: usize,
-    within: Duration,
-) -> Result<(f64, Start, (Duration, usize), Start)> {
+/// What one size showed: the raw read's rate, the first start, the rebuild (time, events
+/// replayed), the restart, and the catch-up's ceiling.
+struct Measured {
+    raw_read: f64,
+    first: Start,
+    rebuilt: (Duration, usize),
+    restart: Start,
+    ceiling: Ceiling,
+}
+
+async fn measure(events: usize, within: Duration) -> Result<Measured> {
     let tw = TestWorld::start_with(&LOAD_USERS, |_| Ok(())).await?;
+    let server_pid = tw.server.pid().context("server pid")?.to_string();
     let js = async_nats::jetstream::new(tw.connect(NATSTER).await?);
-    Store::ensure(js.clone(), &Default::default()).await?;
+    let store = Store::ensure(js.clone(), &Default::default()).await?;
     let log = mixed_event_log(accounts_for(events), catalogs_for(events), events);
     publish_log(&js, &log).await?;
     drop(log);
-    let raw_read = natster_testkit::raw_ordered_read(&js, events).await?;
+    let (raw_read, read_cost) =
+        costed(&server_pid, natster_testkit::raw_ordered_read(&js, events)).await?;
     let http_port = natster_testkit::port()?;
     let (serve, first) = start(&tw, http_port, within, true).await?;
     if let Ok(secs) = std::env::var("SCALE_PAUSE").map(|s| s.parse::<u64>()) {
@@ -408,10 +424,41 @@ async fn measure(
         tokio::time::sleep(Duration::from_secs(secs?)).await;
     }
     stop(serve)?;
+    let ceiling = Ceiling::measure(
+        &js,
+        &server_pid,
+        read_cost,
+        first.cache.2 as usize,
+        record_bytes(&js, &store).await?,
+    )
+    .await?;
     let rebuilt = rebuild(&tw, events)?;
     let (serve, restart) = start(&tw, http_port, within, false).await?;
     stop(serve)?;
-    Ok((raw_read, first, rebuilt, restart))
+    Ok(Measured {
+        raw_read,
+        first,
+        rebuilt,
+        restart,
+        ceiling,
+    })
+}
+
+/// The mean stored size of a message in the event log's three projection buckets.
+async fn record_bytes(js: &async_nats::jetstream::Context, store: &Store) -> Result<usize> {
+    let (mut bytes, mut messages) = (0, 0);
+    for bucket in [&store.accounts, &store.catalogs, &store.oauth] {
+        // Asked now: a bucket's `status` is the info cached when it was opened.
+        let state = js
+            .get_stream(&bucket.stream_name)
+            .await?
+            .info()
+            .await?
+            .state
+            .clone();
+        (bytes, messages) = (bytes + state.bytes, messages + state.messages);
+    }
+    Ok((bytes / messages.max(1)) as usize)
 }
 
 #[tokio::main]
@@ -428,8 +475,15 @@ async fn main() -> Result<()> {
     let within = Duration::from_secs(if full { 900 } else { 60 });
     println!("| events / accounts / catalog names | endpoints answer | caught up (lag 0): time, events/s ÷ raw ordered read | RSS then (peak) | caches: MiB / hits; record writes | under load: req/s / RSS peak | snapshot: size / write | rebuild of 3: time, events/s per projection ÷ raw | restart: answer / caught up / RSS |");
     println!("|---|---|---|---|---|---|---|---|---|");
+    let mut ceilings = Vec::new();
     for events in sizes {
-        let (raw_read, first, rebuilt, restart) = measure(events, within).await?;
+        let Measured {
+            raw_read,
+            first,
+            rebuilt,
+            restart,
+            ceiling,
+        } = measure(events, within).await?;
         let catch_up = events as f64 / first.caught_up.as_secs_f64();
         let (rebuilt, replayed) = rebuilt;
         let replay = 3.0 * replayed as f64 / rebuilt.as_secs_f64();
@@ -456,6 +510,44 @@ async fn main() -> Result<()> {
             restart.caught_up.as_secs_f64(),
             restart.rss_mib,
         );
+        ceilings.push((events, first.caught_up, ceiling));
     }
+    print_ceilings(&ceilings);
     Ok(())
+}
+
+/// The second table: what each catch-up could at best have been (`ceiling`), beside what it
+/// was. The catch-up's time includes the service's start, which the ceiling does not.
+fn print_ceilings(ceilings: &[(usize, Duration, Ceiling)]) {
+    println!();
+    println!("| events / accounts | raw read: time, CPU s (here + server) | raw KV puts of the records written: time, CPU s | CPUs (here, server, together) | ceiling, overlapped | ceiling, one pass | catch-up measured |");
+    println!("|---|---|---|---|---|---|---|");
+    for (events, caught_up, ceiling) in ceilings {
+        let (overlapped, one_pass) = (ceiling.overlapped(), ceiling.one_pass());
+        let cost = |c: ceiling::Cost| {
+            format!(
+                "{:.2} s, {:.2} + {:.2}",
+                c.took.as_secs_f64(),
+                c.cpu.here,
+                c.cpu.server
+            )
+        };
+        println!(
+            "| {events} / {} | {} | {} × {} B: {} | {}, {}, {} | {:.2} s, {:.2}× | {:.2} s, {:.2}× | {:.2} s, {:.2}× |",
+            accounts_for(*events),
+            cost(ceiling.read),
+            ceiling.records,
+            ceiling.record_bytes,
+            cost(ceiling.writes),
+            ceiling.cpus.0,
+            ceiling.cpus.1,
+            ceiling.cpus.2,
+            overlapped.as_secs_f64(),
+            ceiling.ratio(overlapped),
+            one_pass.as_secs_f64(),
+            ceiling.ratio(one_pass),
+            caught_up.as_secs_f64(),
+            ceiling.ratio(*caught_up),
+        );
+    }
 }

@@ -242,3 +242,43 @@ impl EventsPutLoad {
         }
     }
 }
+
+/// The CPUs process `pid` ("self" for this one) may run on, from `Cpus_allowed_list` in
+/// `/proc/<pid>/status`.
+pub fn cpu_list(pid: &str) -> Result<std::collections::BTreeSet<usize>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .context("Cpus_allowed_list")?;
+    parse_cpu_list(list)
+}
+
+/// The CPUs of a kernel CPU list (`0-1`, `0,2-3`, `5`).
+fn parse_cpu_list(list: &str) -> Result<std::collections::BTreeSet<usize>> {
+    let mut cpus = std::collections::BTreeSet::new();
+    for range in list.trim().split(',') {
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        cpus.extend(first.parse::<usize>()?..=last.parse::<usize>()?);
+    }
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_list;
+
+    #[test]
+    fn a_cpu_list_names_single_cpus_and_ranges() {
+        let cpus = |list| {
+            parse_cpu_list(list)
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(cpus("0-1\n"), [0, 1]);
+        assert_eq!(cpus("\t0,2-3"), [0, 2, 3]);
+        assert_eq!(cpus("5"), [5]);
+        assert!(parse_cpu_list("x").is_err());
+    }
+}

@@ -1,0 +1,153 @@
+//! The fastest a catch-up from empty could be on this machine, priced from raw operations of
+//! the same run: every catch-up reads the whole log once and writes every record it leaves at
+//! least once, so it can beat neither the raw ordered read of the log plus a plain KV put of
+//! each record the service's runners wrote, nor the CPU those take on the CPUs they may use.
+//!
+//! Two bounds, both generous to the service (its records are written with expectations, the
+//! account bucket republishes each; the raw writes do neither):
+//! - **overlapped**: the read's own wall time, or the CPU of the read and the writes spread
+//!   over the CPUs the server and this process may use (together, and each on its own when
+//!   they are pinned apart), whichever is longest;
+//! - **one pass**: the read, then the writes: a fold cannot write a record before it has read
+//!   the last event that touches it, so one pass over the log takes at least both wall times.
+
+use anyhow::Result;
+use natster_testkit::{cpu_list, cpu_seconds, publish_acked};
+use std::time::{Duration, Instant};
+
+/// Raw writes in flight: more than the service's grouped creates keep, so the writes are
+/// priced at their cheapest.
+const WRITES_IN_FLIGHT: usize = 256;
+/// The scratch bucket the raw writes go to (deleted after).
+const SCRATCH: &str = "SCALE_RAW_WRITES";
+
+/// CPU seconds of this process (the bench; the load and raw operations run here) and of the
+/// server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    pub here: f64,
+    pub server: f64,
+}
+
+impl Cpu {
+    fn now(server_pid: &str) -> Result<Cpu> {
+        Ok(Cpu {
+            here: cpu_seconds("self")?,
+            server: cpu_seconds(server_pid)?,
+        })
+    }
+
+    fn since(self, server_pid: &str) -> Result<Cpu> {
+        let now = Cpu::now(server_pid)?;
+        Ok(Cpu {
+            here: now.here - self.here,
+            server: now.server - self.server,
+        })
+    }
+}
+
+/// A raw operation's wall time and CPU.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    pub took: Duration,
+    pub cpu: Cpu,
+}
+
+/// Runs `work`, timing it and the CPU this process and the server spend meanwhile.
+pub async fn costed<T>(
+    server_pid: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, Cost)> {
+    let (started, cpu) = (Instant::now(), Cpu::now(server_pid)?);
+    let result = work.await?;
+    let cost = Cost {
+        took: started.elapsed(),
+        cpu: cpu.since(server_pid)?,
+    };
+    Ok((result, cost))
+}
+
+/// What the ceiling is priced from.
+#[derive(Debug, Clone, Copy)]
+pub struct Ceiling {
+    pub read: Cost,
+    pub writes: Cost,
+    pub records: usize,
+    pub record_bytes: usize,
+    /// CPUs this process may use, the server may use, and both together.
+    pub cpus: (usize, usize, usize),
+}
+
+impl Ceiling {
+    /// Writes `records` values of `record_bytes` bytes to a scratch bucket, each under a key of
+    /// its own, [`WRITES_IN_FLIGHT`] at a time, and prices the ceiling from that and `read`.
+    pub async fn measure(
+        js: &async_nats::jetstream::Context,
+        server_pid: &str,
+        read: Cost,
+        records: usize,
+        record_bytes: usize,
+    ) -> Result<Ceiling> {
+        js.create_key_value(async_nats::jetstream::kv::Config {
+            bucket: SCRATCH.into(),
+            history: 1,
+            storage: async_nats::jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+        let value = vec![b'x'; record_bytes];
+        let ((), writes) = costed(server_pid, async {
+            natster_testkit::rate_at_in_flight(records, WRITES_IN_FLIGHT, |i| {
+                publish_acked(
+                    js,
+                    format!("$KV.{SCRATCH}.k{i}"),
+                    async_nats::HeaderMap::new(),
+                    value.clone(),
+                )
+            })
+            .await
+            .map(drop)
+        })
+        .await?;
+        js.delete_key_value(SCRATCH).await?;
+        Ok(Ceiling {
+            read,
+            writes,
+            records,
+            record_bytes,
+            cpus: cpus_of("self", server_pid)?,
+        })
+    }
+
+    /// The overlapped bound: the least time any catch-up could take.
+    pub fn overlapped(&self) -> Duration {
+        let here = self.read.cpu.here + self.writes.cpu.here;
+        let server = self.read.cpu.server + self.writes.cpu.server;
+        let (cpus_here, cpus_server, cpus) = self.cpus;
+        let least = [
+            self.read.took.as_secs_f64(),
+            (here + server) / cpus as f64,
+            here / cpus_here as f64,
+            server / cpus_server as f64,
+        ]
+        .into_iter()
+        .fold(0.0, f64::max);
+        Duration::from_secs_f64(least)
+    }
+
+    /// The one-pass bound: the read, then the writes.
+    pub fn one_pass(&self) -> Duration {
+        self.read.took + self.writes.took
+    }
+
+    /// A catch-up taking `least` at most reaches this fraction of the raw read's rate.
+    pub fn ratio(&self, least: Duration) -> f64 {
+        self.read.took.as_secs_f64() / least.as_secs_f64()
+    }
+}
+
+/// How many CPUs process `here` may use, process `server` may use, and either may.
+fn cpus_of(here: &str, server: &str) -> Result<(usize, usize, usize)> {
+    let (here, server) = (cpu_list(here)?, cpu_list(server)?);
+    Ok((here.len(), server.len(), here.union(&server).count()))
+}
