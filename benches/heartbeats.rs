@@ -7,7 +7,9 @@
 //! over the same catalogs: the first brings every catalog online (each heartbeat a transition
 //! the online projection records and announces), the second is the steady state of catalog
 //! servers heartbeating; then the steady state again, published without a reply subject as
-//! natster catalog servers send them.
+//! natster catalog servers send them. Beside the raw publish, the same run measures the message
+//! flow a steady heartbeat with a reply needs, sent by a responder that decides nothing
+//! ([`RawFlow`]): what the request/reply path costs before the service does any work.
 //!
 //! `cargo bench --bench heartbeats` runs 100 000 distinct catalogs; without `--bench` (as
 //! `cargo test --all-targets` runs it) it is a quick smoke run that checks every path works.
@@ -67,6 +69,122 @@ async fn raw_publish(js: &jetstream::Context, keys: &[String], n: usize) -> Resu
         )
     })
     .await
+}
+
+/// The message flow a steady heartbeat with a reply needs, with nothing decided: a responder
+/// in this process records each request's body in a stream configured like `NATSTER_ONLINE`
+/// (the same `Nats-TTL`, a subject per catalog), waits for the acknowledgement, publishes
+/// `fanout` feed messages and replies; an ordered consumer reads the stream as the online
+/// projection does. The most the service's request/reply path could reach on this server.
+struct RawFlow {
+    client: async_nats::Client,
+    feeds: async_nats::Subscriber,
+    records: jetstream::consumer::pull::Ordered,
+    fanout: usize,
+    responder: tokio::task::JoinHandle<()>,
+}
+
+impl RawFlow {
+    async fn start(
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        fanout: usize,
+    ) -> Result<RawFlow> {
+        use futures::StreamExt;
+        let mut config = online_stream_config(&StoreConfig::default());
+        config.name = "BENCH_FLOW".into();
+        config.subjects = vec!["bench.flow.record.>".into()];
+        let stream = js.create_stream(config).await?;
+        let feeds = client.subscribe("bench.flow.feed.>").await?;
+        let mut requests = client.subscribe("bench.flow.request.>").await?;
+        let (client_, js) = (client.clone(), js.clone());
+        let responder = tokio::spawn(async move {
+            while let Some(request) = requests.next().await {
+                tokio::spawn(respond(client_.clone(), js.clone(), request, fanout));
+            }
+        });
+        let records = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig::default())
+            .await?
+            .messages()
+            .await?;
+        Ok(RawFlow {
+            client: client.clone(),
+            feeds,
+            records,
+            fanout,
+            responder,
+        })
+    }
+
+    /// One heartbeat for each of the first `n` catalogs, through the flow; returns once the
+    /// reader has read every record and every feed message has arrived.
+    async fn round(&mut self, keys: &[String], n: usize) -> Result<Timed> {
+        use futures::StreamExt;
+        let (records, feeds) = (&mut self.records, &mut self.feeds);
+        let reader = async move {
+            let read = records
+                .filter(|record| futures::future::ready(record.is_ok()))
+                .take(n)
+                .count()
+                .await;
+            ensure!(read == n, "the ordered reader read {read} records of {n}");
+            Ok(())
+        };
+        // Taken as they come: a subscriber left undrained drops what outgrows its buffer.
+        let wanted = n * self.fanout;
+        let fed = async move {
+            let fed = feeds.take(wanted).count().await;
+            ensure!(fed == wanted, "{fed} feed messages of {wanted}");
+            Ok(())
+        };
+        let client = &self.client;
+        let requests = timed(n, IN_FLIGHT, |i| {
+            let (owner, catalog) = target(keys, i);
+            request_ok(
+                client,
+                format!("bench.flow.request.{owner}.{catalog}"),
+                heartbeat_body(owner, &catalog),
+            )
+        });
+        let within = Duration::from_secs(60);
+        let all = futures::future::try_join3(requests, reader, fed);
+        let (timed, (), ()) = tokio::time::timeout(within, all).await??;
+        Ok(timed)
+    }
+}
+
+impl Drop for RawFlow {
+    fn drop(&mut self) {
+        self.responder.abort();
+    }
+}
+
+/// The responder's part of [`RawFlow`] for one request.
+async fn respond(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    request: async_nats::Message,
+    fanout: usize,
+) {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-TTL", "180");
+    let catalog = &request.subject["bench.flow.request.".len()..];
+    let subject = format!("bench.flow.record.{catalog}");
+    let Ok(ack) = js
+        .publish_with_headers(subject, headers, request.payload.clone())
+        .await
+    else {
+        return;
+    };
+    if ack.await.is_ok() {
+        for k in 0..fanout {
+            let feed = format!("bench.flow.feed.{k}");
+            let _ = client.publish(feed, request.payload.clone()).await;
+        }
+        let reply = request.reply.expect("a request");
+        let _ = client.publish(reply, "{\"code\":200}".into()).await;
+    }
 }
 
 /// A rate with its latencies' p50 and p99.
@@ -277,6 +395,11 @@ async fn main() -> Result<()> {
 
     let pid = server.server.pid().context("server pid")?.to_string();
     let (raw, raw_cpu) = with_cpu(&pid, catalogs, raw_publish(&js, &keys, catalogs)).await?;
+    // The flow's subjects made first, as the service's steady round finds its catalogs'.
+    let mut raw_flow = RawFlow::start(&client, &js, fanout).await?;
+    raw_flow.round(&keys, catalogs).await?;
+    let (flow, flow_cpu) = with_cpu(&pid, catalogs, raw_flow.round(&keys, catalogs)).await?;
+    drop(raw_flow);
     let (first, first_cpu) =
         with_cpu(&pid, catalogs, service_heartbeats(&client, &keys, catalogs)).await?;
     let caught_up = wait_online(&client, &keys[0], catalogs).await?;
@@ -320,12 +443,17 @@ async fn main() -> Result<()> {
         "| raw JetStream publish (`Nats-TTL`, stream like NATSTER_ONLINE) | {raw} | | {raw_cpu} |"
     );
     println!(
+        "| the same message flow with nothing decided (a responder recording, fanning out to {fanout} and replying; an ordered reader of the records) | {flow} | {:.2}× raw | {flow_cpu} |",
+        flow.rate / raw.rate
+    );
+    println!(
         "| `heartbeats.put`, first round (every heartbeat brings a catalog online) | {first} | {:.2}× raw | {first_cpu} |",
         first.rate / raw.rate
     );
     println!(
-        "| `heartbeats.put`, steady state (catalogs already online) | {steady} | {:.2}× raw | {steady_cpu} |",
-        steady.rate / raw.rate
+        "| `heartbeats.put`, steady state (catalogs already online) | {steady} | {:.2}× raw, {:.2}× the flow | {steady_cpu} |",
+        steady.rate / raw.rate,
+        steady.rate / flow.rate
     );
     println!(
         "| `heartbeats.put` published without reply (as natster catalog servers send them; steady state, ≤ 4 096 unrecorded at a time), until all recorded | {published:.0} | | {:.2}× raw | {published_cpu} |",
