@@ -16,9 +16,10 @@ use anyhow::Result;
 use natster_testkit::{cpu_list, cpu_seconds};
 use std::time::{Duration, Instant};
 
-/// Raw writes to an acknowledgement, and groups of them in flight: as the service's grouped
-/// creates (`store::kv::grouped`), the cheapest way it found to store many records.
+/// Raw writes to an acknowledgement, as the service's grouped creates (`store::kv::grouped`):
+/// the cheapest way it found to store many records.
 const GROUP: usize = 1024;
+/// Groups sent before the oldest one's acknowledgement is awaited (the service's number too).
 const GROUPS_IN_FLIGHT: usize = 2;
 /// The scratch bucket the raw writes go to (deleted after).
 const SCRATCH: &str = "SCALE_RAW_WRITES";
