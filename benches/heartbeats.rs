@@ -27,7 +27,7 @@ use natster_global::service::StoreConfig;
 use natster_global::test_util::online_stream_config;
 use natster_global::test_util::Store;
 use natster_testkit::{
-    cpu_seconds, init_log, metric_value, percentile, publish_acked, publish_log, request_ok,
+    costed, init_log, metric_value, percentile, publish_acked, publish_log, request_ok,
     timed_at_in_flight, PlainServer,
 };
 use std::time::{Duration, Instant};
@@ -222,15 +222,9 @@ async fn with_cpu<T>(
     n: usize,
     work: impl std::future::Future<Output = Result<T>>,
 ) -> Result<(T, String)> {
-    let (here, server) = (cpu_seconds("self")?, cpu_seconds(server_pid)?);
-    let result = work.await?;
-    let per = |seconds: f64| seconds * 1e6 / n as f64;
-    let cpu = format!(
-        "{:.0} + {:.0}",
-        per(cpu_seconds("self")? - here),
-        per(cpu_seconds(server_pid)? - server)
-    );
-    Ok((result, cpu))
+    let (result, cost) = costed(server_pid, work).await?;
+    let cpu = cost.cpu.micros_per(n);
+    Ok((result, format!("{:.0} + {:.0}", cpu.here, cpu.server)))
 }
 
 /// `heartbeats.put` requests through the service.

@@ -35,7 +35,7 @@ use natster_global::service::ServiceConfig;
 use natster_global::test_util::{Accounts, Projection};
 use natster_global::test_util::{Store, StoreConfig};
 use natster_testkit::{
-    cpu_seconds, mixed_event_log, percentile, project_from_empty, publish_acked, publish_log,
+    costed, mixed_event_log, percentile, project_from_empty, publish_acked, publish_log,
     rate_at_in_flight, stream_last_seq, timed_at_in_flight, EventsPutLoad, PlainServer,
 };
 use std::time::{Duration, Instant};
@@ -283,14 +283,13 @@ impl CpuMeter {
         n: usize,
         work: impl std::future::Future<Output = Result<T>>,
     ) -> Result<(T, CpuPerOp)> {
-        let (here, server) = (cpu_seconds("self")?, cpu_seconds(&self.server_pid)?);
-        let result = work.await?;
-        let per = |seconds: f64| seconds * 1e6 / n as f64;
+        let (result, cost) = costed(&self.server_pid, work).await?;
+        let cpu = cost.cpu.micros_per(n);
         Ok((
             result,
             CpuPerOp {
-                here: per(cpu_seconds("self")? - here),
-                server: per(cpu_seconds(&self.server_pid)? - server),
+                here: cpu.here,
+                server: cpu.server,
             },
         ))
     }

@@ -34,10 +34,10 @@
 mod ceiling;
 
 use anyhow::{ensure, Context, Result};
-use ceiling::{costed, Ceiling};
+use ceiling::Ceiling;
 use natster_global::test_util::Store;
 use natster_global::tooling::bootstrap::NATSTER;
-use natster_testkit::{http_get, mixed_event_log, publish_log, TestWorld};
+use natster_testkit::{costed, http_get, mixed_event_log, publish_log, TestWorld};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -524,7 +524,7 @@ fn print_ceilings(ceilings: &[(usize, Duration, Ceiling)]) {
     println!("|---|---|---|---|---|---|---|");
     for (events, caught_up, ceiling) in ceilings {
         let (overlapped, one_pass) = (ceiling.overlapped(), ceiling.one_pass());
-        let cost = |c: ceiling::Cost| {
+        let cost = |c: natster_testkit::Cost| {
             format!(
                 "{:.2} s, {:.2} + {:.2}",
                 c.took.as_secs_f64(),

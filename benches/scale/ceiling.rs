@@ -13,8 +13,8 @@
 //!   the last event that touches it, so one pass over the log takes at least both wall times.
 
 use anyhow::Result;
-use natster_testkit::{cpu_list, cpu_seconds};
-use std::time::{Duration, Instant};
+use natster_testkit::{costed, cpu_list, Cost};
+use std::time::Duration;
 
 /// Raw writes to an acknowledgement, as the service's grouped creates (`store::kv::grouped`):
 /// the cheapest way it found to store many records.
@@ -23,52 +23,6 @@ const GROUP: usize = 1024;
 const GROUPS_IN_FLIGHT: usize = 2;
 /// The scratch bucket the raw writes go to (deleted after).
 const SCRATCH: &str = "SCALE_RAW_WRITES";
-
-/// CPU seconds of this process (the bench; the load and raw operations run here) and of the
-/// server.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cpu {
-    pub here: f64,
-    pub server: f64,
-}
-
-impl Cpu {
-    fn now(server_pid: &str) -> Result<Cpu> {
-        Ok(Cpu {
-            here: cpu_seconds("self")?,
-            server: cpu_seconds(server_pid)?,
-        })
-    }
-
-    fn since(self, server_pid: &str) -> Result<Cpu> {
-        let now = Cpu::now(server_pid)?;
-        Ok(Cpu {
-            here: now.here - self.here,
-            server: now.server - self.server,
-        })
-    }
-}
-
-/// A raw operation's wall time and CPU.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Cost {
-    pub took: Duration,
-    pub cpu: Cpu,
-}
-
-/// Runs `work`, timing it and the CPU this process and the server spend meanwhile.
-pub async fn costed<T>(
-    server_pid: &str,
-    work: impl std::future::Future<Output = Result<T>>,
-) -> Result<(T, Cost)> {
-    let (started, cpu) = (Instant::now(), Cpu::now(server_pid)?);
-    let result = work.await?;
-    let cost = Cost {
-        took: started.elapsed(),
-        cpu: cpu.since(server_pid)?,
-    };
-    Ok((result, cost))
-}
 
 /// What the ceiling is priced from.
 #[derive(Debug, Clone, Copy)]

@@ -94,6 +94,62 @@ pub fn cpu_seconds(pid: &str) -> Result<f64> {
     Ok(ticks / 100.0)
 }
 
+/// CPU seconds of this process (the bench, and the service where it runs in the process) and
+/// of the server.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    pub here: f64,
+    pub server: f64,
+}
+
+impl Cpu {
+    fn now(server_pid: &str) -> Result<Cpu> {
+        Ok(Cpu {
+            here: cpu_seconds("self")?,
+            server: cpu_seconds(server_pid)?,
+        })
+    }
+
+    fn since(self, server_pid: &str) -> Result<Cpu> {
+        let now = Cpu::now(server_pid)?;
+        Ok(Cpu {
+            here: now.here - self.here,
+            server: now.server - self.server,
+        })
+    }
+
+    /// Per operation of `n`, in microseconds.
+    pub fn micros_per(self, n: usize) -> Cpu {
+        let per = |seconds: f64| seconds * 1e6 / n.max(1) as f64;
+        Cpu {
+            here: per(self.here),
+            server: per(self.server),
+        }
+    }
+}
+
+/// A piece of work's wall time and the CPU spent meanwhile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    pub took: std::time::Duration,
+    pub cpu: Cpu,
+}
+
+/// Runs `work`, timing it and the CPU this process and the server (`server_pid`) spend
+/// meanwhile.
+pub async fn costed<T>(
+    server_pid: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, Cost)> {
+    let (started, cpu) = (std::time::Instant::now(), Cpu::now(server_pid)?);
+    let result = work.await?;
+    let cost = Cost {
+        took: started.elapsed(),
+        cpu: cpu.since(server_pid)?,
+    };
+    Ok((result, cost))
+}
+
 /// Reads the first `n` messages of `NATSTER_EVENTS` with an ordered consumer and decodes each
 /// as the service's log reader does; messages per second. What every reader of the log in the
 /// service pays before its own work: the baseline a projector is measured against.

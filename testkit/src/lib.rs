@@ -14,8 +14,8 @@ mod tls;
 mod world;
 
 pub use bench::{
-    cpu_list, cpu_seconds, percentile, publish_acked, rate_at_in_flight, raw_ordered_read,
-    request_ok, timed_at_in_flight, EventsPutLoad,
+    costed, cpu_list, cpu_seconds, percentile, publish_acked, rate_at_in_flight, raw_ordered_read,
+    request_ok, timed_at_in_flight, Cost, Cpu, EventsPutLoad,
 };
 pub use harness::{call, init_data, put_event, seq_of, FeedReader, Harness};
 pub use http::{http_get, http_get_with, metric_value, HttpResponse};
