@@ -5,32 +5,35 @@
 //!
 //! The keys go in groups of [`GROUP`], and only a group's last message asks for an
 //! acknowledgement. The server stores one connection's messages to a stream in the order they
-//! were sent, and each message asserts that the one before it is the stream's last message:
-//! `Nats-Expected-Last-Sequence` names the sequence, and `Nats-Expected-Last-Subject-Sequence`
-//! with `-Subject` says the message at that sequence is the previous key's. The first message
-//! of a group asserts the stream's end as read and that its own key was never written. So an
-//! acknowledged last message proves the whole group was stored, in order, with nothing written
-//! in between; once one message is refused every later one of the group is (the key before it
-//! is not where it should be). A group that is not acknowledged is handed back, its keys in
-//! any state, to be written with compare-and-set, and so is everything after it: grouping is
-//! only worth it while it works.
+//! were sent, and each message of a call is chained to the one sent before it: it carries a
+//! `Nats-Msg-Id` unique to the call and `Nats-Expected-Last-Msg-Id` naming the message before
+//! it, so the server stores it only when that message is the stream's last. Each message also
+//! asserts that its own key was never written (`Nats-Expected-Last-Subject-Sequence: 0`). So an
+//! acknowledged last message proves the whole group, and every group before it, stored in
+//! order with nothing written in between and no key overwritten; once one message is refused
+//! (its key held something, or another writer's message came between), every later one of the
+//! call is (the message it names is not the stream's last). A group that is not acknowledged
+//! is handed back, its keys in any state, to be written with compare-and-set, and so is
+//! everything after it: grouping is only worth it while it works.
 //!
-//! [`IN_FLIGHT`] groups are out at once: a group is sent expecting the one before it whole, so
-//! the next is encoded and sent while the server stores the one before (one at a time, a
-//! catch-up's writes went at a third of the server's pace: client and server took turns). A
-//! group sent after one that was not whole is refused too (its first message's sequence is
-//! not the stream's end), and handed back with it.
+//! The chain names message ids, not keys: JetStream stores the expectation headers with each
+//! message and a direct get returns them, so a chain that named the previous key's subject
+//! (`Nats-Expected-Last-Subject-Sequence-Subject`) showed one account's record another
+//! account's key until the record's next write. The ids are a random call id and a counter,
+//! and say nothing about any key.
+//!
+//! [`IN_FLIGHT`] groups are out at once: the next is encoded and sent while the server stores
+//! the one before (one at a time, a catch-up's writes went at a third of the server's pace:
+//! client and server took turns).
 //!
 //! A replicated bucket is written the ordinary way: a clustered stream refuses an expectation
-//! on a subject whose write is still being replicated, so the second message of every group
-//! would be refused (measured on 2.15.1).
-//!
-//! That no key held anything before is checked once per call: the bucket's subject count grew
-//! by the number of keys the whole groups wrote.
+//! on a subject whose write is still being replicated (measured on 2.15.1, with the chain of
+//! subjects this replaced).
 
 use crate::store::error::{StoreError, StoreErrorKind};
-use crate::store::log;
-use async_nats::header::{NATS_EXPECTED_LAST_SEQUENCE, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE};
+use async_nats::header::{
+    NATS_EXPECTED_LAST_MESSAGE_ID, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID,
+};
 use async_nats::jetstream::kv;
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -45,20 +48,16 @@ pub const GROUP: usize = 1024;
 /// creates is at most `IN_FLIGHT × GROUP`).
 const IN_FLIGHT: usize = 2;
 
-/// Names the subject whose last sequence `Nats-Expected-Last-Subject-Sequence` asserts.
-const EXPECTED_SUBJECT: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
-
 /// Creates the keys of `entries` (valid, distinct keys) with their values, [`GROUP`] at a time
 /// (taken from the iterator a group at a time, so values can be encoded as they go); returns
 /// the entries from the first group that was not stored whole on: their keys may hold their
-/// new value, nothing or someone else's, and must be written with compare-and-set.
+/// new value, nothing or someone else's, and must be written with compare-and-set. No key that
+/// held anything is overwritten.
 ///
 /// Every message goes through `client`'s one connection: that is what orders them.
 ///
-/// Errors: a key of a whole group held something before (a conflict: it was overwritten, and
-/// the caller must not take its records as written), the bucket's stream cannot be reached, or
-/// a publish failed other than by a refused expectation (nothing is known of the group then;
-/// the caller writes it all again later).
+/// Errors: a publish failed other than by a refused expectation (nothing is known of the group
+/// then; the caller writes it all again later).
 pub async fn create_all(
     client: &async_nats::Client,
     bucket: &kv::Store,
@@ -71,10 +70,7 @@ pub async fn create_all(
     if replicated || bucket.use_jetstream_prefix || entries.peek().is_none() {
         return Ok(entries.collect());
     }
-    let prefix = bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix).clone();
-    let before = log::state(&bucket.stream).await?;
-    let mut last_seq = before.last_sequence;
-    let mut created = 0;
+    let mut chain = Chain::new(bucket);
     // The same connection as the core publishes: the acknowledged last message of a group is
     // stored after them.
     let js = async_nats::jetstream::new(client.clone());
@@ -82,12 +78,11 @@ pub async fn create_all(
     loop {
         if sent.len() >= IN_FLIGHT || (entries.peek().is_none() && !sent.is_empty()) {
             let (group, ack) = sent.pop_front().expect("a group in flight");
-            if ack.settle().await?.is_some() {
-                created += group.len() as u64;
+            if ack.settle().await? {
                 continue;
             }
             let mut not_whole = group;
-            // Sent after it, expecting it whole: handed back too, once the server has them.
+            // Sent after it, chained to it: handed back too, once the server has them.
             for (group, ack) in sent {
                 let _ = ack.settle().await;
                 not_whole.extend(group);
@@ -96,120 +91,117 @@ pub async fn create_all(
             return Ok(not_whole);
         }
         if entries.peek().is_none() {
-            break;
+            return Ok(Vec::new());
         }
         let group: Vec<(String, Bytes)> = entries.by_ref().take(GROUP).collect();
-        let ack = send_group(client, &js, bucket, &prefix, &group, last_seq).await?;
-        last_seq += group.len() as u64;
+        let ack = chain.send_group(client, &js, &group).await?;
         sent.push_back((group, ack));
     }
-    let after = log::state(&bucket.stream).await?;
-    let new_subjects = after.subjects_count.saturating_sub(before.subjects_count);
-    if new_subjects != created {
-        return Err(StoreError::new(
-            StoreErrorKind::Conflict,
-            format!("create records in {}", bucket.name),
-            format!("{created} keys written but {new_subjects} new: some held a value already"),
-        ));
+}
+
+/// The messages of one call, each naming the one sent before it.
+struct Chain {
+    bucket: String,
+    /// Where the bucket's keys are written (`$KV.<bucket>.`, or the bucket's put prefix).
+    prefix: String,
+    /// Random per call, so that no id of this call was used by another within the stream's
+    /// duplicate window.
+    call: u64,
+    /// Messages sent so far; the next one's id.
+    sent: u64,
+}
+
+impl Chain {
+    fn new(bucket: &kv::Store) -> Chain {
+        Chain {
+            bucket: bucket.name.clone(),
+            prefix: bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix).clone(),
+            call: rand::random(),
+            sent: 0,
+        }
     }
-    Ok(Vec::new())
+
+    fn id(&self, n: u64) -> String {
+        format!("{:016x}.{n}", self.call)
+    }
+
+    /// The next message's expectations: its id, the id of the message sent before it (none for
+    /// the call's first), and that its own key was never written.
+    fn next_headers(&mut self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, self.id(self.sent).as_str());
+        if let Some(previous) = self.sent.checked_sub(1) {
+            headers.insert(NATS_EXPECTED_LAST_MESSAGE_ID, self.id(previous).as_str());
+        }
+        headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        self.sent += 1;
+        headers
+    }
+
+    /// Sends one group, chained to everything sent before, without waiting for its
+    /// acknowledgement: all but the last message as core publishes through `client`, the last
+    /// through `js` (a context of the same connection, so it is stored after them).
+    async fn send_group(
+        &mut self,
+        client: &async_nats::Client,
+        js: &async_nats::jetstream::Context,
+        group: &[(String, Bytes)],
+    ) -> Result<SentGroup, StoreError> {
+        let bucket = self.bucket.clone();
+        let action = || format!("create records in {bucket}");
+        let Some(((last_key, last_value), others)) = group.split_last() else {
+            return Ok(SentGroup { ack: None, bucket });
+        };
+        for (key, value) in others {
+            let headers = self.next_headers();
+            client
+                .publish_with_headers(format!("{}{key}", self.prefix), headers, value.clone())
+                .await
+                .map_err(|e| StoreError::unavailable(action(), e))?;
+        }
+        let headers = self.next_headers();
+        let ack = js
+            .publish_with_headers(
+                format!("{}{last_key}", self.prefix),
+                headers,
+                last_value.clone(),
+            )
+            .await
+            .map_err(|error| StoreError::publish(action(), &error))?;
+        Ok(SentGroup {
+            ack: Some(ack),
+            bucket,
+        })
+    }
 }
 
 /// A group sent, its last message's acknowledgement still to come.
 struct SentGroup {
     ack: Option<async_nats::jetstream::context::PublishAckFuture>,
-    /// The sequence its last message has when the group was stored whole.
-    whole_at: u64,
     bucket: String,
 }
 
 impl SentGroup {
-    /// The sequence of the group's last message when all of it was stored right after the
-    /// sequence it was sent after, `None` when the server refused part of it.
-    async fn settle(self) -> Result<Option<u64>, StoreError> {
+    /// Whether all of the group was stored (its last message was, and each message is stored
+    /// only right after the one sent before it); `false` when the server refused part of it.
+    async fn settle(self) -> Result<bool, StoreError> {
         let Some(ack) = self.ack else {
-            return Ok(Some(self.whole_at));
+            return Ok(true);
         };
         match ack.await {
-            Ok(ack) if ack.sequence == self.whole_at => Ok(Some(ack.sequence)),
-            // Stored, but not right after the others: not proven whole.
-            Ok(_) => Ok(None),
+            // A duplicate would be an id used twice, which the random call id rules out; it is
+            // not taken as proof.
+            Ok(ack) => Ok(!ack.duplicate),
             Err(error) => {
                 let action = format!("create records in {}", self.bucket);
                 let error = StoreError::publish(action, &error);
                 match error.kind() {
-                    StoreErrorKind::Conflict => Ok(None),
+                    StoreErrorKind::Conflict => Ok(false),
                     _ => Err(error),
                 }
             }
         }
     }
-}
-
-/// Sends one group after `last_seq`, without waiting for its acknowledgement: all but the
-/// last message as core publishes through `client`, the last through `js` (a context of the
-/// same connection, so it is stored after them).
-async fn send_group(
-    client: &async_nats::Client,
-    js: &async_nats::jetstream::Context,
-    bucket: &kv::Store,
-    prefix: &str,
-    group: &[(String, Bytes)],
-    last_seq: u64,
-) -> Result<SentGroup, StoreError> {
-    let action = || format!("create records in {}", bucket.name);
-    let whole_at = last_seq + group.len() as u64;
-    let Some(((last_key, last_value), others)) = group.split_last() else {
-        return Ok(SentGroup {
-            ack: None,
-            whole_at,
-            bucket: bucket.name.clone(),
-        });
-    };
-    let mut previous: Option<String> = None;
-    let mut expected = last_seq;
-    for (key, value) in others {
-        let subject = format!("{prefix}{key}");
-        let headers = chained_headers(previous.as_deref(), expected);
-        client
-            .publish_with_headers(subject.clone(), headers, value.clone())
-            .await
-            .map_err(|e| StoreError::unavailable(action(), e))?;
-        previous = Some(subject);
-        expected += 1;
-    }
-    let ack = js
-        .publish_with_headers(
-            format!("{prefix}{last_key}"),
-            chained_headers(previous.as_deref(), expected),
-            last_value.clone(),
-        )
-        .await
-        .map_err(|error| StoreError::publish(action(), &error))?;
-    Ok(SentGroup {
-        ack: Some(ack),
-        whole_at,
-        bucket: bucket.name.clone(),
-    })
-}
-
-/// The expectations of a message sent when the stream's last message is `last_seq`: that it
-/// is the one on `previous` (the subject sent before it) or, first in a group, that its own
-/// key was never written.
-fn chained_headers(previous: Option<&str>, last_seq: u64) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(NATS_EXPECTED_LAST_SEQUENCE, last_seq.to_string().as_str());
-    match previous {
-        Some(subject) => {
-            headers.insert(
-                NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-                last_seq.to_string().as_str(),
-            );
-            headers.insert(EXPECTED_SUBJECT, subject);
-        }
-        None => headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0"),
-    }
-    headers
 }
 
 /// Entries replaced at a time (their revisions read together, then written).

@@ -78,50 +78,76 @@ async fn a_refused_group_is_handed_back_with_everything_after_it() {
 }
 
 #[tokio::test]
-async fn a_key_that_held_a_value_inside_a_group_is_a_conflict() {
+async fn a_key_that_held_a_value_inside_a_group_is_not_overwritten() {
     let server = natster_testkit::PlainServer::start().await.expect("server");
     let (client, bucket) = bucket(&server).await;
-    bucket
-        .put(key(GROUP + 476), "old".into())
+    let taken = GROUP + 476;
+    bucket.put(key(taken), "old".into()).await.expect("put");
+    let handed_back = create_all(&client, &bucket, entries(0..TOTAL))
         .await
-        .expect("put");
-    let error = create_all(&client, &bucket, entries(0..TOTAL))
-        .await
-        .expect_err("a conflict");
-    assert_eq!(error.kind(), StoreErrorKind::Conflict, "{error}");
+        .expect("create");
+    assert_eq!(handed_back, entries(GROUP..TOTAL), "its group and the rest");
+    all_hold_their_values(&bucket, 0..taken).await;
+    assert_eq!(value(&bucket, &key(taken)).await, Some("old".into()));
+    for i in taken + 1..TOTAL {
+        assert_eq!(value(&bucket, &key(i)).await, None, "{i} was refused");
+    }
 }
 
 #[tokio::test]
-async fn a_group_sent_after_a_sequence_that_moved_is_refused_whole() {
+async fn a_write_between_two_messages_of_a_call_refuses_everything_after_it() {
     let server = natster_testkit::PlainServer::start().await.expect("server");
     let (client, bucket) = bucket(&server).await;
-    bucket.put("foreign", "x".into()).await.expect("put");
-    let foreign = bucket.put("foreign", "y".into()).await.expect("put");
-    let prefix = bucket.prefix.clone();
     let js = jetstream::new(client.clone());
-    let group = entries(0..10);
-    // As if `foreign` had been written after this writer read the stream's end.
-    let sent = send_group(&client, &js, &bucket, &prefix, &group, foreign - 1)
+    let mut chain = Chain::new(&bucket);
+    let first = chain
+        .send_group(&client, &js, &entries(0..3))
         .await
-        .expect("send")
-        .settle()
-        .await
-        .expect("settle");
-    assert_eq!(sent, None, "not proven whole");
-    for (key, _) in &group {
-        assert_eq!(value(&bucket, key).await, None, "{key} was refused");
-    }
-    let sent = send_group(&client, &js, &bucket, &prefix, &entries(10..20), foreign)
-        .await
-        .expect("send")
-        .settle()
-        .await
-        .expect("settle");
-    assert_eq!(
-        sent,
-        Some(foreign + 10),
-        "sent after the stream's end: whole"
+        .expect("send");
+    assert!(
+        first.settle().await.expect("settle"),
+        "nothing came between"
     );
+    // Another writer creates a new key between two messages of the chain: neither the stream's
+    // subject count nor its sequence would show that one of ours is missing.
+    bucket.put("foreign", "x".into()).await.expect("put");
+    let second = chain
+        .send_group(&client, &js, &entries(3..10))
+        .await
+        .expect("send");
+    assert!(!second.settle().await.expect("settle"), "not proven whole");
+    all_hold_their_values(&bucket, 0..3).await;
+    for i in 3..10 {
+        assert_eq!(value(&bucket, &key(i)).await, None, "{i} was refused");
+    }
+}
+
+#[tokio::test]
+async fn a_created_record_names_no_other_key() {
+    let server = natster_testkit::PlainServer::start().await.expect("server");
+    let (client, bucket) = bucket(&server).await;
+    let handed_back = create_all(&client, &bucket, entries(0..GROUP + 10))
+        .await
+        .expect("create");
+    assert!(handed_back.is_empty());
+    // What an account reads of its own record through a direct-get import.
+    for i in [0, 1, GROUP - 1, GROUP, GROUP + 9] {
+        let own = format!("{}{}", bucket.prefix, key(i));
+        let stored = bucket
+            .stream
+            .direct_get_last_for_subject(own.as_str())
+            .await
+            .expect("direct get");
+        for (name, values) in stored.headers.iter() {
+            for value in values {
+                let value = value.as_str();
+                assert!(
+                    !value.contains("$KV.") || value == own,
+                    "{own} carries {name}: {value}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
