@@ -426,6 +426,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    // As the binary runs (see its doc): the service is measured as shipped.
+    natster_global::service::without_transparent_huge_pages();
     if std::env::var_os(NOISY_CHILD).is_some() {
         return noisy_child();
     }

@@ -450,6 +450,8 @@ fn env_number(name: &str) -> Option<usize> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // As the binary runs (see its doc): the service is measured as shipped.
+    natster_global::service::without_transparent_huge_pages();
     let full = std::env::args().any(|a| a == "--bench");
     let sizes = if full {
         Sizes {

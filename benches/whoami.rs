@@ -182,6 +182,8 @@ async fn set_up_caller(tw: &TestWorld, alice: &async_nats::Client) -> Result<byt
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // As the binary runs (see its doc): the service is measured as shipped.
+    natster_global::service::without_transparent_huge_pages();
     let full = std::env::args().any(|a| a == "--bench");
     let requests = |in_flight: usize| match (full, in_flight) {
         (true, 1) => 4_000,

@@ -12,6 +12,7 @@ use natster_global::cli;
 
 #[tokio::main]
 async fn main() {
+    natster_global::service::without_transparent_huge_pages();
     let code = match cli::main(std::env::args_os().collect(), shutdown_signal).await {
         Ok(code) => code,
         Err(error) if error.is_closed_output() => 0,

@@ -7,6 +7,7 @@
 
 mod background;
 mod config;
+mod memory;
 mod probe;
 
 pub use crate::api::throttle::{MAX_HELD_PER_ACCOUNT, REFUSALS_PER_SECOND};
@@ -15,6 +16,7 @@ pub use crate::projections::runner::RunnerConfig;
 pub use crate::reactions::HubShare;
 pub use crate::store::StoreConfig;
 pub use config::ServiceConfig;
+pub use memory::without_transparent_huge_pages;
 
 use crate::api::heartbeat_acks::HeartbeatAcks;
 use crate::api::online_catalogs::OnlineCatalogs;

@@ -532,3 +532,31 @@ async fn sigterm_while_waiting_for_nats_exits_0() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn serve_runs_without_transparent_huge_pages() -> Result<()> {
+    let tw = TestWorld::start().await?;
+    let nowhere = format!("nats://127.0.0.1:{}", natster_testkit::port()?);
+    let creds = tw.world.creds_path(NATSTER).display().to_string();
+    let args = [
+        "--nats-url",
+        &nowhere,
+        "--creds",
+        &creds,
+        "--http-addr",
+        "127.0.0.1:0",
+    ];
+    let mut serve = Serve::spawn(&args, &[("RUST_LOG", "info")])?;
+    serve.wait_for_line("http listening").await?;
+    let pid = serve.child.as_ref().context("running")?.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .context("the kernel reports THP_enabled")?;
+    assert_eq!(thp.trim(), "0", "{status}");
+    serve.signal("TERM")?;
+    let exit = serve.wait_exit(Duration::from_secs(10)).await?;
+    assert!(exit.success(), "exit status {exit}: {}", serve.text());
+    Ok(())
+}
