@@ -220,31 +220,40 @@ pub fn step<P: Projection>(
     limit: RecordLimit,
     records: &mut impl Records<P::Record>,
 ) -> Result<Vec<Change<P>>, ParkReason> {
-    step_within::<P>(input, P::growth_bound(input), limit, records, |_| true)
+    let keys = P::keys(input);
+    step_within::<P>(
+        input,
+        keys,
+        |_, _| true,
+        P::growth_bound(input),
+        limit,
+        records,
+    )
 }
 
-/// [`step`] for the keys `within` selects, given the message's `growth` bound for a new
-/// record (its [`Projection::growth_bound`], which the caller has at hand; the bound for
-/// records that exist is asked for here): every key is checked to be
-/// valid, only those selected are read, changed and measured (a catch-up in passes folds one
-/// partition of the keys at a time, and knows by other means that the keys it leaves out cannot
-/// park the message).
+/// [`step`] for the keys of `input` (`keys`, its [`Projection::keys`], which the caller has at
+/// hand) that `within` selects (called with each key's index in `keys` and the key), given the message's `growth` bound
+/// for a new record (its [`Projection::growth_bound`], at hand too; the bound for records that
+/// exist is asked for here): every key is checked to be valid, only those selected are read,
+/// changed and measured (a catch-up in passes folds one partition of the keys at a time, and
+/// knows by other means that the keys it leaves out cannot park the message).
 pub fn step_within<P: Projection>(
     input: &P::Input,
+    keys: Vec<String>,
+    within: impl Fn(usize, &str) -> bool,
     growth: Option<usize>,
     limit: RecordLimit,
     records: &mut impl Records<P::Record>,
-    within: impl Fn(&str) -> bool,
 ) -> Result<Vec<Change<P>>, ParkReason> {
     let seq = P::seq(input);
     let mut touched = Vec::new();
     // Asked for only when a touched record exists.
     let mut existing_growth = None;
-    for key in P::keys(input) {
+    for (index, key) in keys.into_iter().enumerate() {
         if !is_valid_key(&key) {
             return Err(ParkReason::InvalidKey { key });
         }
-        if !within(&key) {
+        if !within(index, &key) {
             continue;
         }
         let Before { record, size_bound } = records.before(&key)?;

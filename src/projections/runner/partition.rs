@@ -401,8 +401,11 @@ impl<P: Projection> PartFold<P> {
         if !touches_part && !keys.iter().any(|key| pinned.contains(key)) {
             return Ok(());
         }
-        let within = |key: &str| part.contains(key) || pinned.contains(key);
-        match parking::step_within::<P>(input, growth, self.limit, &mut self.records, within) {
+        // The keys' hashes are at hand: a key's part is not hashed again.
+        let within =
+            |index: usize, key: &str| part.contains_hash(hashes[index]) || pinned.contains(key);
+        let records = &mut self.records;
+        match parking::step_within::<P>(input, keys, within, growth, self.limit, records) {
             Ok(changes) => {
                 for change in changes {
                     self.records
