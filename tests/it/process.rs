@@ -505,10 +505,9 @@ async fn serve_without_an_xkey_warns_that_code_and_context_ops_will_fail() -> Re
     Ok(())
 }
 
-#[tokio::test]
-async fn sigterm_while_waiting_for_nats_exits_0() -> Result<()> {
-    let tw = TestWorld::start().await?;
-    // Nothing listens on this port: serve waits for NATS (it retries for ever).
+/// A `serve` pointed at a port nothing listens on: it waits for NATS (retrying for ever) with
+/// its HTTP listener up.
+async fn serve_waiting_for_nats(tw: &TestWorld) -> Result<Serve> {
     let nowhere = format!("nats://127.0.0.1:{}", natster_testkit::port()?);
     let creds = tw.world.creds_path(NATSTER).display().to_string();
     let args = [
@@ -519,8 +518,15 @@ async fn sigterm_while_waiting_for_nats_exits_0() -> Result<()> {
         "--http-addr",
         "127.0.0.1:0",
     ];
-    let mut serve = Serve::spawn(&args, &[("RUST_LOG", "info")])?;
+    let serve = Serve::spawn(&args, &[("RUST_LOG", "info")])?;
     serve.wait_for_line("http listening").await?;
+    Ok(serve)
+}
+
+#[tokio::test]
+async fn sigterm_while_waiting_for_nats_exits_0() -> Result<()> {
+    let tw = TestWorld::start().await?;
+    let mut serve = serve_waiting_for_nats(&tw).await?;
     serve.signal("TERM")?;
     let status = serve.wait_exit(Duration::from_secs(10)).await?;
     assert!(status.success(), "exit status {status}: {}", serve.text());
@@ -536,18 +542,7 @@ async fn sigterm_while_waiting_for_nats_exits_0() -> Result<()> {
 #[tokio::test]
 async fn serve_runs_without_transparent_huge_pages() -> Result<()> {
     let tw = TestWorld::start().await?;
-    let nowhere = format!("nats://127.0.0.1:{}", natster_testkit::port()?);
-    let creds = tw.world.creds_path(NATSTER).display().to_string();
-    let args = [
-        "--nats-url",
-        &nowhere,
-        "--creds",
-        &creds,
-        "--http-addr",
-        "127.0.0.1:0",
-    ];
-    let mut serve = Serve::spawn(&args, &[("RUST_LOG", "info")])?;
-    serve.wait_for_line("http listening").await?;
+    let mut serve = serve_waiting_for_nats(&tw).await?;
     let pid = serve.child.as_ref().context("running")?.id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let thp = status

@@ -109,6 +109,8 @@ struct Chain {
     call: u64,
     /// Messages sent so far; the next one's id.
     sent: u64,
+    /// The id of the message sent last (none before the call's first).
+    previous: Option<String>,
 }
 
 impl Chain {
@@ -118,22 +120,21 @@ impl Chain {
             prefix: bucket.put_prefix.as_ref().unwrap_or(&bucket.prefix).clone(),
             call: rand::random(),
             sent: 0,
+            previous: None,
         }
-    }
-
-    fn id(&self, n: u64) -> String {
-        format!("{:016x}.{n}", self.call)
     }
 
     /// The next message's expectations: its id, the id of the message sent before it (none for
     /// the call's first), and that its own key was never written.
     fn next_headers(&mut self) -> HeaderMap {
+        let id = format!("{:016x}.{}", self.call, self.sent);
         let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, self.id(self.sent).as_str());
-        if let Some(previous) = self.sent.checked_sub(1) {
-            headers.insert(NATS_EXPECTED_LAST_MESSAGE_ID, self.id(previous).as_str());
+        headers.insert(NATS_MESSAGE_ID, id.as_str());
+        if let Some(previous) = &self.previous {
+            headers.insert(NATS_EXPECTED_LAST_MESSAGE_ID, previous.as_str());
         }
         headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, "0");
+        self.previous = Some(id);
         self.sent += 1;
         headers
     }
