@@ -21,8 +21,9 @@
 //! - the same two times and the RSS after a restart (the read models already built, the
 //!   decision state restored from the snapshot written at the stop);
 //! - in a second table, the fastest the catch-up could have been on this machine, priced from
-//!   the raw read and a plain KV put of every record the runners wrote, in the same run
-//!   ([`ceiling`]).
+//!   the raw read and a plain KV put of every record the runners wrote, in the same run; then
+//!   the same records written the service's way (chained creates, the account records
+//!   republished), after the read and at the same time as a second read ([`ceiling`]).
 //!
 //! `SCALE_EVENTS=100000,1000000` picks the sizes (accounts are a tenth of the events unless
 //! `SCALE_ACCOUNTS` says, catalog names a fifth unless `SCALE_CATALOGS` says);
@@ -424,14 +425,8 @@ async fn measure(events: usize, within: Duration) -> Result<Measured> {
         tokio::time::sleep(Duration::from_secs(secs?)).await;
     }
     stop(serve)?;
-    let ceiling = Ceiling::measure(
-        &js,
-        &server_pid,
-        read_cost,
-        first.cache.2 as usize,
-        record_bytes(&js, &store).await?,
-    )
-    .await?;
+    let written = written(&js, &store).await?;
+    let ceiling = Ceiling::measure(&js, &server_pid, (events, read_cost), &written).await?;
     let rebuilt = rebuild(&tw, events)?;
     let (serve, restart) = start(&tw, http_port, within, false).await?;
     stop(serve)?;
@@ -444,21 +439,29 @@ async fn measure(events: usize, within: Duration) -> Result<Measured> {
     })
 }
 
-/// The mean stored size of a message in the event log's three projection buckets.
-async fn record_bytes(js: &async_nats::jetstream::Context, store: &Store) -> Result<usize> {
-    let (mut bytes, mut messages) = (0, 0);
+/// What the catch-up left in the event log's three projection buckets: records and their mean
+/// stored size, each bucket's.
+async fn written(
+    js: &async_nats::jetstream::Context,
+    store: &Store,
+) -> Result<Vec<ceiling::Written>> {
+    let mut written = Vec::new();
     for bucket in [&store.accounts, &store.catalogs, &store.oauth] {
         // Asked now: a bucket's `status` is the info cached when it was opened.
-        let state = js
+        let info = js
             .get_stream(&bucket.stream_name)
             .await?
             .info()
             .await?
-            .state
             .clone();
-        (bytes, messages) = (bytes + state.bytes, messages + state.messages);
+        let (bytes, messages) = (info.state.bytes, info.state.messages);
+        written.push(ceiling::Written {
+            records: messages as usize,
+            record_bytes: (bytes / messages.max(1)) as usize,
+            republished: info.config.republish.is_some(),
+        });
     }
-    Ok((bytes / messages.max(1)) as usize)
+    Ok(written)
 }
 
 #[tokio::main]
@@ -520,10 +523,12 @@ async fn main() -> Result<()> {
 /// was. The catch-up's time includes the service's start, which the ceiling does not.
 fn print_ceilings(ceilings: &[(usize, Duration, Ceiling)]) {
     println!();
-    println!("| events / accounts | raw read: time, CPU s (here + server) | raw KV puts of the records written: time, CPU s | CPUs (here, server, together) | ceiling, overlapped | ceiling, one pass | catch-up measured |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| events / accounts | raw read: time, CPU s (here + server) | raw KV puts of the records written: time, CPU s | CPUs (here, server, together) | ceiling, overlapped | ceiling, one pass | the service's writes of them: time, CPU s | one pass with those | the read and those at once | catch-up measured |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (events, caught_up, ceiling) in ceilings {
         let (overlapped, one_pass) = (ceiling.overlapped(), ceiling.one_pass());
+        let (one_pass_exact, overlapped_exact) =
+            (ceiling.one_pass_exact(), ceiling.overlapped_exact());
         let cost = |c: natster_testkit::Cost| {
             format!(
                 "{:.2} s, {:.2} + {:.2}",
@@ -533,7 +538,7 @@ fn print_ceilings(ceilings: &[(usize, Duration, Ceiling)]) {
             )
         };
         println!(
-            "| {events} / {} | {} | {} × {} B: {} | {}, {}, {} | {:.2} s, {:.2}× | {:.2} s, {:.2}× | {:.2} s, {:.2}× |",
+            "| {events} / {} | {} | {} × {} B: {} | {}, {}, {} | {:.2} s, {:.2}× | {:.2} s, {:.2}× | {} | {:.2} s, {:.2}× | {:.2} s, {:.2}× | {:.2} s, {:.2}× |",
             accounts_for(*events),
             cost(ceiling.read),
             ceiling.records,
@@ -546,6 +551,11 @@ fn print_ceilings(ceilings: &[(usize, Duration, Ceiling)]) {
             ceiling.ratio(overlapped),
             one_pass.as_secs_f64(),
             ceiling.ratio(one_pass),
+            cost(ceiling.exact_writes),
+            one_pass_exact.as_secs_f64(),
+            ceiling.ratio(one_pass_exact),
+            overlapped_exact.as_secs_f64(),
+            ceiling.ratio(overlapped_exact),
             caught_up.as_secs_f64(),
             ceiling.ratio(*caught_up),
         );

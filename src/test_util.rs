@@ -18,6 +18,7 @@ pub use crate::projections::{
 pub use crate::reactions::share_notices::{
     Mark as ShareFeedMark, CONSUMER as SHARE_FEED_CONSUMER, MARK_KEY as SHARE_FEED_MARK_KEY,
 };
+pub use crate::store::kv::create_all;
 pub use crate::store::lease::Lease;
 /// The counter type of the runner's metrics.
 pub type Counter = prometheus_client::metrics::counter::Counter;

@@ -11,6 +11,16 @@
 //!   they are pinned apart), whichever is longest;
 //! - **one pass**: the read, then the writes: a fold cannot write a record before it has read
 //!   the last event that touches it, so one pass over the log takes at least both wall times.
+//!
+//! And a third, not generous: **one pass with the service's writes**, the read then the same
+//! records written as the service writes them (`store::kv::create_all`: chained by message id,
+//! each key asserted never written) into scratch buckets configured as the projection buckets
+//! are (the account records republished), all buckets at once as the runners write them. What
+//! the service's writes cost beyond raw puts is the price of exactness and of the contract's
+//! update feed, which no fold can avoid; this bound says what one pass can reach with them.
+//! Beside it, the raw read and the service's writes **run at once**: what a catch-up that wrote
+//! each record as soon as the read had passed the last event touching it could reach (the
+//! writes are bound by the server, the read by this process).
 
 use anyhow::Result;
 use natster_testkit::{costed, cpu_list, Cost};
@@ -23,12 +33,28 @@ const GROUP: usize = 1024;
 const GROUPS_IN_FLIGHT: usize = 2;
 /// The scratch bucket the raw writes go to (deleted after).
 const SCRATCH: &str = "SCALE_RAW_WRITES";
+/// The scratch buckets the service's writes go to, one per projection bucket (deleted after).
+const EXACT_SCRATCH: &str = "SCALE_EXACT_WRITES";
+
+/// What a catch-up wrote to one projection bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub records: usize,
+    /// Mean stored size of a record.
+    pub record_bytes: usize,
+    /// The bucket republishes every write (the account bucket: the own-record update feed).
+    pub republished: bool,
+}
 
 /// What the ceiling is priced from.
 #[derive(Debug, Clone, Copy)]
 pub struct Ceiling {
     pub read: Cost,
     pub writes: Cost,
+    /// The same records written the service's way ([`create_exact`]).
+    pub exact_writes: Cost,
+    /// The raw read of the log and the service's writes at the same time.
+    pub read_with_exact_writes: Cost,
     pub records: usize,
     pub record_bytes: usize,
     /// CPUs this process may use, the server may use, and both together.
@@ -36,15 +62,18 @@ pub struct Ceiling {
 }
 
 impl Ceiling {
-    /// Writes `records` values of `record_bytes` bytes to a scratch bucket, each under a key of
-    /// its own ([`put_grouped`]), and prices the ceiling from that and `read`.
+    /// Writes the records of `written` (every bucket's at their overall mean size) to a scratch
+    /// bucket, each under a key of its own ([`put_grouped`]), then the service's way
+    /// ([`create_exact`]), and prices the ceiling from those and `read`.
     pub async fn measure(
         js: &async_nats::jetstream::Context,
         server_pid: &str,
-        read: Cost,
-        records: usize,
-        record_bytes: usize,
+        (events, read): (usize, Cost),
+        written: &[Written],
     ) -> Result<Ceiling> {
+        let records: usize = written.iter().map(|w| w.records).sum();
+        let bytes: usize = written.iter().map(|w| w.records * w.record_bytes).sum();
+        let record_bytes = bytes / records.max(1);
         js.create_key_value(async_nats::jetstream::kv::Config {
             bucket: SCRATCH.into(),
             history: 1,
@@ -66,9 +95,17 @@ impl Ceiling {
             "{stored} of {records} raw puts stored"
         );
         js.delete_key_value(SCRATCH).await?;
+        let ((), exact_writes) = costed(server_pid, create_exact(js, written)).await?;
+        let both = futures::future::try_join(
+            natster_testkit::raw_ordered_read(js, events),
+            create_exact(js, written),
+        );
+        let (_, read_with_exact_writes) = costed(server_pid, both).await?;
         Ok(Ceiling {
             read,
             writes,
+            exact_writes,
+            read_with_exact_writes,
             records,
             record_bytes,
             cpus: cpus_of("self", server_pid)?,
@@ -94,6 +131,16 @@ impl Ceiling {
     /// The one-pass bound: the read, then the writes.
     pub fn one_pass(&self) -> Duration {
         self.read.took + self.writes.took
+    }
+
+    /// The one-pass bound with the service's writes: the read, then those.
+    pub fn one_pass_exact(&self) -> Duration {
+        self.read.took + self.exact_writes.took
+    }
+
+    /// The read and the service's writes at once: a catch-up that overlapped them.
+    pub fn overlapped_exact(&self) -> Duration {
+        self.read_with_exact_writes.took
     }
 
     /// A catch-up taking `least` at most reaches this fraction of the raw read's rate.
@@ -131,6 +178,62 @@ async fn put_grouped(
         .buffered(GROUPS_IN_FLIGHT)
         .try_collect::<Vec<()>>()
         .await?;
+    Ok(())
+}
+
+/// Creates the records of `written` the service's way, each bucket's in a scratch bucket of
+/// the same configuration, all at once through one connection (as the runners share one):
+/// keys as long as account keys, values of the bucket's mean size. Checks that every record
+/// was created by the chained groups (none handed back to compare-and-set) and stored.
+async fn create_exact(js: &async_nats::jetstream::Context, written: &[Written]) -> Result<()> {
+    use async_nats::jetstream::{kv, stream};
+    let client = js.client();
+    let mut buckets = Vec::new();
+    for (i, w) in written.iter().enumerate().filter(|(_, w)| w.records > 0) {
+        let name = format!("{EXACT_SCRATCH}_{i}");
+        let republish = w.republished.then(|| stream::Republish {
+            source: format!("$KV.{name}.>"),
+            destination: format!("scale.exact.updates.{i}.>"),
+            headers_only: false,
+        });
+        let bucket = js
+            .create_key_value(kv::Config {
+                bucket: name.clone(),
+                history: 1,
+                storage: stream::StorageType::File,
+                republish,
+                ..Default::default()
+            })
+            .await?;
+        buckets.push((bucket, *w));
+    }
+    let writes = buckets.iter().map(|(bucket, w)| {
+        let value = bytes::Bytes::from(vec![b'x'; w.record_bytes]);
+        let entries = (0..w.records).map(move |k| (format!("K{k:055}"), value.clone()));
+        natster_global::test_util::create_all(&client, bucket, entries)
+    });
+    for left in futures::future::try_join_all(writes).await? {
+        anyhow::ensure!(
+            left.is_empty(),
+            "{} records not created in groups",
+            left.len()
+        );
+    }
+    for (bucket, w) in &buckets {
+        let stored = js
+            .get_stream(&bucket.stream_name)
+            .await?
+            .info()
+            .await?
+            .state
+            .messages;
+        anyhow::ensure!(
+            stored == w.records as u64,
+            "{stored} of {} created",
+            w.records
+        );
+        js.delete_key_value(&bucket.name).await?;
+    }
     Ok(())
 }
 
