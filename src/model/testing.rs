@@ -13,6 +13,18 @@ pub fn xorshift(seed: u64) -> impl FnMut(usize) -> usize {
     }
 }
 
+/// A string of up to `max` characters drawn by `next` from ones JSON writes differently:
+/// quotes, backslashes, control characters with and without a short escape, DEL, and
+/// multi-byte characters beside plain letters.
+pub fn awkward_string(next: &mut impl FnMut(usize) -> usize, max: usize) -> String {
+    const CHARS: [char; 12] = [
+        'a', 'Z', '7', '"', '\\', '\n', '\t', '\u{1}', '\u{1f}', '\u{7f}', 'é', '😀',
+    ];
+    (0..next(max + 1))
+        .map(|_| CHARS[next(CHARS.len())])
+        .collect()
+}
+
 /// Decides `command` on `state`; if accepted, appends its event to `events` (next sequence,
 /// time 1), folds it into `state` and returns `true`.
 pub fn append_decided(

@@ -15,6 +15,14 @@ const SHARE_ENTRY_FRAME: usize = 24;
 /// `,"oauth_id":` (an unbound record has no such field).
 const OAUTH_ID_FRAME: usize = 12;
 
+/// An account record's field names and punctuation, its lists' brackets and its OAuth id's
+/// field aside.
+const RECORD_FRAME: usize =
+    r#"{"account_key":,"initialized_at":,"out_shares":,"in_shares":,"applied_seq":}"#.len();
+
+/// One share entry's field names and punctuation.
+const SHARE_OBJECT_FRAME: usize = r#"{"catalog":,"account":}"#.len();
+
 impl Projection for Accounts {
     const NAME: &'static str = "accounts";
     const BUCKET: &'static str = PROJ_ACCOUNT_BUCKET;
@@ -139,6 +147,24 @@ impl Projection for Accounts {
             _ => 0,
         };
         Some(added + NUMBER_GROWTH_BYTES)
+    }
+
+    fn encoded_len(record: &AccountRecord) -> usize {
+        use super::{json_array_len, json_i64_len, json_string_len, json_u64_len};
+        let share = |share: &ShareRef| {
+            SHARE_OBJECT_FRAME + json_string_len(&share.catalog) + json_string_len(&share.account)
+        };
+        let oauth_id = record
+            .oauth_id
+            .as_deref()
+            .map_or(0, |id| OAUTH_ID_FRAME + json_string_len(id));
+        RECORD_FRAME
+            + json_string_len(&record.account_key)
+            + json_i64_len(record.initialized_at)
+            + json_array_len(&record.out_shares, share)
+            + json_array_len(&record.in_shares, share)
+            + oauth_id
+            + json_u64_len(record.applied_seq)
     }
 
     fn tally(record: Option<&AccountRecord>) -> CountDelta {

@@ -9,6 +9,9 @@ use crate::store::PROJ_CATALOG_BUCKET;
 /// The catalog projection.
 pub struct Catalogs;
 
+/// A catalog record's field names and punctuation, its list's brackets aside.
+const RECORD_FRAME: usize = r#"{"catalog_name":,"owner":,"shared_with":,"applied_seq":}"#.len();
+
 impl Projection for Catalogs {
     const NAME: &'static str = "catalogs";
     const BUCKET: &'static str = PROJ_CATALOG_BUCKET;
@@ -79,6 +82,15 @@ impl Projection for Catalogs {
             _ => 0,
         };
         Some(added + NUMBER_GROWTH_BYTES)
+    }
+
+    fn encoded_len(record: &CatalogRecord) -> usize {
+        use super::{json_array_len, json_string_len, json_u64_len};
+        RECORD_FRAME
+            + json_string_len(&record.catalog_name)
+            + json_string_len(&record.owner)
+            + json_array_len(&record.shared_with, |account| json_string_len(account))
+            + json_u64_len(record.applied_seq)
     }
 
     fn tally(record: Option<&CatalogRecord>) -> CountDelta {

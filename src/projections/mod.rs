@@ -152,6 +152,14 @@ pub trait Projection: Send + Sync + 'static {
         Self::growth_bound(input)
     }
 
+    /// Bytes of `record` as stored (its JSON), exactly: what the record limit and a pass's
+    /// budget count. Serializes it into a counter unless the projection computes it from its
+    /// fields (a pass measures a record each time its size bound doubles: a tenth of a
+    /// catch-up's fold went to serializing records only to count their bytes).
+    fn encoded_len(record: &Self::Record) -> usize {
+        parking::encoded_len(record)
+    }
+
     /// What one record contributes to the counters; a message changes them by the record's
     /// tally after it minus its tally before.
     fn tally(_record: Option<&Self::Record>) -> CountDelta {
@@ -198,6 +206,22 @@ pub fn json_string_len(s: &str) -> usize {
         })
         .sum();
     escaped + 2
+}
+
+/// Bytes of `n` as a JSON number.
+pub fn json_u64_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |digits| digits as usize + 1)
+}
+
+/// Bytes of `n` as a JSON number, its sign included.
+pub fn json_i64_len(n: i64) -> usize {
+    json_u64_len(n.unsigned_abs()) + usize::from(n < 0)
+}
+
+/// Bytes of `items` as a JSON array whose items take `item_len` each.
+pub fn json_array_len<T>(items: &[T], item_len: impl Fn(&T) -> usize) -> usize {
+    let commas = items.len().saturating_sub(1);
+    items.iter().map(item_len).sum::<usize>() + commas + 2
 }
 
 /// Whether `apply` changed a record: it removed it, or stamped it with the message's sequence.

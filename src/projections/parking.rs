@@ -289,7 +289,7 @@ pub fn step_within<P: Projection>(
             Some(after) if P::applied_seq(after) != seq => t.size_bound,
             Some(_) if in_place => t.grown,
             Some(after) => {
-                let bytes = encoded_len(after);
+                let bytes = P::encoded_len(after);
                 if bytes > limit.max_bytes {
                     return Err(ParkReason::TooLarge {
                         key: t.key,

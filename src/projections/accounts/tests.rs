@@ -479,3 +479,33 @@ fn delta_matches_the_records_and_applied_seq_is_the_last_touch() {
         }
     }
 }
+
+#[test]
+fn the_computed_encoded_length_is_the_json_length() {
+    use crate::model::testing::{awkward_string, xorshift};
+    let mut next = xorshift(0x5eed_acc0);
+    let times = [0, 1, 9, 10, 1_000_000, i64::MAX, -1, -10, i64::MIN];
+    let sequences = [0, 1, 9, 10, 123_456_789, u64::MAX];
+    for _ in 0..2_000 {
+        let record = AccountRecord {
+            account_key: awkward_string(&mut next, 60),
+            initialized_at: times[next(times.len())],
+            out_shares: awkward_shares(&mut next),
+            in_shares: awkward_shares(&mut next),
+            oauth_id: (next(2) == 0).then(|| awkward_string(&mut next, 20)),
+            applied_seq: sequences[next(sequences.len())],
+        };
+        let json = serde_json::to_vec(&record).expect("a record serializes");
+        assert_eq!(Accounts::encoded_len(&record), json.len(), "{record:?}");
+    }
+}
+
+fn awkward_shares(next: &mut impl FnMut(usize) -> usize) -> Vec<ShareRef> {
+    use crate::model::testing::awkward_string;
+    (0..next(4))
+        .map(|_| ShareRef {
+            catalog: awkward_string(next, 12),
+            account: awkward_string(next, 60),
+        })
+        .collect()
+}

@@ -400,3 +400,22 @@ fn shares_without_a_real_target_make_no_owner_like_the_projections() {
     );
     assert_eq!(records["movies"].owner, b);
 }
+
+#[test]
+fn the_computed_encoded_length_is_the_json_length() {
+    use crate::model::testing::{awkward_string, xorshift};
+    let mut next = xorshift(0x5eed_ca7a);
+    for _ in 0..2_000 {
+        let shared_with = (0..next(5))
+            .map(|_| awkward_string(&mut next, 60))
+            .collect();
+        let record = CatalogRecord {
+            catalog_name: awkward_string(&mut next, 12),
+            owner: awkward_string(&mut next, 60),
+            shared_with,
+            applied_seq: [0, 5, 10, 123_456_789, u64::MAX][next(5)],
+        };
+        let json = serde_json::to_vec(&record).expect("a record serializes");
+        assert_eq!(Catalogs::encoded_len(&record), json.len(), "{record:?}");
+    }
+}

@@ -228,6 +228,8 @@ struct PartRecords<R> {
     /// The records of the pinned keys, whatever their part (a key absent has an entry with
     /// no record), outside the budget.
     pinned: HashMap<String, Held<R>>,
+    /// A record's stored size ([`Projection::encoded_len`]).
+    measure: fn(&R) -> usize,
 }
 
 impl<R> PartRecords<R> {
@@ -281,7 +283,7 @@ impl<R: Serialize> Records<R> for PartRecords<R> {
         let old_bound = held.bound;
         held.bound = compact_size(size_bound);
         if held.bound > 2 * held.measured.max(MEASURE_FLOOR) {
-            let exact = compact_size(Some(parking::encoded_len(&record)));
+            let exact = compact_size(Some((self.measure)(&record)));
             held.bound = exact;
             held.measured = exact;
         }
@@ -299,7 +301,7 @@ impl<R: Serialize> PartRecords<R> {
         let mut bytes = 0;
         for held in self.records.values_mut() {
             if let Some(record) = &held.record {
-                let exact = compact_size(Some(parking::encoded_len(record)));
+                let exact = compact_size(Some((self.measure)(record)));
                 held.bound = exact;
                 held.measured = exact;
             }
@@ -355,6 +357,7 @@ impl<P: Projection> PartFold<P> {
                 records: HashMap::new(),
                 bytes: 0,
                 pinned: pinned_records,
+                measure: P::encoded_len,
             },
             budget,
             sketch: SizeSketch::default(),
