@@ -83,18 +83,7 @@ impl Ceiling {
         .await?;
         let value = bytes::Bytes::from(vec![b'x'; record_bytes]);
         let ((), writes) = costed(server_pid, put_grouped(js, records, value)).await?;
-        let stored = js
-            .get_stream(format!("KV_{SCRATCH}"))
-            .await?
-            .info()
-            .await?
-            .state
-            .messages;
-        anyhow::ensure!(
-            stored == records as u64,
-            "{stored} of {records} raw puts stored"
-        );
-        js.delete_key_value(SCRATCH).await?;
+        all_stored_then_deleted(js, SCRATCH, records).await?;
         let ((), exact_writes) = costed(server_pid, create_exact(js, written)).await?;
         let both = futures::future::try_join(
             natster_testkit::raw_ordered_read(js, events),
@@ -220,20 +209,24 @@ async fn create_exact(js: &async_nats::jetstream::Context, written: &[Written]) 
         );
     }
     for (bucket, w) in &buckets {
-        let stored = js
-            .get_stream(&bucket.stream_name)
-            .await?
-            .info()
-            .await?
-            .state
-            .messages;
-        anyhow::ensure!(
-            stored == w.records as u64,
-            "{stored} of {} created",
-            w.records
-        );
-        js.delete_key_value(&bucket.name).await?;
+        all_stored_then_deleted(js, &bucket.name, w.records).await?;
     }
+    Ok(())
+}
+
+/// Checks that scratch bucket `name` stores `records` messages, then deletes it.
+async fn all_stored_then_deleted(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    records: usize,
+) -> Result<()> {
+    let stream = format!("KV_{name}");
+    let stored = js.get_stream(&stream).await?.info().await?.state.messages;
+    anyhow::ensure!(
+        stored == records as u64,
+        "{stored} of {records} records stored in {name}"
+    );
+    js.delete_key_value(name).await?;
     Ok(())
 }
 

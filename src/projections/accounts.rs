@@ -9,19 +9,20 @@ use crate::model::{AccountRecord, Event, EventBody, EventType, ShareRef, NONE};
 /// The account projection.
 pub struct Accounts;
 
-/// `{"catalog":`, `,"account":`, `}` and the comma before the entry.
-const SHARE_ENTRY_FRAME: usize = 24;
+/// One share entry's field names and punctuation.
+const SHARE_OBJECT_FRAME: usize = r#"{"catalog":,"account":}"#.len();
+
+/// A share entry's framing and the comma before it: what a share adds to a list besides its
+/// strings.
+const SHARE_ENTRY_FRAME: usize = SHARE_OBJECT_FRAME + 1;
 
 /// `,"oauth_id":` (an unbound record has no such field).
-const OAUTH_ID_FRAME: usize = 12;
+const OAUTH_ID_FRAME: usize = r#","oauth_id":"#.len();
 
 /// An account record's field names and punctuation, its lists' brackets and its OAuth id's
 /// field aside.
 const RECORD_FRAME: usize =
     r#"{"account_key":,"initialized_at":,"out_shares":,"in_shares":,"applied_seq":}"#.len();
-
-/// One share entry's field names and punctuation.
-const SHARE_OBJECT_FRAME: usize = r#"{"catalog":,"account":}"#.len();
 
 impl Projection for Accounts {
     const NAME: &'static str = "accounts";

@@ -238,7 +238,7 @@ impl<R> PartRecords<R> {
     }
 }
 
-impl<R: Serialize> Records<R> for PartRecords<R> {
+impl<R> Records<R> for PartRecords<R> {
     fn before(&self, key: &str) -> Result<Before<'_, R>, ParkReason> {
         Ok(match self.get(key) {
             Some(held) => Before {
@@ -295,7 +295,7 @@ impl<R: Serialize> Records<R> for PartRecords<R> {
 /// A record a pass writes, with its key.
 pub type PartRecord<R> = (Arc<str>, Arc<R>);
 
-impl<R: Serialize> PartRecords<R> {
+impl<R> PartRecords<R> {
     /// Measures every record, so that each bound is its exact size.
     fn measure_all(&mut self) {
         let mut bytes = 0;
