@@ -87,13 +87,16 @@ impl Projection for Accounts {
                 } else {
                     (&mut record.in_shares, &s.origin)
                 };
-                let share = ShareRef {
-                    catalog: s.catalog.clone(),
-                    account: other.clone(),
-                };
-                if !list.contains(&share) {
+                // Compared in place: a share already listed costs no copies.
+                let listed = list
+                    .iter()
+                    .any(|r| r.catalog == s.catalog && &r.account == other);
+                if !listed {
                     reserve_one(list);
-                    list.push(share);
+                    list.push(ShareRef {
+                        catalog: s.catalog.clone(),
+                        account: other.clone(),
+                    });
                 }
             }
             EventType::CatalogUnshared => {

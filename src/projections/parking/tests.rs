@@ -264,11 +264,25 @@ fn a_string_is_measured_as_json_writes_it() {
         'a', 'Z', '"', '\\', '\n', '\t', '\r', '\u{8}', '\u{c}', '\u{0}', '\u{1f}', '\u{7f}', 'é',
         '😀', '/',
     ];
-    for _ in 0..2_000 {
-        let len = rng.gen_range(0..40);
-        let s: String = (0..len)
-            .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+    // Plain characters only, in account keys' and catalog names' lengths and longer.
+    let plain = ['a', 'Z', '7', '.', '-', '\u{7f}', 'é', '😀', '/'];
+    for round in 0..4_000 {
+        let (chars, len) = match round % 2 {
+            0 => (&alphabet[..], rng.gen_range(0..40)),
+            _ => (&plain[..], rng.gen_range(0..200)),
+        };
+        let mut s: String = (0..len)
+            .map(|_| chars[rng.gen_range(0..chars.len())])
             .collect();
+        // Half the plain strings get one character to escape, anywhere in them.
+        if round % 4 == 1 {
+            let at = s
+                .char_indices()
+                .map(|(i, _)| i)
+                .nth(rng.gen_range(0..=len / 2));
+            let escaped = alphabet[rng.gen_range(2..11)];
+            s.insert(at.unwrap_or(s.len()), escaped);
+        }
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(crate::projections::json_string_len(&s), json.len(), "{s:?}");
     }
