@@ -4,7 +4,7 @@
 use super::{CountDelta, Projection};
 use crate::contract::PROJ_ACCOUNT_BUCKET;
 use crate::model::compact::reserve_one;
-use crate::model::{AccountRecord, Event, EventBody, EventType, ShareRef, NONE};
+use crate::model::{AccountRecord, Event, EventBody, EventSubject, EventType, ShareRef, NONE};
 
 /// The account projection.
 pub struct Accounts;
@@ -82,16 +82,9 @@ impl Projection for Accounts {
                 }
             }
             EventType::CatalogShared => {
-                let (list, other) = if key == s.origin {
-                    (&mut record.out_shares, &s.target)
-                } else {
-                    (&mut record.in_shares, &s.origin)
-                };
+                let (list, other) = share_side(&mut record, key, s);
                 // Compared in place: a share already listed costs no copies.
-                let listed = list
-                    .iter()
-                    .any(|r| r.catalog == s.catalog && &r.account == other);
-                if !listed {
+                if !list.iter().any(|r| names(r, &s.catalog, other)) {
                     reserve_one(list);
                     list.push(ShareRef {
                         catalog: s.catalog.clone(),
@@ -100,12 +93,8 @@ impl Projection for Accounts {
                 }
             }
             EventType::CatalogUnshared => {
-                let (list, other) = if key == s.origin {
-                    (&mut record.out_shares, &s.target)
-                } else {
-                    (&mut record.in_shares, &s.origin)
-                };
-                list.retain(|r| !(r.catalog == s.catalog && &r.account == other));
+                let (list, other) = share_side(&mut record, key, s);
+                list.retain(|r| !names(r, &s.catalog, other));
             }
             EventType::CatalogImported => {}
         }
@@ -177,6 +166,25 @@ impl Projection for Accounts {
             ..CountDelta::default()
         }
     }
+}
+
+/// The list of `key`'s record a share between the subject's two accounts belongs in (the
+/// owner's out-shares, the target's in-shares), and the other account of the share.
+fn share_side<'a>(
+    record: &'a mut AccountRecord,
+    key: &str,
+    s: &'a EventSubject,
+) -> (&'a mut Vec<ShareRef>, &'a String) {
+    if key == s.origin {
+        (&mut record.out_shares, &s.target)
+    } else {
+        (&mut record.in_shares, &s.origin)
+    }
+}
+
+/// Whether `share` is of `catalog` with `account`.
+fn names(share: &ShareRef, catalog: &str, account: &str) -> bool {
+    share.catalog == catalog && share.account == account
 }
 
 /// The record of the account an OAuth id moves away from: its `oauth_id` goes, unless it is

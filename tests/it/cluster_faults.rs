@@ -169,15 +169,15 @@ enum Victim {
     AccountsBucketLeader,
 }
 
-/// A world of [`USERS`] served by three nodes run from the shipped cluster configs (client
-/// TLS, route mTLS), with a JetStream context of the service account and a system-account
-/// client to ask who leads what.
 /// How long a restarted node's replica of one stream may take to be current again. Usually
 /// well under a second; once, on a loaded CI machine, the online stream's replica on the
 /// restarted node stayed one entry behind its leader, unheard from for 37 s, past the 30 s
 /// this was: nats-server's business, but the next kill must wait for it.
 const REPLICAS_CURRENT_WITHIN: Duration = Duration::from_secs(90);
 
+/// A world of [`USERS`] served by three nodes run from the shipped cluster configs (client
+/// TLS, route mTLS), with a JetStream context of the service account and a system-account
+/// client to ask who leads what.
 struct Fixture {
     cluster: Cluster,
     world: World,
